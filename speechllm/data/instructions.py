@@ -1,0 +1,114 @@
+"""Instruction pools and answer templates used to build training targets.
+
+Training teaches the speech model to follow *description-style* instructions only (the DeSTA
+recipe); evaluation asks questions it never saw. So every instruction or template any training
+mode uses lives here, and :func:`all_training_instructions` exposes the full set so the evaluation
+pool can be checked to be disjoint from it. Text replay (general chats) is not part of this set.
+
+Pools:
+    ``desta2``: DeSTA2's single instruction.
+    ``desta25``: a DeSTA2.5-style pool of open, description-style requests; one is drawn per clip,
+    deterministically from the seed and the clip id (:func:`pick_instruction`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+INSTRUCTION_POOLS: dict[str, list[str]] = {
+    "desta2": ["What can you hear from the audio?"],
+    "desta25": [
+        "What can you hear from the audio?",
+        "Describe the audio clip.",
+        "Describe what you hear in this recording.",
+        "Tell me about this audio.",
+        "Give a short description of the recording.",
+        "Summarize what is in this audio clip.",
+        "Describe the speaker and what they say.",
+        "What is going on in this recording?",
+        "Listen to the clip and describe it.",
+        "Characterize the voice in this recording.",
+        "Write a brief caption for this audio.",
+        "Describe how the person in the recording speaks.",
+    ],
+}
+
+# `label` mode: the "human data" baseline. The answer is assembled from gold label columns: one
+# clause per available label, joined into sentences. Keys are label names (the part after
+# `label_`); `{v}` is the label value. Labels without a template here are ignored.
+LABEL_CLAUSES: dict[str, str] = {
+    "gender": "The speaker is {v}.",
+    "accent": "The accent is {v}.",
+    "age": "The speaker's age is {v}.",
+    "emotion": "The speaker sounds {v}.",
+    "pitch": "The pitch of the voice is {v}.",
+    "speed": "They speak at a {v} pace.",
+    "volume": "The volume is {v}.",
+}
+# The transcript, when the data has one, comes first (what is said is the most salient content).
+LABEL_TRANSCRIPT_TEMPLATE = 'Someone says: "{v}"'
+
+# `paraphrase` mode (SDFT-style): the frozen LLM rewrites the template answer in its own words.
+PARAPHRASE_TEMPLATE = (
+    "Rewrite the following answer in your own words. Keep every fact and add nothing.\n\n"
+    "Question: {instruction}\nAnswer: {answer}"
+)
+
+
+def pick_instruction(pool: str | list[str], clip_id: str, seed: int = 0) -> str:
+    """Choose one instruction for a clip, deterministically.
+
+    The choice depends only on (seed, clip_id), not on row order, shard or batch, so reruns and
+    sharded runs agree.
+
+    Args:
+        pool: a pool name from :data:`INSTRUCTION_POOLS` or an explicit list of instructions.
+        clip_id: the clip's identifier.
+        seed: changes the assignment of instructions to clips.
+
+    Returns:
+        The chosen instruction.
+    """
+    items = resolve_pool(pool)
+    if len(items) == 1:
+        return items[0]
+    digest = hashlib.sha256(f"{seed}:{clip_id}".encode()).digest()
+    return items[int.from_bytes(digest[:8], "big") % len(items)]
+
+
+def resolve_pool(pool: str | list[str]) -> list[str]:
+    """Return the instructions of a pool given by name or as a list.
+
+    Args:
+        pool: a key of :data:`INSTRUCTION_POOLS` or a non-empty list of strings.
+
+    Returns:
+        The list of instructions.
+
+    Raises:
+        ValueError: unknown pool name, or an empty/non-string list.
+    """
+    if isinstance(pool, str):
+        if pool not in INSTRUCTION_POOLS:
+            raise ValueError(f"unknown instruction pool {pool!r}; known: {sorted(INSTRUCTION_POOLS)}")
+        return list(INSTRUCTION_POOLS[pool])
+    items = list(pool)
+    if not items or not all(isinstance(x, str) and x.strip() for x in items):
+        raise ValueError("an instruction pool must be a non-empty list of non-empty strings")
+    return items
+
+
+def all_training_instructions() -> set[str]:
+    """Every instruction or template any training target mode uses (replay excluded).
+
+    Returns:
+        A set of strings: all pool instructions, label clause templates, the transcript
+        template and the paraphrase template.
+    """
+    out: set[str] = set()
+    for items in INSTRUCTION_POOLS.values():
+        out.update(items)
+    out.update(LABEL_CLAUSES.values())
+    out.add(LABEL_TRANSCRIPT_TEMPLATE)
+    out.add(PARAPHRASE_TEMPLATE)
+    return out
