@@ -1,0 +1,174 @@
+"""Reading audio for every stage: one loader, one set of checks, conversions recorded.
+
+Audio is read with soundfile (never `datasets`' Audio feature, which needs torchcodec), converted to
+float32 mono at 16 kHz, and checked. Problems a dataset really has (a missing file, a corrupt header,
+an empty or all-zero file, NaN samples, a clip longer than the model takes) raise `AudioError` with
+the path and a short reason, so a stage can write the clip to its rejects file and go on. Formats that
+are merely different (stereo, 8 kHz, 24-bit) are converted, and each conversion is recorded so that the
+described dataset says what was done to every clip.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+SAMPLE_RATE = 16000
+
+# A clip whose loudest sample is below this is treated as silent: -80 dBFS is under the noise floor of
+# any real recording (16-bit dither is about -96 dBFS), so only digital silence or near-zero files land here.
+SILENCE_PEAK_DBFS = -80.0
+
+# Subtypes that decode to float32 without loss of meaning; anything else (PCM_24, PCM_U8, ULAW, ...)
+# is recorded as a conversion.
+_PLAIN_SUBTYPES = {"PCM_16", "FLOAT"}
+
+
+class AudioError(ValueError):
+    """An audio input that cannot be used.
+
+    Attributes:
+        path: the file (or the name given for an in-memory array).
+        reason: a short reason, e.g. "missing file", "empty", "silent", "non-finite samples",
+            "too long: 45.0 s > 30.0 s", "unreadable: <soundfile's message>".
+    """
+
+    def __init__(self, path: str, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass
+class AudioClip:
+    """Decoded audio.
+
+    Attributes:
+        array: float32 mono samples. Shapes: (num_samples,).
+        sr: sample rate of `array`.
+        conversions: what was done to the file to get here, e.g. ["resampled 8000->16000",
+            "downmixed 2->1 channels", "converted PCM_24->float32"]; empty when nothing was needed.
+    """
+
+    array: np.ndarray
+    sr: int
+    conversions: list[str] = field(default_factory=list)
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds."""
+        return len(self.array) / self.sr
+
+
+def check_array(
+    array: np.ndarray, sr: int, name: str = "<array>", max_seconds: float | None = None
+) -> np.ndarray:
+    """Check in-memory mono audio the way `load_audio` checks files.
+
+    Args:
+        array: samples. Shapes: (num_samples,).
+        sr: sample rate.
+        name: what to call the audio in error messages.
+        max_seconds: refuse longer audio (None: no limit).
+
+    Returns:
+        The array as contiguous float32.
+
+    Raises:
+        AudioError: empty, non-finite (NaN/inf) samples, all silent, or longer than `max_seconds`.
+    """
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if array.ndim != 1:
+        raise AudioError(name, f"expected mono audio of shape (num_samples,), got shape {array.shape}")
+    if array.size == 0:
+        raise AudioError(name, "empty (no samples)")
+    if not np.isfinite(array).all():
+        raise AudioError(name, "non-finite samples (NaN or inf)")
+    peak = float(np.max(np.abs(array)))
+    if peak <= 10 ** (SILENCE_PEAK_DBFS / 20):
+        peak_db = "-inf" if peak == 0 else f"{20 * math.log10(peak):.1f}"
+        raise AudioError(name, f"silent (peak {peak_db} dBFS)")
+    seconds = array.size / sr
+    if max_seconds is not None and seconds > max_seconds:
+        raise AudioError(name, f"too long: {seconds:.1f} s > {max_seconds:g} s")
+    return array
+
+
+def resample(array: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Resample mono audio with soxr (high quality).
+
+    Args:
+        array: float32 samples. Shapes: (num_samples,).
+        sr_in: input rate.
+        sr_out: output rate.
+
+    Returns:
+        float32 samples at `sr_out`. Shapes: (round(num_samples * sr_out / sr_in),).
+    """
+    if sr_in == sr_out:
+        return array
+    return soxr.resample(array, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
+
+
+def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, max_seconds: float | None = None) -> AudioClip:
+    """Read an audio file as float32 mono at `sr`, recording every conversion.
+
+    The length check uses the header before decoding, so a long file is refused without reading it.
+
+    Args:
+        path: an audio file soundfile can read (wav, flac, ogg, ...).
+        sr: target sample rate.
+        max_seconds: refuse longer clips (None: no limit). Clips are never silently cut.
+
+    Returns:
+        An `AudioClip` with `array` of shape (num_samples,) at `sr`.
+
+    Raises:
+        AudioError: missing file, unreadable/corrupt/not audio, empty, all silent, NaN/inf samples,
+            or longer than `max_seconds`.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise AudioError(path, "missing file")
+    if os.path.isdir(path):
+        raise AudioError(path, "not a file (a directory)")
+    try:
+        info = sf.info(path)
+    except Exception as err:  # soundfile raises LibsndfileError/RuntimeError/TypeError by format
+        raise AudioError(path, f"unreadable: {_short(err)}") from err
+    if info.frames == 0:
+        raise AudioError(path, "empty (no samples)")
+    if max_seconds is not None and info.frames / info.samplerate > max_seconds:
+        raise AudioError(path, f"too long: {info.frames / info.samplerate:.1f} s > {max_seconds:g} s")
+    try:
+        data, file_sr = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as err:  # a header that promises more frames than the file holds, etc.
+        raise AudioError(path, f"unreadable: {_short(err)}") from err
+    if data.shape[0] == 0:
+        raise AudioError(path, "empty (no samples)")
+
+    conversions: list[str] = []
+    if info.subtype not in _PLAIN_SUBTYPES:
+        conversions.append(f"converted {info.subtype}->float32")
+    if data.shape[1] > 1:
+        conversions.append(f"downmixed {data.shape[1]}->1 channels")
+        array = data.mean(axis=1)
+    else:
+        array = data[:, 0]
+    # Check before resampling: NaNs would spread through the filter and silence would be resampled for nothing.
+    array = check_array(array, file_sr, name=path)
+    if file_sr != sr:
+        array = resample(array, file_sr, sr)
+        conversions.append(f"resampled {file_sr}->{sr}")
+    return AudioClip(array=np.ascontiguousarray(array, dtype=np.float32), sr=sr, conversions=conversions)
+
+
+def _short(err: Exception) -> str:
+    """One line of an exception's message, without soundfile's repeated path."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text[:200]
