@@ -1,0 +1,76 @@
+"""The one place where config `_target_`s become objects.
+
+Configs travel with checkpoints and experiment presets, so a config must not be able to run arbitrary
+code: `instantiate` refuses any `_target_` that is not in `ALLOWED_TARGETS`, before importing it.
+Everything else in the project builds components from plain keys or registry names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra.utils
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+ALLOWED_TARGETS: frozenset[str] = frozenset(
+    {
+        "speechllm.model.adapters.QFormerAdapter",
+        "speechllm.model.adapters.StackMLPAdapter",
+        "speechllm.model.adapters.ConvAdapter",
+    }
+)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and what to do."""
+
+
+def find_targets(node: Any, path: str = "") -> list[tuple[str, str]]:
+    """Every `_target_` in a config tree.
+
+    Args:
+        node: a DictConfig/ListConfig or plain dict/list.
+        path: dotted prefix for the returned key paths.
+
+    Returns:
+        (dotted key path of the node holding `_target_`, target string) pairs.
+    """
+    if isinstance(node, DictConfig | ListConfig):
+        node = OmegaConf.to_container(node, resolve=False)
+    found: list[tuple[str, str]] = []
+    if isinstance(node, dict):
+        if "_target_" in node:
+            found.append((path or "<root>", str(node["_target_"])))
+        for key, value in node.items():
+            found.extend(find_targets(value, f"{path}.{key}" if path else str(key)))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found.extend(find_targets(value, f"{path}[{i}]"))
+    return found
+
+
+def check_targets(cfg: Any) -> None:
+    """Raise ConfigError if any `_target_` in `cfg` is outside the allow-list."""
+    for key, target in find_targets(cfg):
+        if target not in ALLOWED_TARGETS:
+            raise ConfigError(
+                f"{key}._target_={target!r} is not allowed. Allowed targets: {sorted(ALLOWED_TARGETS)}. "
+                "Add new components to speechllm.config.ALLOWED_TARGETS in code, not in a config."
+            )
+
+
+def instantiate(node: DictConfig | dict, **kwargs: Any) -> Any:
+    """Build the object a config node describes, after checking its `_target_` against the allow-list.
+
+    Args:
+        node: a config node with a `_target_` key (nested `_target_`s are checked too, and must be
+            allowed, but keep trees one level deep: deep ones give opaque errors).
+        **kwargs: run-time arguments (widths known only from the loaded models, for instance).
+
+    Returns:
+        The instantiated object.
+    """
+    if "_target_" not in node:
+        raise ConfigError(f"config node has no _target_: {OmegaConf.to_yaml(OmegaConf.create(node))}")
+    check_targets(node)
+    return hydra.utils.instantiate(node, **kwargs)
