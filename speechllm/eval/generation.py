@@ -1,0 +1,111 @@
+"""Batched greedy generation and scoring for plain text LLMs (the ceiling and the drift checks).
+
+Decoder-only models must be left-padded for batched generation, so the new tokens of every row start
+at the same position; the tokenizer's own `padding_side` is restored afterwards because other code
+(training collators) relies on right padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def left_padding(tokenizer):
+    """Temporarily set ``tokenizer.padding_side = "left"``."""
+    old = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.padding_side = old
+
+
+def chat_prompts(tokenizer, conversations: Sequence[list[dict]]) -> list[str]:
+    """Render chats with the tokenizer's chat template, ready for the assistant's turn."""
+    return [
+        tokenizer.apply_chat_template(list(msgs), tokenize=False, add_generation_prompt=True)
+        for msgs in conversations
+    ]
+
+
+@torch.no_grad()
+def generate_chat(
+    model, tokenizer, conversations: Sequence[list[dict]], *, max_new_tokens: int = 64, batch_size: int = 16
+) -> list[str]:
+    """Greedy answers of a text LLM to chat conversations, batched with left padding.
+
+    Args:
+        model: an ``AutoModelForCausalLM``-like model.
+        tokenizer: its tokenizer (with a chat template and a pad token).
+        conversations: lists of {"role", "content"} messages, each ending with a user turn.
+        max_new_tokens: generation length limit.
+        batch_size: rows per generate call.
+
+    Returns:
+        The decoded answers (special tokens removed, stripped), one per conversation.
+    """
+    prompts = chat_prompts(tokenizer, conversations)
+    out: list[str] = []
+    model.eval()
+    with left_padding(tokenizer):
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            # The chat template already holds the BOS/special tokens it wants.
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(model.device) for k, v in enc.items()}
+            gen = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            new = gen[:, enc["input_ids"].shape[1]:]
+            out.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+    return out
+
+
+@torch.no_grad()
+def answer_logprobs(
+    model, tokenizer, conversations: Sequence[list[dict]], answers: Sequence[str], *, batch_size: int = 8
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Next-token log-probabilities of a model over given answers to chat prompts.
+
+    Args:
+        model: a causal LM (a plain LLM or a SpeechLM's language model).
+        tokenizer: its tokenizer.
+        conversations: chats ending with a user turn.
+        answers: the assistant text to score after each chat.
+        batch_size: rows per forward pass.
+
+    Returns:
+        Per conversation: (log-probabilities over the vocabulary at each answer position, the answer's
+        token ids). Shapes: (answer_len, vocab), (answer_len,). Empty answers give zero-length tensors.
+    """
+    prompts = chat_prompts(tokenizer, conversations)
+    results: list[tuple[torch.Tensor, torch.Tensor]] = []
+    model.eval()
+    for start in range(0, len(prompts), batch_size):
+        chunk_p = prompts[start:start + batch_size]
+        chunk_a = answers[start:start + batch_size]
+        p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in chunk_p]
+        a_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in chunk_a]
+        seqs = [p + a for p, a in zip(p_ids, a_ids, strict=True)]
+        width = max(len(s) for s in seqs)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # Right padding: positions of real tokens stay 0..len-1, so both models see identical inputs.
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+        logp = torch.log_softmax(logits, dim=-1).cpu()
+        for i, (p, a) in enumerate(zip(p_ids, a_ids, strict=True)):
+            # Logits at position t predict token t+1: answer tokens sit at len(p)..len(p)+len(a)-1.
+            lo = len(p) - 1
+            results.append((logp[i, lo:lo + len(a)], torch.tensor(a, dtype=torch.long)))
+    return results

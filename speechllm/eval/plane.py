@@ -1,0 +1,121 @@
+"""The learning-vs-forgetting plane across runs.
+
+Usage:
+    python -m speechllm.eval.plane RUN_DIR [RUN_DIR ...] [-o plane.png]
+
+Each RUN_DIR holds a ``report.json`` written by evaluate.py (or is that file). Each run is a point:
+x = target-task score (mean unseen-instruction accuracy over the attribute tasks), y = retention
+(format-following pass rate with audio input relative to the text LLM, 1 + Δ; 1 = nothing forgotten).
+The untrained baseline of each run is drawn as a hollow marker joined to it, so the arrow shows what
+training moved. The seed finding (BACKGROUND.md) is that plain fine-tuning runs slide down and right;
+methods that learn without forgetting sit in the top right.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def load_report(path: str) -> dict:
+    """Read a report.json, given the file or the folder holding it.
+
+    Raises:
+        FileNotFoundError: naming the missing file.
+    """
+    file = os.path.join(path, "report.json") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"no report.json at {file!r}; run evaluate.py with that output dir first")
+    with open(file) as f:
+        return json.load(f)
+
+
+def plane_points(report: dict) -> dict:
+    """The plane coordinates of a run and of its untrained baseline.
+
+    Args:
+        report: a report.json dict.
+
+    Returns:
+        {"x", "y", "x_base", "y_base"}: target score and retention of the trained model and of the
+        adapter at initialisation (the baseline's retention is its format pass rate relative to the
+        same text rate).
+    """
+    summary = report.get("summary", {})
+    fmt = report.get("retention", {}).get("format", {})
+    text = fmt.get("text") or 0.0
+    floor = 1.0 / max(1, int(fmt.get("n", 1) or 1))
+    base_ret = (fmt.get("baseline", 0.0) or 0.0) / max(text, floor) if fmt else 0.0
+    return {
+        "x": float(summary.get("target_score", 0.0)),
+        "y": float(summary.get("retention", 0.0)),
+        "x_base": float(summary.get("baseline_target_score", 0.0)),
+        "y_base": float(base_ret),
+    }
+
+
+def plot_plane(run_dirs: Sequence[str], out_path: str, labels: Sequence[str] | None = None) -> str:
+    """Plot runs on the learning-vs-forgetting plane.
+
+    Args:
+        run_dirs: folders holding report.json (or the files).
+        out_path: PNG path to write.
+        labels: point labels (default: each folder's name).
+
+    Returns:
+        `out_path`.
+    """
+    if not run_dirs:
+        raise ValueError("plot_plane needs at least one run directory")
+    reports = [load_report(d) for d in run_dirs]
+    labels = list(labels) if labels else [os.path.basename(os.path.normpath(d)) or d for d in run_dirs]
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for i, (rep, label) in enumerate(zip(reports, labels, strict=True)):
+        p = plane_points(rep)
+        color = f"C{i % 10}"
+        ax.annotate("", xy=(p["x"], p["y"]), xytext=(p["x_base"], p["y_base"]),
+                    arrowprops={"arrowstyle": "->", "color": color, "alpha": 0.5})
+        ax.scatter([p["x_base"]], [p["y_base"]], facecolors="none", edgecolors=color, s=40)
+        ax.scatter([p["x"]], [p["y"]], color=color, s=50, label=label)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("target task: mean unseen-instruction accuracy")
+    ax.set_ylabel("retention: format pass rate, speech / text (1 + Δ)")
+    ax.set_title("Learning vs forgetting (hollow: untrained adapter)")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: plot the plane for the given run folders."""
+    parser = argparse.ArgumentParser(description="Plot runs on the learning-vs-forgetting plane.")
+    parser.add_argument("runs", nargs="+", help="folders holding report.json")
+    parser.add_argument("-o", "--out", default="plane.png", help="PNG to write (default: plane.png)")
+    args = parser.parse_args(argv)
+    try:
+        path = plot_plane(args.runs, args.out)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for d in args.runs:
+        p = plane_points(load_report(d))
+        print(f"{d}: target={p['x']:.3f} retention={p['y']:.3f} (untrained: {p['x_base']:.3f}, {p['y_base']:.3f})")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Evaluation tasks and their unseen questions.
+
+Training teaches only description-style requests ("What can you hear from the audio?", the pools in
+`speechllm.data.instructions`); evaluation asks direct questions about one attribute each, in
+phrasings that appear nowhere in training (a test checks the sets are disjoint). A question may name
+the options (``{options}`` is filled with the task's classes, e.g. "female or male"), since a model
+that knows the answer should not lose points for choosing a synonym nobody parses.
+
+Tasks:
+    one per labelled attribute (``label_<name>`` column): gender, accent, pitch, speed, volume,
+    emotion, age; scored by accuracy after :func:`speechllm.eval.parsing.parse_label`.
+    ``content``: what was said, against ``label_text`` (or ``label_transcript``); scored by WER.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from speechllm.eval.parsing import parse_label
+
+# Phrasings per task. Never reuse a training instruction here (tests/test_eval.py checks).
+UNSEEN_QUESTIONS: dict[str, list[str]] = {
+    "gender": [
+        "Would you say the person talking is {options}?",
+        "Is this voice more likely to belong to a man or a woman?",
+        "From the voice alone, what is the speaker's gender?",
+        "Answer with one word: is the talker {options}?",
+        "Guess the sex of the person in this clip.",
+    ],
+    "accent": [
+        "Which accent does the talker have: {options}?",
+        "Where is the speaker probably from, judging by the accent?",
+        "What regional accent can you detect in this speech?",
+        "Classify the speaker's accent as one of {options}.",
+    ],
+    "pitch": [
+        "Is the speaker's voice {options} in pitch?",
+        "How would you rate the pitch of this voice: {options}?",
+        "Does the person talk with a deep voice, a high voice, or somewhere in between?",
+        "Rate how high or deep the voice sounds.",
+    ],
+    "speed": [
+        "Is the person talking {options}?",
+        "How quickly is the talker speaking: {options}?",
+        "Would you call the speech rate slow, fast, or about average?",
+        "Comment on the pace of the speech in one word.",
+    ],
+    "volume": [
+        "Is this recording {options} in volume?",
+        "How loud is the talker: {options}?",
+        "Does the person speak softly, loudly, or at an ordinary level?",
+        "Rate the loudness of the voice in one word.",
+    ],
+    "emotion": [
+        "Which emotion does the talker convey: {options}?",
+        "What mood is the speaker in?",
+        "How does the person feel, judging by the tone of voice?",
+        "Name the emotion in this voice.",
+    ],
+    "age": [
+        "Roughly how old does the talker sound: {options}?",
+        "Which age group does this voice belong to?",
+        "Estimate the age range of the person talking.",
+    ],
+    "content": [
+        "Write down exactly the words that were spoken.",
+        "What sentence did the person say? Quote it.",
+        "Transcribe the speech word for word.",
+        "Repeat what the talker said, verbatim.",
+    ],
+}
+
+# Label columns checked for the spoken-content task, in order of preference.
+CONTENT_LABEL_COLUMNS = ("label_text", "label_transcript")
+ATTRIBUTE_TASKS = ("gender", "accent", "pitch", "speed", "volume", "emotion", "age")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One evaluation task.
+
+    Attributes:
+        name: task name, used in report keys (``unseen.<name>.accuracy``).
+        label_column: the gold column (``label_<name>``, or ``label_text`` for content).
+        kind: "label" (classification, accuracy) or "transcript" (spoken content, WER).
+        questions: phrasings; ``{options}`` is replaced by the classes.
+    """
+
+    name: str
+    label_column: str
+    kind: str
+    questions: tuple[str, ...]
+
+
+@dataclass
+class Item:
+    """One question about one clip.
+
+    Attributes:
+        row: index of the clip in the evaluated rows.
+        task: the task name.
+        question: the question as asked.
+        gold: the gold label (lowercased) or transcript.
+        classes: the task's classes (empty for content).
+    """
+
+    row: int
+    task: str
+    question: str
+    gold: str
+    classes: tuple[str, ...]
+
+
+def all_unseen_questions() -> set[str]:
+    """Every question template in :data:`UNSEEN_QUESTIONS` (with ``{options}`` unfilled)."""
+    return {q for qs in UNSEEN_QUESTIONS.values() for q in qs}
+
+
+def select_tasks(columns: Sequence[str], names: Sequence[str] | None = None) -> tuple[list[Task], dict[str, str]]:
+    """The tasks the data has labels for.
+
+    Args:
+        columns: the evaluated dataset's column names.
+        names: tasks to run (default: every task in :data:`UNSEEN_QUESTIONS`).
+
+    Returns:
+        (tasks to run, {skipped task: reason}). A task is skipped when its label column is missing.
+
+    Raises:
+        ValueError: a requested name is not a known task.
+    """
+    names = list(names) if names is not None else list(UNSEEN_QUESTIONS)
+    unknown = [n for n in names if n not in UNSEEN_QUESTIONS]
+    if unknown:
+        raise ValueError(f"unknown eval task(s) {unknown}; known: {sorted(UNSEEN_QUESTIONS)}")
+    cols = set(columns)
+    tasks: list[Task] = []
+    skipped: dict[str, str] = {}
+    for name in names:
+        if name == "content":
+            column = next((c for c in CONTENT_LABEL_COLUMNS if c in cols), None)
+            if column is None:
+                skipped[name] = f"no {' or '.join(CONTENT_LABEL_COLUMNS)} column"
+                continue
+            tasks.append(Task(name, column, "transcript", tuple(UNSEEN_QUESTIONS[name])))
+        else:
+            column = f"label_{name}"
+            if column not in cols:
+                skipped[name] = f"no {column} column"
+                continue
+            tasks.append(Task(name, column, "label", tuple(UNSEEN_QUESTIONS[name])))
+    return tasks, skipped
+
+
+def gold_value(row: dict, task: Task) -> str | None:
+    """The row's gold value for a task (label values lowercased), or None when missing/empty."""
+    value = row.get(task.label_column)
+    if value is None:
+        return None
+    value = str(value).strip()
+    if not value or value.lower() in {"nan", "none", "unknown"}:
+        return None
+    return value if task.kind == "transcript" else value.lower()
+
+
+def task_classes(rows: Sequence[dict], task: Task) -> tuple[str, ...]:
+    """Sorted distinct gold labels of a label task over the evaluated rows."""
+    return tuple(sorted({g for r in rows if (g := gold_value(r, task)) is not None}))
+
+
+def format_options(classes: Sequence[str]) -> str:
+    """"a, b or c" for a question's ``{options}``."""
+    classes = list(classes)
+    if len(classes) <= 1:
+        return "".join(classes)
+    return ", ".join(classes[:-1]) + " or " + classes[-1]
+
+
+def build_items(
+    rows: Sequence[dict], tasks: Sequence[Task], questions_per_task: int = 1, seed: int = 0
+) -> tuple[list[Item], dict[str, str]]:
+    """Questions to ask: for each clip and task, `questions_per_task` phrasings.
+
+    Phrasings are assigned by a hash of (seed, clip id, task), so every phrasing is used across clips
+    and the assignment does not depend on row order.
+
+    Args:
+        rows: evaluated clips (dicts with ``clip_id`` and label columns).
+        tasks: from :func:`select_tasks`.
+        questions_per_task: phrasings asked per clip and task (capped at the number available).
+        seed: changes the assignment.
+
+    Returns:
+        (items, {task: reason} for tasks dropped here: no gold values, or a single class).
+    """
+    items: list[Item] = []
+    skipped: dict[str, str] = {}
+    for task in tasks:
+        classes = task_classes(rows, task) if task.kind == "label" else ()
+        if task.kind == "label" and len(classes) < 2:
+            skipped[task.name] = (
+                f"{task.label_column} has {len(classes)} distinct value(s) {list(classes)}; need >= 2"
+            )
+            continue
+        task_items: list[Item] = []
+        k = max(1, min(questions_per_task, len(task.questions)))
+        for i, row in enumerate(rows):
+            gold = gold_value(row, task)
+            if gold is None:
+                continue
+            key = f"{seed}:{row.get('clip_id', i)}:{task.name}"
+            start = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % len(task.questions)
+            for j in range(k):
+                template = task.questions[(start + j) % len(task.questions)]
+                question = template.replace("{options}", format_options(classes))
+                task_items.append(Item(i, task.name, question, gold, classes))
+        if not task_items:
+            skipped[task.name] = f"{task.label_column} is empty for every evaluated clip"
+            continue
+        items.extend(task_items)
+    return items, skipped
+
+
+def chance_level(golds: Sequence[str], classes: Sequence[str]) -> tuple[float, float]:
+    """Chance levels of a label task.
+
+    Args:
+        golds: the gold labels of the scored items.
+        classes: the task's classes.
+
+    Returns:
+        (majority rate: the share of the most frequent gold label, i.e. what always answering it
+        scores; uniform: 1 / number of classes). Reports use the majority rate, the higher bar.
+    """
+    if not golds:
+        return 0.0, 0.0
+    majority = Counter(golds).most_common(1)[0][1] / len(golds)
+    return float(majority), 1.0 / max(1, len(classes))
+
+
+def score_label_answers(items: Sequence[Item], answers: Sequence[str]) -> list[str | None]:
+    """Parse answers of label items.
+
+    Args:
+        items: label items.
+        answers: model answers aligned with `items`.
+
+    Returns:
+        The parsed class (or None) per item.
+    """
+    return [parse_label(a, it.task, it.classes) for it, a in zip(items, answers, strict=True)]
