@@ -187,7 +187,7 @@ def _listed_spans(spans: list[tuple[int, int]], toks: list[str]) -> set[tuple[in
     ordered = sorted(set(spans))
     listed: set[tuple[int, int]] = set()
     for (a1, b1), (a2, b2) in zip(ordered, ordered[1:], strict=False):
-        between = [t for t in toks[b1:a2] if t != ","]
+        between = [t for t in toks[b1:a2] if t not in {",", "a", "an", "the"}]
         if between == ["or"]:
             listed.update({(a1, b1), (a2, b2)})
         elif between == ["and"] and "between" in toks[max(0, a1 - 2):a1]:
