@@ -1,0 +1,82 @@
+"""Describing audio: registered attribute extractors and the renderers that turn them into text.
+
+Use:
+    configs, order = load_configs(["pitch", "speaking_rate", "gender"])
+    texts = describe_clips(clips, ["pitch", "speaking_rate", "gender"], configs, order, renderer="natural")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# The built-in attributes register themselves on import; new attribute modules are added here.
+from speechllm.describe import signal, speaker, transcript  # noqa: F401
+from speechllm.describe.features import Clip
+from speechllm.describe.registry import (
+    ATTRIBUTES,
+    ATTRIBUTES_DIR,
+    attribute_names,
+    extract_all,
+    load_attribute_config,
+    register_attribute,
+    resolve_order,
+)
+from speechllm.describe.render import RENDERERS, register_renderer, render
+
+__all__ = [
+    "ATTRIBUTES",
+    "ATTRIBUTES_DIR",
+    "RENDERERS",
+    "Clip",
+    "attribute_names",
+    "describe_clips",
+    "load_configs",
+    "load_attribute_config",
+    "register_attribute",
+    "register_renderer",
+    "render",
+]
+
+
+def load_configs(
+    attributes: list[str], attributes_dir: str | Path | None = None, overrides: dict | None = None
+) -> tuple[dict[str, dict], list[str]]:
+    """Configs of the selected attributes and of everything they require, and the order to run them.
+
+    Args:
+        attributes: selected names (e.g. from `describe.attributes`).
+        attributes_dir: folder of attribute YAMLs (default `conf/attributes/`).
+        overrides: name -> keys replacing that attribute's YAML keys.
+
+    Returns:
+        (name -> config for every attribute that runs, run order).
+    """
+    overrides = overrides or {}
+    configs = {n: load_attribute_config(n, attributes_dir, overrides.get(n)) for n in attributes}
+    # Requirements can bring in attributes whose own configs add requirements: iterate to a fixed point.
+    while True:
+        order = resolve_order(attributes, configs)
+        missing = [n for n in order if n not in configs]
+        if not missing:
+            return configs, order
+        for n in missing:
+            configs[n] = load_attribute_config(n, attributes_dir, overrides.get(n))
+
+
+def describe_clips(
+    clips: list[Clip], attributes: list[str], configs: dict[str, dict], order: list[str], renderer: str
+) -> list[str]:
+    """Extract every attribute in `order` into `clip.values` and render each clip's description.
+
+    Args:
+        clips: the batch (their `values` are filled in place).
+        attributes: the attributes the description mentions, in order.
+        configs: from `load_configs`.
+        order: from `load_configs`.
+        renderer: a name in `RENDERERS`.
+
+    Returns:
+        One description per clip.
+    """
+    extract_all(clips, order, configs)
+    return [render(renderer, clip.values, attributes, configs) for clip in clips]
