@@ -1,0 +1,198 @@
+"""Modality adapters: tapped encoder features -> embeddings in the LLM's input space.
+
+Every adapter takes the encoder's tapped features of a padded batch and returns embeddings of the
+LLM's width plus a mask, and can say how many embeddings a clip of `n` frames becomes
+(`output_length`), which the collator needs to reserve the audio slots in the prompt. Widths
+(`in_dim` = encoder hidden size, `out_dim` = LLM hidden size, `num_taps`) are passed in code from the
+loaded models; the YAMLs in `conf/model/adapter/` only hold the adapter's own hyper-parameters.
+
+Adding an adapter: a class here with the same `forward`/`output_length` contract, its dotted path in
+`speechllm.config.ALLOWED_TARGETS`, and a YAML in `conf/model/adapter/`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class LayerMix(nn.Module):
+    """Learned softmax-weighted sum over tapped layers (initialised to the plain mean).
+
+    Shapes: (batch, num_taps, ...) -> (batch, ...).
+    """
+
+    def __init__(self, num_taps: int):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(num_taps))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = torch.softmax(self.logits, dim=0).to(x.dtype)
+        return torch.einsum("k,bk...->b...", w, x)
+
+
+class QFormerAdapter(nn.Module):
+    """DeSTA2's Q-Former: learned queries per tapped layer read that layer through a shared transformer.
+
+    Each tapped layer has its own set of learned queries; one shared stack of transformer decoder layers
+    (self-attention over the queries, cross-attention to the layer's frames, feed-forward) turns them
+    into `num_queries` vectors per layer; a learned softmax mixes the layers; a projection maps to the
+    LLM's width. The output length is `num_queries` whatever the clip's length.
+
+    Args:
+        in_dim: encoder hidden size.
+        out_dim: LLM hidden size.
+        num_taps: number of tapped encoder layers.
+        num_queries: learned queries per tapped layer (DeSTA2: 64).
+        num_layers: transformer layers (DeSTA2: 4).
+        hidden_size: the Q-Former's width.
+        num_heads: attention heads.
+        ffn_mult: feed-forward width as a multiple of `hidden_size`.
+        dropout: dropout inside the transformer.
+
+    Shapes:
+        features (batch, num_taps, frames, in_dim), mask (batch, frames)
+        -> embeds (batch, num_queries, out_dim), mask (batch, num_queries)
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        num_taps: int,
+        num_queries: int = 16,
+        num_layers: int = 2,
+        hidden_size: int = 256,
+        num_heads: int = 4,
+        ffn_mult: int = 4,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.num_queries = num_queries
+        self.in_norm = nn.LayerNorm(in_dim)
+        self.in_proj = nn.Linear(in_dim, hidden_size)
+        self.queries = nn.Parameter(torch.randn(num_taps, num_queries, hidden_size) * 0.02)
+        layer = nn.TransformerDecoderLayer(
+            hidden_size,
+            num_heads,
+            dim_feedforward=ffn_mult * hidden_size,
+            dropout=dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.transformer = nn.TransformerDecoder(layer, num_layers, norm=nn.LayerNorm(hidden_size))
+        self.mix = LayerMix(num_taps)
+        self.out_proj = nn.Linear(hidden_size, out_dim)
+
+    def output_length(self, num_frames: int) -> int:
+        """Embeddings produced for a clip of `num_frames` encoder frames."""
+        return self.num_queries
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, k, t, _ = features.shape
+        memory = self.in_proj(self.in_norm(features)).flatten(0, 1)  # (b*k, t, hidden)
+        queries = self.queries.unsqueeze(0).expand(b, -1, -1, -1).flatten(0, 1)  # (b*k, q, hidden)
+        pad = (~mask).repeat_interleave(k, dim=0)  # (b*k, t), True = ignore
+        out = self.transformer(queries, memory, memory_key_padding_mask=pad)
+        out = self.mix(out.unflatten(0, (b, k)))  # (b, q, hidden)
+        embeds = self.out_proj(out)
+        return embeds, torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+
+
+class StackMLPAdapter(nn.Module):
+    """Ultravox's projector: mix the tapped layers, stack `stack` consecutive frames, then an MLP.
+
+    Args:
+        in_dim: encoder hidden size.
+        out_dim: LLM hidden size.
+        num_taps: number of tapped encoder layers (mixed by a learned softmax first).
+        stack: frames stacked into one embedding (ultravox: 8, i.e. 50 Hz -> 6.25 Hz).
+        hidden_size: MLP hidden width.
+
+    Shapes:
+        features (batch, num_taps, frames, in_dim), mask (batch, frames)
+        -> embeds (batch, ceil(frames / stack), out_dim), mask (batch, ceil(frames / stack))
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, num_taps: int, stack: int = 8, hidden_size: int = 1024):
+        super().__init__()
+        self.stack = stack
+        self.mix = LayerMix(num_taps)
+        self.in_norm = nn.LayerNorm(in_dim * stack)
+        self.mlp = nn.Sequential(nn.Linear(in_dim * stack, hidden_size), nn.GELU(), nn.Linear(hidden_size, out_dim))
+
+    def output_length(self, num_frames: int) -> int:
+        """Embeddings produced for a clip of `num_frames` encoder frames."""
+        return math.ceil(num_frames / self.stack)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.mix(features) * mask[..., None]  # zero padding so a clip's output ignores its batch mates
+        b, t, d = x.shape
+        extra = (-t) % self.stack
+        x = nn.functional.pad(x, (0, 0, 0, extra))
+        x = x.reshape(b, (t + extra) // self.stack, self.stack * d)
+        lengths = (mask.sum(1) + self.stack - 1) // self.stack
+        out_mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+        return self.mlp(self.in_norm(x)), out_mask
+
+
+class ConvAdapter(nn.Module):
+    """Strided 1-D convolutions over time (each halves the frame rate with stride 2), then a projection.
+
+    Args:
+        in_dim: encoder hidden size.
+        out_dim: LLM hidden size.
+        num_taps: number of tapped encoder layers (mixed by a learned softmax first).
+        channels: convolution channels.
+        num_layers: number of strided convolutions.
+        kernel_size: convolution kernel (odd).
+        stride: stride of each convolution.
+
+    Shapes:
+        features (batch, num_taps, frames, in_dim), mask (batch, frames)
+        -> embeds (batch, frames', out_dim), mask (batch, frames') with frames' = output_length(frames)
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        num_taps: int,
+        channels: int = 256,
+        num_layers: int = 2,
+        kernel_size: int = 3,
+        stride: int = 2,
+    ):
+        super().__init__()
+        self.mix = LayerMix(num_taps)
+        self.in_norm = nn.LayerNorm(in_dim)
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, kernel_size // 2
+        dims = [in_dim] + [channels] * num_layers
+        self.convs = nn.ModuleList(
+            nn.Conv1d(a, b, kernel_size, stride=stride, padding=self.padding) for a, b in zip(dims[:-1], dims[1:])
+        )
+        self.out_proj = nn.Linear(channels, out_dim)
+
+    def _conv_len(self, n):
+        return (n + 2 * self.padding - self.kernel_size) // self.stride + 1
+
+    def output_length(self, num_frames: int) -> int:
+        """Embeddings produced for a clip of `num_frames` encoder frames."""
+        for _ in self.convs:
+            num_frames = self._conv_len(num_frames)
+        return num_frames
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.in_norm(self.mix(features))
+        lengths = mask.sum(1)
+        x = x.transpose(1, 2)  # (batch, channels, frames)
+        for conv in self.convs:
+            # Zero the padding before each convolution so a clip's output ignores its batch mates.
+            valid = torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None]
+            x = nn.functional.gelu(conv(x * valid[:, None, :]))
+            lengths = self._conv_len(lengths)
+        out_mask = torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None]
+        return self.out_proj(x.transpose(1, 2)), out_mask

@@ -1,0 +1,524 @@
+"""SpeechLM: Whisper encoder -> adapter -> causal LLM, with strict save/load.
+
+Checkpoint folder (`save_pretrained`):
+    config.json         format version, encoder/LLM sources and settings, adapter config, prompt config
+    model.safetensors   every trainable weight that is not LoRA: the adapter, plus the encoder if unfrozen
+    lora/               the peft adapter (finetune=lora)
+    llm/                the whole LLM and its tokenizer (finetune=full)
+`from_pretrained` rebuilds the model from config.json and loads these strictly: a missing, unexpected
+or shape-mismatched weight raises CheckpointError listing every offending name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from speechllm.model.encoder import EncoderOutput, WhisperFeatureEncoder, load_encoder, pad_features
+from speechllm.model.prompt import PromptConfig, PromptTokenizer, SpeechCollator
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+FINETUNE_POLICIES = ("frozen", "lora", "full")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match its config; the message lists the offending names."""
+
+
+@dataclass
+class EncoderConfig:
+    """`model.encoder`: which Whisper, which layers, frozen or not, and what to do with clips over 30 s."""
+
+    source: str = "packaged:whisper-tiny.en"
+    layers: list[int] | None = None
+    num_taps: int = 4
+    frozen: bool = True
+    long_audio: str = "window"
+    dtype: str | None = None
+
+
+@dataclass
+class LoraConfigSection:
+    """`model.llm.lora`: peft LoRA settings (used when finetune=lora)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class LLMConfig:
+    """`model.llm`: which LLM and how it is trained (frozen, lora, full)."""
+
+    source: str = "packaged:smollm2-135m-instruct"
+    finetune: str = "frozen"
+    dtype: str | None = None
+    lora: LoraConfigSection = field(default_factory=LoraConfigSection)
+
+
+def _section(schema, node, name: str):
+    """Validate a config section against its dataclass schema (a typo fails naming the key)."""
+    node = {} if node is None else node
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+    except Exception as err:  # omegaconf raises several error types; all mean a bad key or value
+        raise ValueError(f"model.{name}: {err}") from err
+    return OmegaConf.to_object(merged)
+
+
+def _plain(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+
+
+def _count(params) -> int:
+    return sum(p.numel() for p in params)
+
+
+class SpeechLM(nn.Module):
+    """Speech-language model: encoder features -> adapter embeddings spliced into the LLM's prompt.
+
+    Build with `SpeechLM.from_config(model_cfg)` or `SpeechLM.from_pretrained(dir)`.
+
+    Args:
+        encoder: the tapped-layer Whisper encoder.
+        adapter: an adapter from `speechllm.model.adapters`.
+        llm: a causal LM (a peft model when finetune=lora).
+        tokenizer: the LLM's tokenizer (chat template, pad token).
+        config: the plain-dict model config (encoder, adapter, llm, prompt), saved with checkpoints.
+    """
+
+    def __init__(self, encoder: WhisperFeatureEncoder, adapter: nn.Module, llm: nn.Module, tokenizer, config: dict):
+        super().__init__()
+        self.encoder = encoder
+        self.adapter = adapter
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.config = config
+        self.finetune = config["llm"]["finetune"]
+        self.prompt = PromptConfig(**config.get("prompt") or {})
+        self.prompt_tokenizer = PromptTokenizer(tokenizer)
+        self._asr = None
+        self.log_parameter_counts()
+
+    # ---- construction ----
+
+    @classmethod
+    def from_config(cls, model_cfg: DictConfig | dict, pretrained_dir: str | Path | None = None) -> SpeechLM:
+        """Build the model from the `model` config node.
+
+        Args:
+            model_cfg: with `encoder`, `adapter` (a `_target_` node), `llm`, `prompt` sections.
+            pretrained_dir: a checkpoint folder whose `llm/` (finetune=full) or `lora/` (finetune=lora)
+                replaces the fresh LLM weights; other weights are loaded by `from_pretrained`.
+
+        Returns:
+            A SpeechLM (adapter freshly initialised).
+        """
+        from speechllm.config import instantiate
+        from speechllm.sources import load_llm
+
+        enc_cfg = _section(EncoderConfig, model_cfg.get("encoder"), "encoder")
+        llm_cfg = _section(LLMConfig, model_cfg.get("llm"), "llm")
+        prompt_cfg = _section(PromptConfig, model_cfg.get("prompt"), "prompt")
+        if llm_cfg.finetune not in FINETUNE_POLICIES:
+            raise ValueError(f"model.llm.finetune must be one of {FINETUNE_POLICIES}, got {llm_cfg.finetune!r}")
+        adapter_cfg = model_cfg.get("adapter")
+        if adapter_cfg is None or "_target_" not in adapter_cfg:
+            raise ValueError("model.adapter needs a _target_ (choose one with model/adapter=qformer|stack_mlp|conv)")
+
+        encoder = load_encoder(
+            enc_cfg.source,
+            layers=enc_cfg.layers,
+            num_taps=enc_cfg.num_taps,
+            frozen=enc_cfg.frozen,
+            long_audio=enc_cfg.long_audio,
+            dtype=enc_cfg.dtype,
+        )
+        dtype = getattr(torch, llm_cfg.dtype) if llm_cfg.dtype else None
+        full_dir = Path(pretrained_dir) / "llm" if pretrained_dir is not None else None
+        if llm_cfg.finetune == "full" and full_dir is not None:
+            llm, tokenizer = load_llm(str(full_dir), dtype=dtype)
+        else:
+            llm, tokenizer = load_llm(llm_cfg.source, dtype=dtype)
+        if tokenizer.pad_token_id is None:
+            raise ValueError(f"the tokenizer of {llm_cfg.source} has no pad token")
+        llm = _apply_finetune(llm, llm_cfg)
+
+        llm_width = llm.get_input_embeddings().embedding_dim
+        adapter = instantiate(
+            adapter_cfg, in_dim=encoder.hidden_size, out_dim=llm_width, num_taps=encoder.num_taps
+        )
+        config = {
+            "encoder": asdict(enc_cfg),
+            "adapter": _plain(adapter_cfg),
+            "llm": asdict(llm_cfg),
+            "prompt": asdict(prompt_cfg),
+        }
+        return cls(encoder, adapter, llm, tokenizer, config)
+
+    def log_parameter_counts(self) -> dict[str, int]:
+        """Log (and return) trainable vs frozen parameter counts per component."""
+        counts = {}
+        for name, module in (("encoder", self.encoder), ("adapter", self.adapter), ("llm", self.llm)):
+            params = list(module.parameters())
+            counts[f"{name}/trainable"] = _count(p for p in params if p.requires_grad)
+            counts[f"{name}/frozen"] = _count(p for p in params if not p.requires_grad)
+        trainable = sum(v for k, v in counts.items() if k.endswith("trainable"))
+        frozen = sum(v for k, v in counts.items() if k.endswith("frozen"))
+        log.info(
+            "SpeechLM parameters: %s trainable, %s frozen (adapter %s; encoder %s trainable; llm %s trainable, "
+            "finetune=%s)",
+            f"{trainable:,}",
+            f"{frozen:,}",
+            f"{counts['adapter/trainable']:,}",
+            f"{counts['encoder/trainable']:,}",
+            f"{counts['llm/trainable']:,}",
+            self.finetune,
+        )
+        return counts
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.finetune == "frozen":
+            self.llm.eval()  # a frozen LLM never runs dropout
+        return self
+
+    def collator(self, padding_side: str = "right", generation: bool = False) -> SpeechCollator:
+        """A collator turning rows into batches for this model (see `speechllm.model.prompt`)."""
+        return SpeechCollator(self, padding_side=padding_side, generation=generation)
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    # ---- forward ----
+
+    def audio_embeddings(
+        self,
+        input_features: torch.Tensor | None = None,
+        window_frames: torch.Tensor | None = None,
+        windows_per_clip: torch.Tensor | None = None,
+        encoder_features: torch.Tensor | None = None,
+        encoder_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adapter output for the batch's audio (raw log-mels or cached encoder features).
+
+        Returns:
+            (embeds, mask). Shapes: (clips, slots, llm_hidden), (clips, slots).
+        """
+        if encoder_features is not None:
+            enc = EncoderOutput(encoder_features.to(self.device), encoder_mask.to(self.device))
+        else:
+            enc = self.encoder(input_features, window_frames, windows_per_clip)
+        adapter_dtype = next(self.adapter.parameters()).dtype
+        return self.adapter(enc.features.to(adapter_dtype), enc.mask)
+
+    def embed(self, input_ids: torch.Tensor, audio_mask: torch.Tensor | None = None, **audio) -> torch.Tensor:
+        """Token embeddings with the audio slots replaced by adapter output.
+
+        Shapes: input_ids (batch, seq), audio_mask (batch, seq) -> (batch, seq, llm_hidden).
+        """
+        embeds = self.llm.get_input_embeddings()(input_ids.to(self.device))
+        if audio_mask is None or not bool(audio_mask.any()):
+            return embeds
+        audio_embeds, slot_mask = self.audio_embeddings(**audio)
+        audio_mask = audio_mask.to(self.device)
+        rows_with_audio = audio_mask.any(1)
+        if not torch.equal(audio_mask[rows_with_audio].sum(1), slot_mask.sum(1)):
+            raise ValueError(
+                f"audio slots in the prompt {audio_mask[rows_with_audio].sum(1).tolist()} do not match the "
+                f"adapter's output lengths {slot_mask.sum(1).tolist()}: the batch was built for another model"
+            )
+        # Both sides flatten row-major in row order, so the i-th slot gets the i-th valid embedding.
+        embeds = embeds.masked_scatter(audio_mask[..., None], audio_embeds[slot_mask].to(embeds.dtype))
+        return embeds
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        audio_mask: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        window_frames: torch.Tensor | None = None,
+        windows_per_clip: torch.Tensor | None = None,
+        encoder_features: torch.Tensor | None = None,
+        encoder_mask: torch.Tensor | None = None,
+        **llm_kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Loss (mean over labelled tokens) and logits for a collated batch.
+
+        Shapes: input_ids/attention_mask/labels/audio_mask (batch, seq) -> logits (batch, seq, vocab).
+        """
+        embeds = self.embed(
+            input_ids,
+            audio_mask,
+            input_features=input_features,
+            window_frames=window_frames,
+            windows_per_clip=windows_per_clip,
+            encoder_features=encoder_features,
+            encoder_mask=encoder_mask,
+        )
+        attention_mask = attention_mask.to(self.device)
+        # Positions count real tokens only, so left- and right-padded batches see the same positions.
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        return self.llm(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            labels=labels.to(self.device) if labels is not None else None,
+            **llm_kwargs,
+        )
+
+    # ---- inference ----
+
+    @torch.no_grad()
+    def generate(self, rows: list[dict] | dict, max_new_tokens: int = 128, **gen_kwargs: Any) -> list[str]:
+        """Answer a batch of rows (greedy unless sampling settings are given).
+
+        Args:
+            rows: rows (see `speechllm.model.prompt`; targets are ignored), or a batch from
+                `collator(padding_side="left", generation=True)`. Speech rows without a transcript get
+                one from Whisper when `prompt.transcript` is on.
+            max_new_tokens: generation length limit.
+            **gen_kwargs: passed to the LLM's `generate` (do_sample, temperature, top_p, ...).
+
+        Returns:
+            One decoded answer per row.
+        """
+        if isinstance(rows, list | tuple):
+            rows = self._with_transcripts(list(rows))
+            batch = self.collator(padding_side="left", generation=True)(rows)
+        else:
+            batch = rows
+            if bool((batch["attention_mask"][:, -1] == 0).any()):
+                raise ValueError("generate needs a left-padded batch: use collator(padding_side='left', generation=True)")
+        audio = {k: batch[k] for k in ("input_features", "window_frames", "windows_per_clip") if k in batch}
+        audio.update({k: batch[k] for k in ("encoder_features", "encoder_mask") if k in batch})
+        was_training = self.training
+        self.eval()
+        try:
+            embeds = self.embed(batch["input_ids"], batch.get("audio_mask"), **audio)
+            gen_kwargs.setdefault("do_sample", False)
+            gen_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+            eos = self.llm.generation_config.eos_token_id
+            eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+            if self.prompt_tokenizer.end_of_turn is not None and self.prompt_tokenizer.end_of_turn not in eos:
+                eos.append(self.prompt_tokenizer.end_of_turn)
+            gen_kwargs.setdefault("eos_token_id", eos)
+            out = self.llm.generate(
+                inputs_embeds=embeds,
+                attention_mask=batch["attention_mask"].to(self.device),
+                max_new_tokens=max_new_tokens,
+                **gen_kwargs,
+            )
+        finally:
+            self.train(was_training)
+        # With inputs_embeds only, decoder-only generate returns just the new tokens.
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def _with_transcripts(self, rows: list[dict]) -> list[dict]:
+        if not self.prompt.transcript:
+            return rows
+        need = [
+            i
+            for i, r in enumerate(rows)
+            if r.get("transcript") is None and (r.get("audio_path") is not None or r.get("audio") is not None)
+        ]
+        if not need:
+            return rows
+        collate = self.collator(generation=True)
+        arrays = [collate._audio(rows[i], i) for i in need]
+        texts = self.transcribe(arrays)
+        rows = [dict(r) for r in rows]
+        for i, text in zip(need, texts, strict=True):
+            rows[i]["transcript"] = text
+        return rows
+
+    @torch.no_grad()
+    def transcribe(self, arrays: list, max_new_tokens: int = 200) -> list[str]:
+        """Whisper transcripts (the full Whisper model is loaded on first use), 30-s windows joined.
+
+        Args:
+            arrays: mono float32 clips at 16 kHz.
+
+        Returns:
+            One transcript per clip.
+        """
+        if self._asr is None:
+            from speechllm.sources import load_whisper
+
+            model, processor = load_whisper(self.config["encoder"]["source"])
+            self._asr = (model.eval(), processor)
+        model, processor = self._asr
+        model.to(self.device)
+        texts = []
+        step = self.encoder.window_samples
+        for array in arrays:
+            pieces = [array[s : s + step] for s in range(0, len(array), step)]
+            feats = processor.feature_extractor(pieces, sampling_rate=16000, return_tensors="pt").input_features
+            ids = model.generate(feats.to(self.device, model.dtype), max_new_tokens=max_new_tokens)
+            texts.append(" ".join(t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)))
+        return texts
+
+    @torch.no_grad()
+    def encode_audio(self, audio: list, batch_size: int = 8) -> list[torch.Tensor]:
+        """Tapped encoder features per clip, for caching (pass back as a row's `encoder_features`).
+
+        Args:
+            audio: file paths or mono float32 arrays at 16 kHz (checked like the collator's inputs).
+            batch_size: clips encoded together.
+
+        Returns:
+            One float32 CPU tensor per clip. Shapes: (num_taps, frames, encoder_hidden), valid frames only.
+        """
+        collate = self.collator()
+        out = []
+        for start in range(0, len(audio), batch_size):
+            chunk = audio[start : start + batch_size]
+            rows = [{"audio_path": a} if isinstance(a, str | Path) else {"audio": a} for a in chunk]
+            rows = [{**r, "audio_path": str(r["audio_path"])} if "audio_path" in r else r for r in rows]
+            arrays = [collate._audio(r, start + i) for i, r in enumerate(rows)]
+            names = [str(r.get("audio_path", f"<audio {start + i}>")) for i, r in enumerate(rows)]
+            mel = self.encoder.mels(arrays, names)
+            enc = self.encoder(mel.input_features, mel.window_frames, mel.windows_per_clip)
+            for feats, mask in zip(enc.features, enc.mask, strict=True):
+                out.append(feats[:, mask].float().cpu())
+        return out
+
+    # ---- save / load ----
+
+    def _saved_state(self) -> dict[str, torch.Tensor]:
+        """The weights stored in model.safetensors: the adapter, plus the encoder when it trains."""
+        state = {f"adapter.{k}": v for k, v in self.adapter.state_dict().items()}
+        if not self.encoder.frozen:
+            state.update({f"encoder.{k}": v for k, v in self.encoder.encoder.state_dict().items()})
+        return state
+
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        """Write the checkpoint folder (see the module docstring).
+
+        Args:
+            out_dir: created if missing.
+
+        Returns:
+            The folder.
+        """
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        config = {"format": "speechllm", "format_version": FORMAT_VERSION, **self.config}
+        (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        state = {k: v.detach().contiguous().cpu() for k, v in self._saved_state().items()}
+        save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+        if self.finetune == "lora":
+            self.llm.save_pretrained(str(out_dir / "lora"), safe_serialization=True)
+        elif self.finetune == "full":
+            self.llm.save_pretrained(str(out_dir / "llm"), safe_serialization=True)
+            self.tokenizer.save_pretrained(str(out_dir / "llm"))
+        log.info("saved SpeechLM checkpoint to %s", out_dir)
+        return out_dir
+
+    @classmethod
+    def from_pretrained(cls, ckpt_dir: str | Path, **overrides: Any) -> SpeechLM:
+        """Rebuild a saved model and load its weights strictly.
+
+        Args:
+            ckpt_dir: a folder written by `save_pretrained`.
+            **overrides: config sections merged over the saved config, e.g.
+                `encoder={"long_audio": "refuse"}` or `llm={"source": "/local/copy"}`.
+
+        Returns:
+            The model, in eval mode.
+
+        Raises:
+            CheckpointError: missing files, or weights that do not match the config (names listed).
+        """
+        ckpt_dir = Path(ckpt_dir)
+        cfg_path = ckpt_dir / "config.json"
+        if not cfg_path.is_file():
+            raise CheckpointError(f"{ckpt_dir}: no config.json; not a SpeechLM checkpoint")
+        config = json.loads(cfg_path.read_text())
+        if config.pop("format", None) != "speechllm" or config.pop("format_version", None) != FORMAT_VERSION:
+            raise CheckpointError(f"{cfg_path}: not a SpeechLM checkpoint of format version {FORMAT_VERSION}")
+        merged = OmegaConf.merge(OmegaConf.create(config), OmegaConf.create(overrides))
+        model = cls.from_config(merged, pretrained_dir=ckpt_dir)
+        model._load_weights(ckpt_dir)
+        return model.eval()
+
+    def _load_weights(self, ckpt_dir: Path) -> None:
+        weights = ckpt_dir / "model.safetensors"
+        if not weights.is_file():
+            raise CheckpointError(f"{ckpt_dir}: model.safetensors is missing")
+        _strict_load(self._saved_state(), load_file(str(weights)), weights)
+        if self.finetune == "lora":
+            from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+            lora_file = ckpt_dir / "lora" / "adapter_model.safetensors"
+            if not lora_file.is_file():
+                raise CheckpointError(f"{ckpt_dir}: finetune=lora but {lora_file} is missing")
+            saved = load_file(str(lora_file))
+            expected = get_peft_model_state_dict(self.llm)
+            _check_names(expected, saved, lora_file)
+            set_peft_model_state_dict(self.llm, saved)
+
+
+def _check_names(expected: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], path: Path) -> None:
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    mismatched = sorted(
+        f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(saved) & set(expected)
+        if saved[k].shape != expected[k].shape
+    )
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected}")
+        if mismatched:
+            parts.append(f"shape mismatch {mismatched}")
+        raise CheckpointError(f"{path} does not match the model built from config.json: " + "; ".join(parts))
+
+
+def _strict_load(target: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], path: Path) -> None:
+    """Copy `saved` into the tensors of `target` after checking names and shapes match exactly."""
+    _check_names(target, saved, path)
+    with torch.no_grad():
+        for k, t in target.items():
+            t.copy_(saved[k].to(t.dtype))
+
+
+def _apply_finetune(llm: nn.Module, cfg: LLMConfig) -> nn.Module:
+    """Freeze the LLM, wrap it with LoRA, or leave it fully trainable, per `cfg.finetune`."""
+    if cfg.finetune == "full":
+        llm.requires_grad_(True)
+        return llm
+    llm.requires_grad_(False)
+    if cfg.finetune == "frozen":
+        return llm
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(llm, lora)
+
+
+__all__ = ["CheckpointError", "SpeechLM", "pad_features"]
