@@ -1,0 +1,35 @@
+"""Evaluate a trained speech-language model: unseen speech instructions, the text-LLM ceiling, the
+untrained baseline and retention of the LLM's abilities. Writes report.json, report.md and plots.
+
+Usage:
+    python evaluate.py checkpoint=DIR                       # the demo corpus's described test split
+    python evaluate.py checkpoint=DIR eval.data=NAME        # {paths.data_dir}/NAME/described, split test
+    python evaluate.py checkpoint=DIR eval.audiofolder=DIR  # any labelled audiofolder (metadata.csv)
+    python evaluate.py -m checkpoint=A,B,C                  # several checkpoints, one report each
+    python -m speechllm.eval.plane RUN_DIR [RUN_DIR ...]    # learning-vs-forgetting plane across reports
+
+The logic lives in speechllm.eval.runner.evaluate.
+"""
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from speechllm.eval.data import EvalDataError
+from speechllm.eval.runner import CheckpointError, evaluate
+
+
+@hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        evaluate(cfg)
+    except (CheckpointError, EvalDataError) as e:
+        # A user error, not a bug: one clear line and a non-zero exit, no traceback.
+        logging.getLogger("evaluate").error("%s", e)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,421 @@
+"""The evaluation: unseen questions, ceiling, agreement, untrained baseline, retention -> report.
+
+`evaluate(cfg)` is what `evaluate.py` calls. Steps, each logged:
+1. load the checkpoint (clear errors for a missing or mismatched one) and the clips;
+2. build the unseen questions (tasks whose labels are missing are skipped and named);
+3. the speech model answers (audio + transcript + question), batched;
+4. the text LLM (the checkpoint's LLM source, base weights) answers the same questions from the gold
+   description: the ceiling, and agreement with the speech model;
+5. the same speech evaluation with the adapter at initialisation (same config and seed);
+6. retention: format-following constraints, audio vs description; text-only drift when the LLM's
+   weights changed;
+7. report.json, report.md and plots into the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from speechllm.eval import parsing, retention
+from speechllm.eval.data import EvalData, add_descriptions, load_audiofolder, load_described
+from speechllm.eval.generation import generate_chat
+from speechllm.eval.report import write_report
+from speechllm.eval.tasks import Item, build_items, chance_level, select_tasks
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be evaluated; the message names the folder and the problem."""
+
+
+# ----- models ----------------------------------------------------------------------------------------
+
+
+def load_checkpoint(path: str):
+    """Load a trained SpeechLM, turning failures into a CheckpointError that says what is wrong.
+
+    Args:
+        path: checkpoint folder written by ``SpeechLM.save_pretrained``.
+
+    Returns:
+        The SpeechLM, in eval mode.
+
+    Raises:
+        CheckpointError: the folder does not exist, is not a checkpoint, or its weights do not
+            match its config (missing/unexpected/mis-shaped tensors).
+    """
+    from speechllm.model import SpeechLM
+
+    if not path or not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist (expected a folder written by train.py)")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise CheckpointError(
+            f"{path!r} is not a SpeechLM checkpoint: no config.json (contents: {sorted(os.listdir(path))[:10]})"
+        )
+    try:
+        model = SpeechLM.from_pretrained(path)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path!r} could not be loaded: {type(e).__name__}: {e}") from e
+    return model.eval()
+
+
+def checkpoint_model_config(path: str) -> dict:
+    """The ``model`` config a checkpoint was built from (its config.json)."""
+    with open(os.path.join(path, "config.json")) as f:
+        cfg = json.load(f)
+    return cfg.get("model", cfg)
+
+
+def checkpoint_seed(path: str, default: int) -> int:
+    """The training seed recorded in a checkpoint's config.json, or `default`."""
+    with open(os.path.join(path, "config.json")) as f:
+        cfg = json.load(f)
+    for key in ("seed", "train_seed"):
+        if isinstance(cfg.get(key), int):
+            return cfg[key]
+    return default
+
+
+def llm_source(model_cfg: dict) -> str:
+    """The LLM source named by a model config (``llm.source``)."""
+    llm = model_cfg.get("llm", {})
+    source = llm.get("source") if isinstance(llm, dict) else None
+    if not source:
+        raise CheckpointError(f"the checkpoint's model config names no llm.source: {model_cfg.get('llm')!r}")
+    return source
+
+
+def untrained_model(model_cfg: dict, seed: int):
+    """The same SpeechLM with the adapter at initialisation (no trained weights).
+
+    Args:
+        model_cfg: the checkpoint's ``model`` config.
+        seed: the seed training started from, so the adapter starts where training started.
+
+    Returns:
+        A SpeechLM in eval mode.
+    """
+    from speechllm.model import SpeechLM
+
+    torch.manual_seed(seed)
+    return SpeechLM.from_config(OmegaConf.create(model_cfg)).eval()
+
+
+def speech_llm_module(model):
+    """The causal LM inside a SpeechLM (with LoRA layers if any), for text-only drift."""
+    for name in ("llm", "language_model"):
+        if hasattr(model, name):
+            return getattr(model, name)
+    raise AttributeError("SpeechLM exposes no `llm` attribute")
+
+
+# ----- answering -------------------------------------------------------------------------------------
+
+
+def speech_answers(model, rows: Sequence[dict], items: Sequence[Item], *, max_new_tokens: int,
+                   batch_size: int) -> list[str]:
+    """The speech model's answers: audio + transcript + question per item, batched.
+
+    Args:
+        model: a SpeechLM.
+        rows: the evaluated clips.
+        items: questions (``item.row`` indexes `rows`).
+        max_new_tokens: answer length limit.
+        batch_size: rows per generate call.
+
+    Returns:
+        One answer per item.
+    """
+    reqs = [
+        {
+            "clip_id": rows[it.row].get("clip_id"),
+            "audio_path": rows[it.row]["audio_path"],
+            "transcript": rows[it.row].get("transcript"),
+            "instruction": it.question,
+        }
+        for it in items
+    ]
+    out: list[str] = []
+    with torch.no_grad():
+        for start in range(0, len(reqs), batch_size):
+            out.extend(model.generate(reqs[start:start + batch_size], max_new_tokens=max_new_tokens))
+    return [a.strip() for a in out]
+
+
+def text_answers(llm, tokenizer, rows: Sequence[dict], items: Sequence[Item], *, max_new_tokens: int,
+                 batch_size: int) -> list[str]:
+    """The text LLM's answers reading each clip's gold description (the ceiling)."""
+    from speechllm.data.targets import description_messages
+
+    convs = [description_messages(rows[it.row]["description"], it.question) for it in items]
+    return generate_chat(llm, tokenizer, convs, max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+
+# ----- scoring ---------------------------------------------------------------------------------------
+
+
+def parse_answers(items: Sequence[Item], answers: Sequence[str]) -> list[str | None]:
+    """Parsed label (label tasks) or extracted transcript (content) per item."""
+    out: list[str | None] = []
+    for it, a in zip(items, answers, strict=True):
+        out.append(parsing.extract_transcript(a) if not it.classes else parsing.parse_label(a, it.task, it.classes))
+    return out
+
+
+def score(items: Sequence[Item], parsed: Sequence[str | None]) -> dict[str, dict]:
+    """Per-task scores.
+
+    Args:
+        items: the questions.
+        parsed: from :func:`parse_answers`.
+
+    Returns:
+        {task: {"accuracy", "n", "answered", "chance", "chance_uniform"}}; content tasks (no classes)
+        get "wer" and accuracy = max(0, 1 - WER) (word accuracy) with chance 0.
+    """
+    by_task: dict[str, list[tuple[Item, str | None]]] = {}
+    for it, p in zip(items, parsed, strict=True):
+        by_task.setdefault(it.task, []).append((it, p))
+    out: dict[str, dict] = {}
+    for task, pairs in by_task.items():
+        golds = [it.gold for it, _ in pairs]
+        if pairs[0][0].classes:
+            majority, uniform = chance_level(golds, pairs[0][0].classes)
+            out[task] = {
+                "accuracy": sum(p == it.gold for it, p in pairs) / len(pairs),
+                "n": len(pairs),
+                "answered": sum(p is not None for _, p in pairs) / len(pairs),
+                "chance": majority,
+                "chance_uniform": uniform,
+            }
+        else:
+            wer = parsing.word_error_rate(golds, [p or "" for _, p in pairs])
+            out[task] = {"accuracy": max(0.0, 1.0 - wer), "wer": wer, "n": len(pairs),
+                         "answered": sum(bool(p) for _, p in pairs) / len(pairs),
+                         "chance": 0.0, "chance_uniform": 0.0}
+    return out
+
+
+def agreement(items: Sequence[Item], a: Sequence[str | None], b: Sequence[str | None]) -> dict[str, float]:
+    """How often two models' parsed answers agree, per task.
+
+    Label tasks: share of items where both parse to the same class (two unparseable answers do not
+    count as agreeing). Content: word accuracy of one transcript against the other, max(0, 1 - WER).
+    """
+    by_task: dict[str, list[tuple[Item, str | None, str | None]]] = {}
+    for it, x, y in zip(items, a, b, strict=True):
+        by_task.setdefault(it.task, []).append((it, x, y))
+    out: dict[str, float] = {}
+    for task, triples in by_task.items():
+        if triples[0][0].classes:
+            out[task] = sum(x is not None and x == y for _, x, y in triples) / len(triples)
+        else:
+            out[task] = max(0.0, 1.0 - parsing.word_error_rate([y or "" for *_, y in triples],
+                                                               [x or "" for _, x, _ in triples]))
+    return out
+
+
+def _samples(items: Sequence[Item], answers: dict[str, list[str]], k: int) -> list[dict]:
+    """Up to k items, round-robin over tasks, with every model's answer."""
+    by_task: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        by_task.setdefault(it.task, []).append(i)
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < k and any(depth < len(v) for v in by_task.values()):
+        for idxs in by_task.values():
+            if depth < len(idxs) and len(picked) < k:
+                picked.append(idxs[depth])
+        depth += 1
+    return [
+        {"task": items[i].task, "question": items[i].question, "gold": items[i].gold,
+         **{name: ans[i] for name, ans in answers.items()}}
+        for i in picked
+    ]
+
+
+# ----- retention -------------------------------------------------------------------------------------
+
+
+def format_items(rows: Sequence[dict], max_clips: int) -> tuple[list[Item], list[retention.FormatConstraint]]:
+    """Format-following requests: every constraint on each of the first `max_clips` clips."""
+    items: list[Item] = []
+    constraints: list[retention.FormatConstraint] = []
+    for r in range(min(max_clips, len(rows))):
+        for j, c in enumerate(retention.FORMAT_CONSTRAINTS):
+            request = retention.FORMAT_REQUESTS[(r + j) % len(retention.FORMAT_REQUESTS)]
+            items.append(Item(r, f"format/{c.name}", retention.format_prompt(request, c), "", ()))
+            constraints.append(c)
+    return items, constraints
+
+
+# ----- the whole evaluation ---------------------------------------------------------------------------
+
+
+def load_data(cfg: DictConfig) -> EvalData:
+    """The rows to evaluate, from ``eval.audiofolder`` if set, else the described split."""
+    e = cfg.eval
+    if e.get("audiofolder"):
+        data = load_audiofolder(str(e.audiofolder), split=e.split, max_clips=e.max_clips)
+        return add_descriptions(data, _describer(cfg))
+    return load_described(str(cfg.paths.data_dir), str(e.data), split=e.split, max_clips=e.max_clips)
+
+
+def _describer(cfg: DictConfig):
+    """The project's describe machinery as rows -> described rows, or None if it is not available."""
+    try:
+        from speechllm.data.describe_stage import describe_rows
+    except ImportError:
+        return None
+    return lambda rows: describe_rows(rows, cfg)
+
+
+def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
+    """Run the evaluation and write the report.
+
+    Args:
+        cfg: the composed ``evaluate.yaml`` config (``checkpoint``, ``eval``, ``paths``).
+        out_dir: where to write (default ``cfg.paths.output_dir``, Hydra's run folder).
+
+    Returns:
+        The report dict (also written as report.json).
+
+    Raises:
+        CheckpointError: missing or mismatched checkpoint.
+        EvalDataError: missing data, or no task has labels.
+    """
+    from speechllm.eval.data import EvalDataError
+    from speechllm.sources import load_llm
+
+    t0 = time.time()
+    e = cfg.eval
+    out_dir = out_dir or str(cfg.paths.output_dir)
+    ckpt = str(cfg.checkpoint)
+    model = load_checkpoint(ckpt)
+    model_cfg = checkpoint_model_config(ckpt)
+    log.info("loaded checkpoint %s", ckpt)
+    data = load_data(cfg)
+    rows = data.rows
+    columns = sorted({k for r in rows for k in r})
+    tasks, skipped = select_tasks(columns, list(e.tasks) if e.get("tasks") else None)
+    items, dropped = build_items(rows, tasks, e.questions_per_task, e.seed)
+    skipped.update(dropped)
+    for name, why in skipped.items():
+        log.info("skipping task %s: %s", name, why)
+    if not items:
+        raise EvalDataError(f"nothing to evaluate in {data.name}: every task was skipped ({skipped})")
+    log.info("evaluating %d clips, %d questions over tasks %s", len(rows), len(items),
+             sorted({it.task for it in items}))
+    gen = {"max_new_tokens": int(e.max_new_tokens), "batch_size": int(e.batch_size)}
+    fmt_items, constraints = format_items(rows, int(e.retention.max_clips)) if e.retention.format else ([], [])
+    fmt_gen = {"max_new_tokens": int(e.retention.max_new_tokens), "batch_size": int(e.batch_size)}
+
+    # 3. speech model
+    speech_ans = speech_answers(model, rows, items, **gen)
+    speech_parsed = parse_answers(items, speech_ans)
+    report: dict = {"checkpoint": os.path.abspath(ckpt), "unseen": score(items, speech_parsed)}
+    answers = {"speech": speech_ans}
+    speech_fmt = speech_answers(model, rows, fmt_items, **fmt_gen) if fmt_items else []
+    log.info("speech model done (%.0f s)", time.time() - t0)
+
+    # 4. ceiling: the base text LLM reading the gold description
+    source = llm_source(model_cfg)
+    llm, tok = None, None
+    if e.ceiling or fmt_items or e.retention.drift is not False:
+        llm, tok = load_llm(source)
+        llm.eval()
+    if e.ceiling:
+        text_ans = text_answers(llm, tok, rows, items, **gen)
+        text_parsed = parse_answers(items, text_ans)
+        report["ceiling"] = score(items, text_parsed)
+        report["agreement"] = agreement(items, speech_parsed, text_parsed)
+        answers["text"] = text_ans
+    text_fmt = text_answers(llm, tok, rows, fmt_items, **fmt_gen) if fmt_items else []
+    log.info("text LLM done (%.0f s)", time.time() - t0)
+
+    # 5. untrained baseline
+    base_fmt: list[str] = []
+    if e.baseline:
+        seed = checkpoint_seed(ckpt, int(e.seed))
+        base_model = untrained_model(model_cfg, seed)
+        base_ans = speech_answers(base_model, rows, items, **gen)
+        report["baseline"] = score(items, parse_answers(items, base_ans))
+        answers["baseline"] = base_ans
+        base_fmt = speech_answers(base_model, rows, fmt_items, **fmt_gen) if fmt_items else []
+        del base_model
+        log.info("untrained baseline done (%.0f s)", time.time() - t0)
+
+    # 6. retention
+    report["retention"] = {}
+    if fmt_items:
+        s = retention.format_rate(speech_fmt, constraints)
+        t = retention.format_rate(text_fmt, constraints)
+        b = retention.format_rate(base_fmt, constraints) if base_fmt else {"rate": 0.0}
+        report["retention"]["format"] = {
+            "speech": s["rate"], "text": t["rate"],
+            "delta": retention.forgetting_delta(s["rate"], t["rate"], s["n"]),
+            "baseline": b["rate"], "n": s["n"],
+            "by_constraint_speech": s["by_constraint"], "by_constraint_text": t["by_constraint"],
+        }
+    report["retention"]["drift"] = _drift(model, llm, tok, e)
+
+    # 7. report
+    unseen = report["unseen"]
+    fmt = report["retention"].get("format", {})
+    report["summary"] = {
+        "target_score": sum(v["accuracy"] for v in unseen.values()) / len(unseen),
+        "retention": 1.0 + fmt["delta"] if fmt else 0.0,
+        "baseline_target_score": (sum(v["accuracy"] for v in report["baseline"].values()) / len(report["baseline"])
+                                  if "baseline" in report else 0.0),
+    }
+    report["skipped"] = skipped
+    report["samples"] = _samples(items, answers, int(e.samples))
+    if fmt_items:
+        report["format_samples"] = [
+            {"constraint": c.name, "prompt": it.question, "speech": a, "text": b}
+            for it, c, a, b in list(zip(fmt_items, constraints, speech_fmt, text_fmt, strict=True))[:4]
+        ]
+    report["notes"] = data.notes + [
+        "chance = majority rate (always answering the most frequent gold label); chance_uniform = 1/classes",
+        "answers mentioning several classes count as the first asserted one; unparseable answers are wrong",
+    ]
+    report["meta"] = {
+        "data": data.name, "n_clips": len(rows), "n_questions": len(items),
+        "questions_per_task": int(e.questions_per_task), "max_new_tokens": int(e.max_new_tokens),
+        "llm": source, "seconds": time.time() - t0,
+    }
+    if e.plots:
+        paths = write_report(report, out_dir)
+    else:
+        from speechllm.eval.report import render_markdown, write_json
+
+        paths = {"json": write_json(report, out_dir), "md": os.path.join(out_dir, "report.md")}
+        with open(paths["md"], "w") as f:
+            f.write(render_markdown(report))
+    log.info("wrote %s (%.0f s)", paths["json"], time.time() - t0)
+    return report
+
+
+def _drift(model, llm, tok, e) -> dict:
+    """Text-only drift of the speech model's LLM from the base, when its weights changed (or forced)."""
+    mode = e.retention.drift
+    if mode is False or llm is None:
+        return {"skipped": "disabled (eval.retention.drift=false)"}
+    tuned = speech_llm_module(model)
+    changed = retention.llm_weights_changed(llm, tuned)
+    if mode == "auto" and not changed:
+        return {"skipped": "the LLM's weights are unchanged (frozen); text behaviour equals the base"}
+    kw = {"max_new_tokens": int(e.retention.drift_max_new_tokens), "batch_size": int(e.batch_size)}
+    out = retention.text_drift(llm, tuned, tok, **kw)
+    out["weights_changed"] = float(changed)
+    out["base"] = retention.text_behaviour(llm, tok, **kw)
+    out["tuned"] = retention.text_behaviour(tuned, tok, **kw)
+    return out
