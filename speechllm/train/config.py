@@ -1,0 +1,345 @@
+"""The training config's schema and the checks that run before any model is loaded.
+
+Hydra already refuses command-line overrides of keys that do not exist and group options that do not
+exist. What it cannot see is a typo inside a YAML file (an experiment preset that sets
+`trainer.lerning_rate` silently adds a key nobody reads) or a value out of range. The dataclasses
+below are the schema for the most-edited parts (the top-level keys, `trainer`, `kd`, the replay
+mixture); :func:`validate` merges the composed config into them so an unknown key or a wrong type
+fails with the key's dotted name, and checks that the prepared data the run reads exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from speechllm.config import ConfigError, check_targets
+
+LOSSES = ("ce", "kd")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass
+class TrainerConfig:
+    """`trainer` group: how the optimisation runs (mapped onto `transformers.TrainingArguments`).
+
+    Attributes:
+        max_steps: optimiser steps to run; -1 runs `num_train_epochs` epochs.
+        num_train_epochs: epochs over the mixture when `max_steps` is -1.
+        per_device_train_batch_size: rows per device per micro-batch.
+        gradient_accumulation_steps: micro-batches per optimiser step.
+        learning_rate: peak learning rate.
+        lr_scheduler_type: a `transformers` schedule name (cosine, linear, constant_with_warmup, ...).
+        warmup_ratio: share of the steps spent warming up (used when `warmup_steps` is 0).
+        warmup_steps: warm-up steps (overrides `warmup_ratio` when > 0).
+        weight_decay: AdamW weight decay.
+        max_grad_norm: gradient clipping norm (0 disables clipping).
+        precision: auto (bf16 on a GPU that has it, else fp32), bf16, fp16 or fp32.
+        logging_steps: log the loss every this many steps.
+        save_steps: write `checkpoints/step-N/` every this many steps (0: only `final`).
+        save_total_limit: keep at most this many step checkpoints (None keeps all).
+        group_by_length: batch rows of similar length together, so padding stays small.
+        cache_encoder_features: with a frozen encoder, encode each clip once and reuse the features.
+        feature_cache_dir: where cached features live; None uses `<data_dir>/<data.name>/features`.
+        dataloader_num_workers: data-loading worker processes.
+        gradient_checkpointing: trade compute for memory in the LLM.
+        resume: None (start fresh), "last" (newest `checkpoints/step-N/` in this run dir) or a
+            checkpoint folder path.
+        report_to: logging integrations (tensorboard; [] for none).
+        extra_args: further `TrainingArguments` fields passed through verbatim (fsdp, deepspeed,
+            ddp_timeout, ...); names are checked against `TrainingArguments`.
+    """
+
+    max_steps: int = -1
+    num_train_epochs: float = 1.0
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.05
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: str = "auto"
+    logging_steps: int = 1
+    save_steps: int = 500
+    save_total_limit: int | None = None
+    group_by_length: bool = True
+    cache_encoder_features: bool = True
+    feature_cache_dir: str | None = None
+    dataloader_num_workers: int = 0
+    gradient_checkpointing: bool = False
+    resume: str | None = None
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    extra_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class KDConfig:
+    """`kd`: distillation from the frozen LLM reading the description (used when `loss=kd`).
+
+    Attributes:
+        temperature: softmax temperature for both distributions (the KL is scaled by T^2).
+        ce_weight: weight of cross-entropy on the target tokens added to the KL (0: pure KL).
+    """
+
+    temperature: float = 1.0
+    ce_weight: float = 0.0
+
+
+@dataclass
+class MixtureConfig:
+    """The keys of `replay` that training reads (the rest of the node configures data preparation).
+
+    Attributes:
+        ratio: share of the training rows that are text replay, in [0, 1).
+        weights: replay dataset name (a folder `<data_dir>/replay/<name>/`) -> relative weight.
+    """
+
+    ratio: float = 0.0
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TopLevelConfig:
+    """Top-level keys of `conf/train.yaml` that are not config groups.
+
+    Attributes:
+        seed: seeds model init, the mixture and the data order.
+        loss: ce (cross-entropy on target tokens, DeSTA2) or kd (KL to the LLM reading the description).
+        kd: distillation settings.
+        prepare_missing: run `data_prep/prepare.py` when the prepared data is missing, instead of failing.
+        train_split: which `split` value of the target rows to train on.
+        max_train_rows: cap on speech rows (None: all), for quick runs.
+    """
+
+    seed: int = 0
+    loss: str = "ce"
+    kd: KDConfig = field(default_factory=KDConfig)
+    prepare_missing: bool = False
+    train_split: str = "train"
+    max_train_rows: int | None = None
+
+
+# Config groups composed by conf/train.yaml; each owner validates its own node's contents.
+GROUP_KEYS = ("paths", "data", "model", "target", "replay", "trainer", "hydra")
+
+
+def _merge_schema(schema: type, node: Any, prefix: str) -> Any:
+    """Merge a config node into a dataclass schema; unknown keys and bad types name the dotted key."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(merged)
+    except ConfigKeyError as e:
+        key = getattr(e, "key", None) or str(e).split("'")[1]
+        fields = sorted(f.name for f in dataclasses.fields(schema))
+        raise ConfigError(
+            f"unknown config key '{prefix}{key}'. Known keys of {prefix.rstrip('.') or 'the root'}: {fields}"
+        ) from None
+    except OmegaConfBaseException as e:
+        full_key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
+        raise ConfigError(f"bad value for config key '{prefix}{full_key}': {e.msg}") from None
+
+
+def validate_schema(cfg: DictConfig) -> tuple[TopLevelConfig, TrainerConfig, MixtureConfig]:
+    """Check the top-level keys, `trainer`, `kd` and the replay mixture against the schema.
+
+    Args:
+        cfg: the composed training config.
+
+    Returns:
+        (top-level settings, trainer settings, mixture settings) as plain dataclasses.
+
+    Raises:
+        ConfigError: naming the offending key (unknown key, wrong type, value out of range).
+    """
+    top_names = {f.name for f in dataclasses.fields(TopLevelConfig)}
+    unknown = [k for k in cfg.keys() if k not in top_names and k not in GROUP_KEYS]
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{unknown[0]}'. Top-level keys: {sorted(top_names)}; "
+            f"groups: {sorted(GROUP_KEYS)}"
+        )
+    top = _merge_schema(TopLevelConfig, {k: cfg[k] for k in cfg.keys() if k in top_names}, "")
+    trainer = _merge_schema(TrainerConfig, cfg.get("trainer", {}), "trainer.")
+    replay = cfg.get("replay", {}) or {}
+    mixture = _merge_schema(
+        MixtureConfig, {k: replay[k] for k in ("ratio", "weights") if k in replay}, "replay."
+    )
+
+    if top.loss not in LOSSES:
+        raise ConfigError(f"loss={top.loss!r} is not one of {list(LOSSES)}")
+    if top.kd.temperature <= 0:
+        raise ConfigError(f"kd.temperature must be > 0, got {top.kd.temperature}")
+    if top.max_train_rows is not None and top.max_train_rows < 1:
+        raise ConfigError(f"max_train_rows must be >= 1 or null, got {top.max_train_rows}")
+    if not 0.0 <= mixture.ratio < 1.0:
+        raise ConfigError(
+            f"replay.ratio={mixture.ratio} is outside [0, 1): it is the share of training rows that are "
+            "text replay (0.05 = 5%), and a run needs some speech rows"
+        )
+    for name, weight in mixture.weights.items():
+        if weight < 0:
+            raise ConfigError(f"replay.weights.{name}={weight} must be >= 0")
+    if mixture.ratio > 0 and sum(mixture.weights.values()) <= 0:
+        raise ConfigError(f"replay.ratio={mixture.ratio} > 0 but replay.weights gives no source a weight > 0")
+    if trainer.precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={trainer.precision!r} is not one of {list(PRECISIONS)}")
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
+        if getattr(trainer, key) < 1:
+            raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(trainer, key)}")
+    if trainer.max_steps == 0 or trainer.max_steps < -1:
+        raise ConfigError(f"trainer.max_steps must be -1 (use epochs) or >= 1, got {trainer.max_steps}")
+    if trainer.max_steps == -1 and trainer.num_train_epochs <= 0:
+        raise ConfigError(f"trainer.num_train_epochs must be > 0, got {trainer.num_train_epochs}")
+    if not 0.0 <= trainer.warmup_ratio < 1.0:
+        raise ConfigError(f"trainer.warmup_ratio must be in [0, 1), got {trainer.warmup_ratio}")
+    if trainer.save_steps < 0:
+        raise ConfigError(f"trainer.save_steps must be >= 0, got {trainer.save_steps}")
+    _check_extra_args(trainer.extra_args)
+    check_targets(cfg.get("model", {}))
+    return top, trainer, mixture
+
+
+def _check_extra_args(extra: dict[str, Any]) -> None:
+    """`trainer.extra_args` keys must be `TrainingArguments` fields that the schema does not own."""
+    from transformers import TrainingArguments
+
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    owned = {f.name for f in dataclasses.fields(TrainerConfig)} | {
+        "output_dir", "seed", "data_seed", "bf16", "fp16", "remove_unused_columns", "save_strategy",
+        "logging_dir", "length_column_name",
+    }  # fmt: skip
+    for key in extra:
+        if key not in known:
+            raise ConfigError(f"unknown config key 'trainer.extra_args.{key}': not a TrainingArguments field")
+        if key in owned:
+            raise ConfigError(
+                f"trainer.extra_args.{key} is set by the training code or has its own key; "
+                f"set trainer.{key} (or the top-level key) instead"
+            )
+
+
+@dataclass
+class DataPaths:
+    """Where the prepared data a run reads lives.
+
+    Attributes:
+        targets: `<data_dir>/<data.name>/targets/<target.mode>/`.
+        replay: replay dataset name -> `<data_dir>/replay/<name>/` (only sources the mixture uses).
+    """
+
+    targets: Path
+    replay: dict[str, Path]
+
+
+def data_paths(cfg: DictConfig, mixture: MixtureConfig) -> DataPaths:
+    """The prepared-data folders this config reads.
+
+    Args:
+        cfg: the composed training config (needs `paths.data_dir`, `data.name`, `target.mode`).
+        mixture: the validated replay mixture.
+
+    Returns:
+        The folders (not checked for existence; see :func:`check_prepared`).
+    """
+    for key in ("paths.data_dir", "data.name", "target.mode"):
+        if OmegaConf.select(cfg, key, default=None) in (None, ""):
+            raise ConfigError(f"config key '{key}' is missing or empty")
+    data_dir = Path(cfg.paths.data_dir)
+    replay = {}
+    if mixture.ratio > 0:
+        replay = {name: data_dir / "replay" / name for name, w in mixture.weights.items() if w > 0}
+    return DataPaths(targets=data_dir / cfg.data.name / "targets" / cfg.target.mode, replay=replay)
+
+
+def is_prepared(path: Path) -> bool:
+    """A stage folder counts as prepared once its dataset is complete (written last by the stage)."""
+    from speechllm.data import stage
+
+    marker = getattr(stage, "_COMPLETE", "_complete.json")
+    return (path / marker).is_file() or (path / "dataset_info.json").is_file()
+
+
+def group_choices(cfg: DictConfig) -> dict[str, str]:
+    """The chosen option of each config group (`data: demo`, `target: label`, ...), where known."""
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None)
+    if choices is None:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            choices = HydraConfig.get().runtime.choices
+        except ValueError:  # not running under Hydra (a plain OmegaConf config)
+            choices = {}
+    return {str(k): str(v) for k, v in dict(choices).items() if v is not None}
+
+
+def prepare_command(cfg: DictConfig, mixture: MixtureConfig) -> list[str]:
+    """The `data_prep/prepare.py` command line that makes the data this training config reads.
+
+    The data, target and replay groups (and the LLM that writes targets) are passed with the same
+    options this run uses, so the prepared folders are the ones it looks for.
+
+    Args:
+        cfg: the composed training config.
+        mixture: the validated replay mixture.
+
+    Returns:
+        argv, starting with the python executable.
+    """
+    choices = group_choices(cfg)
+    args = [os.environ.get("PYTHON", "python"), "data_prep/prepare.py"]
+    for group in ("data", "target", "replay", "model/llm"):
+        if group in choices:
+            args.append(f"{group}={choices[group]}")
+    args.append(f"paths.data_dir={cfg.paths.data_dir}")
+    if mixture.ratio == 0:
+        args.append("replay.ratio=0")
+    return args
+
+
+def check_prepared(cfg: DictConfig, mixture: MixtureConfig) -> DataPaths:
+    """Fail (or prepare, with `prepare_missing=true`) when the data the run reads is missing.
+
+    Args:
+        cfg: the composed training config.
+        mixture: the validated replay mixture.
+
+    Returns:
+        The data folders, all present.
+
+    Raises:
+        ConfigError: naming each missing folder and the exact command that makes it.
+    """
+    paths = data_paths(cfg, mixture)
+    missing = [p for p in [paths.targets, *paths.replay.values()] if not is_prepared(p)]
+    if not missing:
+        return paths
+    command = prepare_command(cfg, mixture)
+    if cfg.get("prepare_missing", False):
+        import subprocess
+        import sys
+
+        command[0] = sys.executable
+        repo_root = Path(__file__).resolve().parents[2]
+        env = dict(os.environ, PYTHONPATH=str(repo_root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        # Absolute data dir: the subprocess runs from the repo root, the run may have started elsewhere.
+        command = [a if not a.startswith("paths.data_dir=") else f"paths.data_dir={Path(cfg.paths.data_dir).resolve()}"
+                   for a in command]  # fmt: skip
+        subprocess.run(command, check=True, cwd=repo_root, env=env)
+        still = [p for p in [paths.targets, *paths.replay.values()] if not is_prepared(p)]
+        if not still:
+            return paths
+        missing = still
+    raise ConfigError(
+        "prepared data is missing: "
+        + ", ".join(str(p) for p in missing)
+        + f". Make it with:\n  {shlex.join(command)}\nor rerun training with prepare_missing=true."
+    )

@@ -1,0 +1,62 @@
+"""One output folder for all processes of a distributed run.
+
+Under `torchrun` / `accelerate launch` every rank runs `train.py`, and Hydra would give each rank
+its own time-stamped run folder (they start a fraction of a second apart). Before Hydra starts, rank 0
+picks the folder and publishes it through the launcher's key-value store; the other ranks read it, and
+every rank gets the same `hydra.run.dir=...` override. An explicit `hydra.run.dir` always wins.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+RUN_DIR_PATTERN = "outputs/train/%Y-%m-%d_%H-%M-%S"
+_KEY = "speechllm/run_dir"
+
+
+def world_size() -> int:
+    """Processes in this launch (1 outside torchrun/accelerate)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def has_override(argv: list[str], key: str) -> bool:
+    """Whether the command line sets `key=` (with or without Hydra's `+`/`++` prefixes)."""
+    return any(a.lstrip("+").startswith(f"{key}=") for a in argv)
+
+
+def shared_run_dir_argv(argv: list[str], timeout_s: float = 300.0) -> list[str]:
+    """`argv` with `hydra.run.dir=<one folder for all ranks>` added when running distributed.
+
+    Args:
+        argv: the command line (`sys.argv`).
+        timeout_s: how long non-zero ranks wait for rank 0's folder.
+
+    Returns:
+        argv unchanged for a single process, a multirun (`-m`) or when `hydra.run.dir` is given;
+        otherwise argv plus the override.
+
+    Raises:
+        RuntimeError: distributed, but not started by torchrun/accelerate (no launcher store), and no
+            `hydra.run.dir` given.
+    """
+    if world_size() <= 1 or has_override(argv, "hydra.run.dir") or {"-m", "--multirun"} & set(argv):
+        return argv
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true":
+        raise RuntimeError(
+            "distributed run without torchrun's key-value store: pass hydra.run.dir=<folder> explicitly so "
+            "all ranks write to one output folder"
+        )
+    import torch.distributed as dist
+
+    # torchrun's agent hosts a store at MASTER_ADDR:MASTER_PORT that workers join as clients (the same
+    # one init_process_group uses later); a key of our own does not disturb it.
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )  # fmt: skip
+    key = f"{_KEY}/{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
+    if int(os.environ.get("RANK", "0")) == 0:
+        store.set(key, datetime.datetime.now().strftime(RUN_DIR_PATTERN))
+    run_dir = store.get(key).decode()
+    return [*argv, f"hydra.run.dir={run_dir}"]

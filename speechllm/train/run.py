@@ -1,0 +1,284 @@
+"""`train(cfg)`: the whole training run, top to bottom (train.py is a thin Hydra wrapper around it).
+
+Order matters: everything that can be wrong with the config or the data is checked before the model
+is loaded (an 8B LLM takes minutes to load; a typo should take a second to report).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import datasets
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from speechllm.config import ConfigError
+from speechllm.train.config import TrainerConfig, check_prepared, validate_schema
+from speechllm.train.mixture import Mixture, build_mixture, speech_rows
+from speechllm.train.outputs import plot_loss, write_metrics
+from speechllm.train.trainer import MetricsCallback, SpeechTrainer, TrainCollator, step_checkpoints
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_resume(resume: str | None, checkpoints_dir: Path) -> str | None:
+    """The checkpoint folder to resume from.
+
+    Args:
+        resume: None, "last" or a checkpoint path (`trainer.resume`).
+        checkpoints_dir: this run's `checkpoints/` folder.
+
+    Returns:
+        A complete `step-N` folder, or None to start fresh ("last" with no checkpoint yet starts fresh).
+
+    Raises:
+        ConfigError: a given path that is not a complete checkpoint.
+    """
+    if resume in (None, ""):
+        return None
+    if resume == "last":
+        found = step_checkpoints(checkpoints_dir)
+        if not found:
+            logger.info("trainer.resume=last: no checkpoint in %s yet; starting fresh", checkpoints_dir)
+            return None
+        return str(found[-1])
+    path = Path(resume)
+    if not (path / "trainer_state.json").is_file():
+        raise ConfigError(
+            f"trainer.resume={resume!r} is not a complete training checkpoint (no trainer_state.json); "
+            "use 'last' or a checkpoints/step-N folder"
+        )
+    return str(path)
+
+
+def load_mixture(cfg: DictConfig, paths, top, mixture_cfg) -> Mixture:
+    """Read the prepared targets and replay datasets and mix them.
+
+    Args:
+        cfg: the composed config (`target.token_filter.enabled` decides whether keep masks are used).
+        paths: the prepared data folders (from `check_prepared`).
+        top: top-level settings (seed, split, row cap).
+        mixture_cfg: replay ratio and weights.
+
+    Returns:
+        The mixture.
+    """
+    targets = datasets.load_from_disk(str(paths.targets))
+    use_mask = bool(OmegaConf.select(cfg, "target.token_filter.enabled", default=False))
+    rows = speech_rows(targets, split=top.train_split, use_keep_mask=use_mask, max_rows=top.max_train_rows,
+                       seed=top.seed)  # fmt: skip
+    if top.loss == "kd":
+        missing = [r["clip_id"] for r in rows if not r["description"]]
+        if missing:
+            raise ConfigError(f"loss=kd needs each clip's description; {len(missing)} rows have none "
+                              f"(first: {missing[0]})")  # fmt: skip
+    replay = {name: datasets.load_from_disk(str(p)) for name, p in paths.replay.items()}
+    return build_mixture(rows, replay, ratio=mixture_cfg.ratio, weights=mixture_cfg.weights, seed=top.seed)
+
+
+def row_lengths(model, dataset: datasets.Dataset) -> list[int]:
+    """Sequence length (prompt + audio slots + target) of each row, for length-grouped batching.
+
+    Text is tokenized the way the collator tokenizes it; audio slots come from the clip's duration
+    (read from the file header, no decoding) through the encoder's and adapter's geometry.
+
+    Args:
+        model: the SpeechLM.
+        dataset: mixture rows.
+
+    Returns:
+        One length per row.
+    """
+    import soundfile as sf
+
+    from speechllm.model.prompt import speech_messages
+
+    lengths = []
+    for row in dataset:
+        if row["kind"] == "speech":
+            messages = speech_messages(row, model.prompt, with_audio=True)
+            messages.append({"role": "assistant", "content": row["target"]})
+            ids, _, _ = model.prompt_tokenizer.encode(messages)
+            info = sf.info(row["audio_path"])
+            samples = int(round(info.frames * model.encoder.sample_rate / info.samplerate))
+            n_audio = model.adapter.output_length(model.encoder.num_frames(samples, row["clip_id"]))
+            lengths.append(len(ids) + n_audio)
+        else:
+            ids, _, _ = model.prompt_tokenizer.encode(list(row["messages"]))
+            lengths.append(len(ids))
+    return lengths
+
+
+def training_arguments(tr: TrainerConfig, run_dir: Path, seed: int, has_replay: bool):
+    """`transformers.TrainingArguments` from the trainer settings.
+
+    Args:
+        tr: validated trainer settings.
+        run_dir: the run folder (checkpoints go to `checkpoints/`, TensorBoard to `tensorboard/`).
+        seed: the run's seed (also the data-order seed).
+        has_replay: the mixture has text-only rows, so some batches may not use the adapter (DDP
+            must then look for unused parameters).
+
+    Returns:
+        TrainingArguments.
+    """
+    from transformers import TrainingArguments
+
+    cuda = torch.cuda.is_available()
+    precision = tr.precision
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    extra = dict(tr.extra_args)
+    extra.setdefault("ddp_find_unused_parameters", has_replay)
+    extra.setdefault("dataloader_pin_memory", cuda)
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        logging_dir=str(run_dir / "tensorboard"),
+        max_steps=tr.max_steps,
+        num_train_epochs=tr.num_train_epochs,
+        per_device_train_batch_size=tr.per_device_train_batch_size,
+        gradient_accumulation_steps=tr.gradient_accumulation_steps,
+        learning_rate=tr.learning_rate,
+        lr_scheduler_type=tr.lr_scheduler_type,
+        warmup_ratio=tr.warmup_ratio,
+        warmup_steps=tr.warmup_steps,
+        weight_decay=tr.weight_decay,
+        max_grad_norm=tr.max_grad_norm,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        logging_steps=tr.logging_steps,
+        save_strategy="steps" if tr.save_steps > 0 else "no",
+        save_steps=max(tr.save_steps, 1),
+        save_total_limit=tr.save_total_limit,
+        group_by_length=tr.group_by_length,
+        length_column_name="length",
+        dataloader_num_workers=tr.dataloader_num_workers,
+        seed=seed,
+        data_seed=seed,
+        # The collator needs every column (audio_path, messages, ...), not just the forward's arguments.
+        remove_unused_columns=False,
+        report_to=list(tr.report_to),
+        save_safetensors=True,
+        **extra,
+    )
+
+
+def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
+    """Train a SpeechLM as the config says and write the run's outputs.
+
+    Args:
+        cfg: the composed `conf/train.yaml` config.
+        callbacks: extra `transformers.TrainerCallback`s (tests use one to stop a run early).
+
+    Returns:
+        The contents of `train_metrics.json`.
+
+    Raises:
+        ConfigError: a bad config or missing prepared data, before any model is loaded.
+    """
+    from transformers import set_seed
+
+    from speechllm.model import SpeechLM
+
+    # 1. Config and data checks: cheap, and before anything heavy.
+    top, tr, mixture_cfg = validate_schema(cfg)
+    paths = check_prepared(cfg, mixture_cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    resume = resolve_resume(tr.resume, run_dir / "checkpoints")
+    mixture = load_mixture(cfg, paths, top, mixture_cfg)
+
+    # 2. The model; the seed fixes the adapter's initial weights.
+    set_seed(top.seed)
+    t0 = time.perf_counter()
+    model = SpeechLM.from_config(cfg.model)
+    if top.loss == "kd" and model.finetune == "full":
+        raise ConfigError("loss=kd needs the original LLM as teacher: use model.llm.finetune=frozen or lora")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if trainable == 0:
+        raise ConfigError("nothing to train: the adapter, encoder and LLM are all frozen")
+    if tr.gradient_checkpointing:
+        model.llm.gradient_checkpointing_enable()
+    logger.info("model built in %.1f s", time.perf_counter() - t0)
+    _warn_if_other_llm(mixture.dataset, cfg)
+
+    # 3. Lengths for length-grouped batching; encoder features cached once when the encoder is frozen.
+    dataset = mixture.dataset.add_column("length", row_lengths(model, mixture.dataset))
+    feature_cache = None
+    if tr.cache_encoder_features and model.encoder.frozen:
+        feature_cache = _fill_feature_cache(model, dataset, cfg, tr)
+    elif tr.cache_encoder_features:
+        logger.info("encoder-feature cache off: the encoder trains (model.encoder.frozen=false)")
+
+    args = training_arguments(tr, run_dir, top.seed, has_replay=mixture.composition["replay"] > 0)
+    collate = TrainCollator(
+        model.collator(), feature_cache=feature_cache, teacher=top.loss == "kd",
+        system=OmegaConf.select(cfg, "target.system", default=None),
+    )  # fmt: skip
+
+    params = model.log_parameter_counts()
+    extra = {
+        "mixture": mixture.composition,
+        "parameters": params,
+        "loss_type": top.loss,
+        "encoder_feature_cache": str(feature_cache.dir) if feature_cache else None,
+    }
+
+    def write_outputs(state) -> None:
+        data = write_metrics(run_dir / "train_metrics.json", state.log_history, extra)
+        if data["steps"]:
+            plot_loss(run_dir / "loss_curve.png", data["steps"], title=f"train/loss ({run_dir.name})")
+
+    trainer = SpeechTrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=collate,
+        callbacks=[MetricsCallback(write_outputs), *(callbacks or [])],
+        loss_type=top.loss, kd_temperature=top.kd.temperature, kd_ce_weight=top.kd.ce_weight,
+    )  # fmt: skip
+    if trainer.is_world_process_zero():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "mixture.json").write_text(json.dumps(mixture.composition, indent=2))
+        logger.info("run dir %s; %s", run_dir, f"resuming from {resume}" if resume else "starting fresh")
+
+    # 4. Train, then the final checkpoint and metrics.
+    trainer.train(resume_from_checkpoint=resume)
+    final = run_dir / "checkpoints" / "final"
+    trainer.save_model(str(final))
+    if trainer.is_world_process_zero():
+        write_outputs(trainer.state)
+        logger.info("final checkpoint: %s", final)
+    return json.loads((run_dir / "train_metrics.json").read_text()) if trainer.is_world_process_zero() else {}
+
+
+def _fill_feature_cache(model, dataset: datasets.Dataset, cfg: DictConfig, tr: TrainerConfig):
+    """Encode every speech clip not cached yet (ranks split the work), then wait for all ranks."""
+    from accelerate import PartialState
+
+    from speechllm.train.features import FeatureCache, encoder_fingerprint
+
+    root = tr.feature_cache_dir or str(Path(cfg.paths.data_dir) / cfg.data.name / "features")
+    cache = FeatureCache(root, encoder_fingerprint(model.encoder))
+    speech = dataset.filter(lambda k: k == "speech", input_columns="kind")
+    clips = list(zip(speech["clip_id"], speech["audio_path"], strict=True))
+    state = PartialState()
+    device = state.device
+    encoder_device = next(model.encoder.parameters()).device
+    model.encoder.to(device)
+    cache.fill(model, clips, shard=(state.process_index, state.num_processes))
+    model.encoder.to(encoder_device)
+    state.wait_for_everyone()
+    missing = [c for c in set(clips) if not cache.has(*c)]
+    if missing:
+        raise RuntimeError(f"encoder-feature cache {cache.dir}: {len(missing)} clips still missing after filling")
+    return cache
+
+
+def _warn_if_other_llm(dataset: datasets.Dataset, cfg: DictConfig) -> None:
+    """Self-output targets should come from the LLM being trained; say so when they do not."""
+    llm = OmegaConf.select(cfg, "model.llm.source", default=None)
+    target_llm = OmegaConf.select(cfg, "target.llm", default=None)
+    mode = OmegaConf.select(cfg, "target.mode", default=None)
+    if mode in ("self_output", "paraphrase") and llm and target_llm and llm != target_llm:
+        logger.warning("targets were written by %s but the model's LLM is %s: they are not its own words",
+                       target_llm, llm)  # fmt: skip

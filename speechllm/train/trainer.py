@@ -1,0 +1,225 @@
+"""`transformers.Trainer` adapted to SpeechLM: its checkpoint format, its collator, and the kd loss.
+
+SpeechLM is a plain `nn.Module` with its own `save_pretrained`, so Trainer's model saving and loading
+are replaced: every checkpoint is a SpeechLM folder (`checkpoints/step-N/`, reloadable by
+`SpeechLM.from_pretrained` and `python -m speechllm.ask`), and Trainer's own state (optimizer,
+scheduler, RNG, data position in `trainer_state.json`) is written beside the model files, so a resumed
+run continues with the same optimiser state and data order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from speechllm.train.losses import kd_loss
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "step"
+# Written last into a checkpoint folder, so its presence means the folder is complete.
+TRAINER_STATE = "trainer_state.json"
+
+
+def step_checkpoints(folder: str | Path) -> list[Path]:
+    """Complete `step-N` checkpoint folders in `folder`, oldest step first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        m = re.fullmatch(rf"{CHECKPOINT_PREFIX}-(\d+)", p.name)
+        if m and p.is_dir() and (p / TRAINER_STATE).is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+class TrainCollator:
+    """Rows -> batch: looks up cached encoder features, and adds the teacher batch for `kd`.
+
+    Args:
+        collate: the model's collator (`SpeechLM.collator()`).
+        feature_cache: a FeatureCache whose features replace the speech rows' audio, or None.
+        teacher: build `teacher` (the description prompts of the speech rows) for the kd loss.
+        system: system prompt of the description chat (as in target generation; None: its default).
+    """
+
+    def __init__(self, collate, feature_cache=None, teacher: bool = False, system: str | None = None):
+        self.collate = collate
+        self.feature_cache = feature_cache
+        self.teacher = teacher
+        self.system = system
+
+    def __call__(self, rows: list[dict]) -> dict:
+        rows = [dict(r) for r in rows]
+        for r in rows:
+            if r.get("kind") == "speech" and self.feature_cache is not None:
+                r["encoder_features"] = self.feature_cache.get(r["clip_id"], r["audio_path"])
+            if self.teacher:
+                r["keep_mask"] = None  # kd pairs every target token with the teacher's (see losses.py)
+        batch = self.collate(rows)
+        if self.teacher:
+            from speechllm.data.targets import description_messages
+
+            index = [i for i, r in enumerate(rows) if r.get("kind") == "speech"]
+            if index:
+                teacher_rows = [
+                    {
+                        "messages": description_messages(rows[i]["description"], rows[i]["instruction"], self.system)
+                        + [{"role": "assistant", "content": rows[i]["target"]}]
+                    }
+                    for i in index
+                ]
+                t = self.collate(teacher_rows)
+                batch["teacher"] = {k: t[k] for k in ("input_ids", "attention_mask", "labels")}
+            batch["teacher_rows"] = torch.tensor(index, dtype=torch.long)
+        return batch
+
+
+class MetricsCallback(TrainerCallback):
+    """Calls `write(state)` on the main process after each log and at the end, so metrics files stay current."""
+
+    def __init__(self, write):
+        self.write = write
+
+    def on_log(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.write(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.write(state)
+
+
+class SpeechTrainer(Trainer):
+    """Trainer for SpeechLM.
+
+    Args:
+        *args, **kwargs: as for `transformers.Trainer`.
+        loss_type: "ce" (the model's own cross-entropy) or "kd".
+        kd_temperature: softmax temperature for kd.
+        kd_ce_weight: weight of cross-entropy added to the kd loss on distilled tokens.
+    """
+
+    def __init__(self, *args, loss_type: str = "ce", kd_temperature: float = 1.0, kd_ce_weight: float = 0.0,
+                 **kwargs):  # fmt: skip
+        super().__init__(*args, **kwargs)
+        self.loss_type = loss_type
+        self.kd_temperature = kd_temperature
+        self.kd_ce_weight = kd_ce_weight
+        # SpeechLM's loss is a mean over labelled tokens; Trainer then averages over accumulation steps.
+        self.model_accepts_loss_kwargs = False
+
+    # ---- loss ----
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        teacher = inputs.pop("teacher", None)
+        teacher_rows = inputs.pop("teacher_rows", None)
+        if self.loss_type == "ce":
+            outputs = model(**inputs)
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        if teacher is None:
+            # No speech row in this batch: plain cross-entropy on the replay rows.
+            teacher_logits = outputs.logits.new_zeros((0, 1, outputs.logits.shape[-1]))
+            teacher_labels = labels.new_zeros((0, 1))
+            teacher_rows = labels.new_zeros((0,))
+        else:
+            teacher_logits = self._teacher_logits(teacher)
+            teacher_labels = teacher["labels"]
+        loss, parts = kd_loss(
+            outputs.logits, labels.to(outputs.logits.device), teacher_rows.to(outputs.logits.device),
+            teacher_logits, teacher_labels.to(outputs.logits.device),
+            temperature=self.kd_temperature, ce_weight=self.kd_ce_weight,
+        )  # fmt: skip
+        outputs.loss = loss
+        return (loss, outputs) if return_outputs else loss
+
+    @torch.no_grad()
+    def _teacher_logits(self, teacher: dict) -> torch.Tensor:
+        """The frozen text LLM's logits on the description prompts (LoRA switched off when present).
+
+        Shapes: teacher input_ids (k, tseq) -> (k, tseq, vocab).
+        """
+        speechlm = self.accelerator.unwrap_model(self.model)
+        llm = speechlm.llm
+        if speechlm.finetune == "full":
+            raise ValueError("loss=kd needs the original LLM as teacher; use model.llm.finetune=frozen or lora")
+        disable = llm.disable_adapter() if hasattr(llm, "disable_adapter") else contextlib.nullcontext()
+        was_training = llm.training
+        llm.eval()
+        try:
+            with disable:
+                mask = teacher["attention_mask"].to(speechlm.device)
+                out = llm(
+                    input_ids=teacher["input_ids"].to(speechlm.device),
+                    attention_mask=mask,
+                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                )
+        finally:
+            llm.train(was_training)
+        return out.logits
+
+    # ---- saving: SpeechLM folders named step-N, with Trainer's state beside the model files ----
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
+
+    def _save_checkpoint(self, model, trial):
+        output_dir = os.path.join(self.args.output_dir, f"{CHECKPOINT_PREFIX}-{self.state.global_step}")
+        self.store_flos()
+        self.save_model(output_dir, _internal_call=True)
+        if not self.args.save_only_model:
+            self._save_optimizer_and_scheduler(output_dir)
+            self._save_scaler(output_dir)
+            self._save_rng_state(output_dir)
+        if self.args.should_save:
+            for cb in [c for c in self.callback_handler.callbacks + [self.control] if isinstance(c, ExportableState)]:
+                name = cb.__class__.__name__
+                if isinstance(self.state.stateful_callbacks.get(name), list):
+                    self.state.stateful_callbacks[name].append(cb.state())
+                else:
+                    self.state.stateful_callbacks[name] = cb.state()
+            # Last: its presence marks the checkpoint complete (see step_checkpoints).
+            self.state.save_to_json(os.path.join(output_dir, TRAINER_STATE))
+            self._rotate_checkpoints(use_mtime=False, output_dir=self.args.output_dir)
+
+    def _sorted_checkpoints(self, output_dir=None, checkpoint_prefix=CHECKPOINT_PREFIX, use_mtime=False):
+        return [str(p) for p in step_checkpoints(output_dir or self.args.output_dir)]
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        speechlm = self.accelerator.unwrap_model(model if model is not None else self.model)
+        load_trainable(speechlm, Path(resume_from_checkpoint))
+
+
+def load_trainable(speechlm, ckpt_dir: Path) -> None:
+    """Load a checkpoint's trained weights into an already built SpeechLM (strict, as from_pretrained).
+
+    Args:
+        speechlm: the model being trained.
+        ckpt_dir: a `step-N` folder written by this trainer.
+    """
+    speechlm._load_weights(ckpt_dir)
+    if speechlm.finetune == "full":
+        from safetensors.torch import load_file
+
+        files = sorted((ckpt_dir / "llm").glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{ckpt_dir}/llm has no safetensors weights (finetune=full)")
+        state = {}
+        for f in files:
+            state.update(load_file(str(f)))
+        missing, unexpected = speechlm.llm.load_state_dict(state, strict=False)
+        tied = {"lm_head.weight"} if getattr(speechlm.llm.config, "tie_word_embeddings", False) else set()
+        if set(missing) - tied or unexpected:
+            raise ValueError(f"{ckpt_dir}/llm does not match the LLM: missing {missing}, unexpected {unexpected}")
+
