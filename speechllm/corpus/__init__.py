@@ -1,0 +1,6 @@
+"""Audio corpora: the espeak-ng demo corpus generator and the audiofolder reader."""
+
+from speechllm.corpus.audiofolder import AudioFolderError, read_audiofolder
+from speechllm.corpus.espeak import EspeakError, generate_corpus, speak
+
+__all__ = ["AudioFolderError", "EspeakError", "generate_corpus", "read_audiofolder", "speak"]

@@ -1,0 +1,62 @@
+"""Reading an HF-style audiofolder (audio files + metadata.csv) into stage inputs.
+
+`datasets`' own audiofolder loader decodes audio through torchcodec, which has no working CPU build
+here, so metadata.csv is read with `csv` and audio stays a file path, read later with soundfile.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+# Columns with a meaning of their own; every other metadata column is a label.
+RESERVED = {"file_name", "split", "clip_id"}
+
+
+class AudioFolderError(ValueError):
+    """An audiofolder that cannot be read at all (no metadata.csv, no file_name column, ...)."""
+
+
+def read_audiofolder(path: str | os.PathLike, default_split: str = "train") -> list[dict]:
+    """One input row per metadata.csv line.
+
+    Files named in metadata.csv but missing on disk are kept as inputs, so the describe stage rejects
+    them with a reason and kept + rejected still equals the number of lines.
+
+    Args:
+        path: the folder holding metadata.csv (`file_name` relative to it).
+        default_split: split of rows without a `split` value.
+
+    Returns:
+        Rows with `clip_id` (metadata's `clip_id`, else file_name without its extension), `audio_path`
+        (absolute), `split`, and `label_<column>` (str) for every other column.
+
+    Raises:
+        AudioFolderError: no metadata.csv, no `file_name` column, or duplicate clip ids.
+    """
+    root = Path(path).resolve()
+    meta = root / "metadata.csv"
+    if not meta.exists():
+        raise AudioFolderError(f"{root}: no metadata.csv (an audiofolder needs one with a file_name column)")
+    with open(meta, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "file_name" not in reader.fieldnames:
+            raise AudioFolderError(f"{meta}: needs a file_name column, has {reader.fieldnames}")
+        labels = [c for c in reader.fieldnames if c not in RESERVED]
+        rows = []
+        for line in reader:
+            name = (line.get("file_name") or "").strip()
+            rows.append(
+                {
+                    "clip_id": (line.get("clip_id") or "").strip() or os.path.splitext(name)[0],
+                    "audio_path": str(root / name),
+                    "split": (line.get("split") or "").strip() or default_split,
+                    **{f"label_{c}": (line.get(c) or "").strip() for c in labels},
+                }
+            )
+    ids = [r["clip_id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise AudioFolderError(f"{meta}: duplicate clip ids (file names) {dup}")
+    return rows

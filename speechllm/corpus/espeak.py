@@ -1,0 +1,303 @@
+"""The espeak-ng demo corpus: sentences spoken with known gender, accent, pitch, speed and volume.
+
+Labels are known by construction: gender from the voice variant (m1-m7 male, f1-f5 female), accent from
+the espeak-ng voice (en-us, British `en`, en-gb-scotland, en-029), pitch/speed/volume from the `-p`,
+`-s` and `-a` levels. The corpus is written as an audiofolder: `wavs/*.wav` (16 kHz, 16-bit mono) and
+`metadata.csv` with `file_name`, `split` and plain label columns (`gender`, `accent`, `pitch`, `speed`,
+`volume`, `text`, `voice`, `variant`, and the espeak settings used).
+
+Pitch: espeak's `-p` scales each variant's own base pitch, and female variants start about an octave
+higher and differ among themselves by 25%, so one `-p` per level would put a high male voice above a low
+female one. Each level is instead a target F0 per gender (`pitch_hz`), and the `-p` that reaches it is
+found per variant by measuring a calibration sentence, so "high" means high for that speaker's gender.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from speechllm.audio import SAMPLE_RATE, load_audio
+from speechllm.corpus.sentences import SENTENCES
+
+logger = logging.getLogger(__name__)
+
+# espeak-ng 1.51 silently ignores a "+variant" on its `en-gb` alias; `en` is the same British voice.
+_VOICE_ALIASES = {"en-gb": "en"}
+CALIBRATION_TEXT = "She asked whether the library would be open on Sunday morning."
+_CALIBRATION_P = (0, 25, 50, 75, 99)
+
+
+class EspeakError(RuntimeError):
+    """espeak-ng is missing or failed; the message says which and how to fix it."""
+
+
+def speak(
+    text: str,
+    path: str | os.PathLike,
+    voice: str = "en-us",
+    variant: str | None = None,
+    pitch: int = 50,
+    speed: int = 175,
+    amplitude: int = 100,
+) -> str:
+    """Speak `text` into a wav file with espeak-ng (at espeak's own rate, 22050 Hz).
+
+    Args:
+        text: what to say.
+        path: output wav path (parent folders are created).
+        voice: an espeak-ng voice, e.g. `en-us`, `en-gb`, `en-gb-scotland`, `en-029`.
+        variant: a voice variant such as `m3` or `f2` (None: the voice's default, male).
+        pitch: `-p`, 0-99, base pitch relative to the variant's own.
+        speed: `-s`, words per minute.
+        amplitude: `-a`, 0-200.
+
+    Returns:
+        `path` as a string.
+
+    Raises:
+        EspeakError: espeak-ng is not installed or failed.
+    """
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise EspeakError("espeak-ng is not installed: `apt-get install espeak-ng` (or `make setup`)")
+    path = os.fspath(path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    voice = _VOICE_ALIASES.get(voice, voice)
+    name = f"{voice}+{variant}" if variant else voice
+    # Text goes through stdin, so text starting with "-" is never read as an option; no shell involved.
+    cmd = [
+        exe,
+        "-w",
+        path,
+        "-v",
+        name,
+        "-p",
+        str(int(pitch)),
+        "-s",
+        str(int(speed)),
+        "-a",
+        str(int(amplitude)),
+    ]
+    result = subprocess.run([*cmd, "--stdin"], input=text, capture_output=True, text=True, check=False)
+    if result.returncode != 0 or not os.path.exists(path) or os.path.getsize(path) <= 44:
+        raise EspeakError(
+            f"espeak-ng failed ({' '.join(cmd)}): {result.stderr.strip() or 'no audio written'}"
+        )
+    return path
+
+
+def calibrate_pitch(variant: str, targets_hz: dict[str, float], voice: str = "en-us") -> dict[str, int]:
+    """The `-p` value that makes `variant` speak at each target F0.
+
+    F0 is measured (median over speech-active frames) on a calibration sentence at a few `-p` values and
+    `-p` is interpolated on log F0, which espeak raises monotonically with `-p`.
+
+    Args:
+        variant: a voice variant (`m1`, `f3`, ...).
+        targets_hz: level word -> target F0 in Hz.
+        voice: the voice to calibrate with (espeak's pitch does not depend on the accent voice).
+
+    Returns:
+        level word -> `-p` (0-99).
+    """
+    from speechllm.describe.features import Clip, median_f0
+
+    measured = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for p in _CALIBRATION_P:
+            wav = speak(CALIBRATION_TEXT, Path(tmp) / f"{p}.wav", voice=voice, variant=variant, pitch=p)
+            clip = load_audio(wav)
+            measured.append(median_f0(Clip("calibration", clip.array, clip.sr), 50, 600))
+    log_f0 = np.log(np.maximum.accumulate(np.asarray(measured)))  # guard monotonicity for np.interp
+    return {
+        level: int(round(float(np.interp(np.log(hz), log_f0, _CALIBRATION_P))))
+        for level, hz in targets_hz.items()
+    }
+
+
+def plan_corpus(
+    size: int,
+    seed: int,
+    accents: dict[str, str],
+    variants: dict[str, list[str]],
+    test_variants: list[str],
+    test_fraction: float,
+    levels: dict[str, list[str]],
+    sentences: tuple[str, ...] = SENTENCES,
+) -> list[dict]:
+    """Choose every clip's sentence, voice and levels (no audio yet). Deterministic for a seed.
+
+    The test split holds `test_fraction` of the sentences (never spoken in train) and is the only split
+    that uses `test_variants`; test clips draw their variant from all variants, so part of the test set
+    is an unseen voice and part a seen voice saying unseen words.
+
+    Args:
+        size: number of clips.
+        seed: random seed.
+        accents: accent word -> espeak voice.
+        variants: gender word -> voice variants.
+        test_variants: variants used only in the test split.
+        test_fraction: share of sentences, and of clips, in the test split.
+        levels: `pitch`/`speed`/`volume` -> level words to draw from.
+        sentences: the sentence pool.
+
+    Returns:
+        One dict per clip: clip_id, split, text, gender, variant, accent, voice, pitch, speed, volume.
+    """
+    rng = random.Random(seed)
+    pool = list(sentences)
+    rng.shuffle(pool)
+    n_test_sentences = max(1, round(len(pool) * test_fraction))
+    test_sentences, train_sentences = pool[:n_test_sentences], pool[n_test_sentences:]
+    n_test = round(size * test_fraction)
+    plan = []
+    for i in range(size):
+        split = "test" if i >= size - n_test else "train"
+        gender = rng.choice(sorted(variants))
+        allowed = [v for v in variants[gender] if split == "test" or v not in test_variants]
+        accent = rng.choice(sorted(accents))
+        plan.append(
+            {
+                "clip_id": f"{i:05d}",
+                "split": split,
+                "text": rng.choice(test_sentences if split == "test" else train_sentences),
+                "gender": gender,
+                "variant": rng.choice(allowed),
+                "accent": accent,
+                "voice": accents[accent],
+                **{name: rng.choice(words) for name, words in levels.items()},
+            }
+        )
+    return plan
+
+
+def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) -> Path:
+    """Write the demo corpus as an audiofolder, or do nothing when it is already there with this config.
+
+    Args:
+        out_dir: the corpus folder (`{data_dir}/{data.name}/corpus`).
+        cfg: the `data` config: `size`, `seed`, `accents`, `variants`, `test_variants`, `test_fraction`,
+            `pitch_hz` (gender -> level -> Hz), `speed_wpm` (level -> -s), `amplitude` (level -> -a).
+        num_proc: espeak-ng processes run at once.
+
+    Returns:
+        `out_dir` (with `wavs/` and `metadata.csv`).
+    """
+    out_dir = Path(out_dir)
+    keys = (
+        "size",
+        "seed",
+        "accents",
+        "variants",
+        "test_variants",
+        "test_fraction",
+        "pitch_hz",
+        "speed_wpm",
+        "amplitude",
+    )
+    fingerprint = {k: cfg[k] for k in keys}
+    marker = out_dir / "_corpus.json"
+    if (
+        (out_dir / "metadata.csv").exists()
+        and marker.exists()
+        and json.loads(marker.read_text()) == fingerprint
+    ):
+        logger.info("demo corpus: up to date in %s", out_dir)
+        return out_dir
+    # A different config: old wavs would not match their new labels.
+    (out_dir / "metadata.csv").unlink(missing_ok=True)
+    if marker.exists() and json.loads(marker.read_text()) != fingerprint:
+        shutil.rmtree(out_dir / "wavs", ignore_errors=True)
+    (out_dir / "wavs").mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(fingerprint))
+
+    levels = {
+        "pitch": sorted(next(iter(cfg["pitch_hz"].values()))),
+        "speed": sorted(cfg["speed_wpm"]),
+        "volume": sorted(cfg["amplitude"]),
+    }
+    plan = plan_corpus(
+        cfg["size"],
+        cfg["seed"],
+        cfg["accents"],
+        cfg["variants"],
+        cfg["test_variants"],
+        cfg["test_fraction"],
+        levels,
+    )
+    gender_of = {v: g for g, vs in cfg["variants"].items() for v in vs}
+    used = sorted({row["variant"] for row in plan})
+    with ThreadPoolExecutor(max(1, num_proc)) as pool:
+        calibrated = dict(
+            zip(
+                used, pool.map(lambda v: calibrate_pitch(v, cfg["pitch_hz"][gender_of[v]]), used), strict=True
+            )
+        )
+    for row in plan:
+        row["file_name"] = f"wavs/{row['clip_id']}.wav"
+        row["espeak_pitch"] = calibrated[row["variant"]][row["pitch"]]
+        row["espeak_speed"] = cfg["speed_wpm"][row["speed"]]
+        row["espeak_amplitude"] = cfg["amplitude"][row["volume"]]
+
+    def synth(row: dict) -> None:
+        final = out_dir / row["file_name"]
+        if final.exists():  # finished by an earlier, interrupted run with this config
+            return
+        raw = final.with_suffix(".espeak.wav")
+        speak(
+            row["text"],
+            raw,
+            row["voice"],
+            row["variant"],
+            row["espeak_pitch"],
+            row["espeak_speed"],
+            row["espeak_amplitude"],
+        )
+        clip = load_audio(raw)  # -> 16 kHz mono, so the corpus needs no conversion downstream
+        tmp = final.with_suffix(".tmp.wav")
+        sf.write(tmp, clip.array, SAMPLE_RATE, subtype="PCM_16")
+        os.replace(tmp, final)
+        raw.unlink()
+
+    with ThreadPoolExecutor(max(1, num_proc)) as pool:
+        list(pool.map(synth, plan))
+
+    columns = [
+        "clip_id",
+        "file_name",
+        "split",
+        "text",
+        "gender",
+        "accent",
+        "pitch",
+        "speed",
+        "volume",
+        "voice",
+        "variant",
+        "espeak_pitch",
+        "espeak_speed",
+        "espeak_amplitude",
+    ]
+    tmp = out_dir / "metadata.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(plan)
+    # metadata.csv appears last and atomically: its presence means every wav is written.
+    os.replace(tmp, out_dir / "metadata.csv")
+    logger.info(
+        "demo corpus: %d clips (%d test) in %s", len(plan), sum(r["split"] == "test" for r in plan), out_dir
+    )
+    return out_dir

@@ -1,0 +1,123 @@
+"""The describe stage: audiofolder rows -> described clips (attributes + one description each).
+
+Runs on `speechllm.data.stage.run_stage`, so it skips itself when current, resumes after a kill, shards,
+and writes rejects. The fingerprint holds the describe config and the full config of every attribute
+that runs, so editing an attribute's YAML (a bin edge, a model source) re-describes the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from speechllm.audio import AudioError, load_audio
+from speechllm.data.stage import StageResult, run_stage
+from speechllm.describe import Clip, describe_clips, load_configs
+
+# Bumped when the stage's code changes what it writes for the same config.
+DESCRIBE_VERSION = 1
+
+
+@dataclass
+class DescribeProcessor:
+    """Describes one chunk of input rows (picklable, so `num_proc > 1` workers can run it).
+
+    Attributes:
+        attributes: the attributes the description mentions.
+        configs: attribute configs of everything that runs (from `load_configs`).
+        order: run order.
+        renderer: renderer name.
+        max_seconds: longer clips are rejected.
+    """
+
+    attributes: list[str]
+    configs: dict[str, dict]
+    order: list[str]
+    renderer: str
+    max_seconds: float | None
+
+    def __call__(self, rows: list[dict]) -> StageResult:
+        """Load, check, describe.
+
+        Args:
+            rows: input rows (`clip_id`, `audio_path`, `split`, `label_*`).
+
+        Returns:
+            Kept rows (inputs + attribute columns + `description` + `conversions`) and rejects
+            (`clip_id`, `file`, `reason`).
+        """
+        clips, kept, rejects = [], [], []
+        for row in rows:
+            try:
+                audio = load_audio(row["audio_path"], max_seconds=self.max_seconds)
+            except AudioError as err:
+                rejects.append({"clip_id": row["clip_id"], "file": row["audio_path"], "reason": err.reason})
+                continue
+            labels = {k[len("label_") :]: v for k, v in row.items() if k.startswith("label_")}
+            clips.append(Clip(row["clip_id"], audio.array, audio.sr, labels=labels))
+            kept.append({**row, "conversions": audio.conversions})
+        if not clips:
+            return StageResult([], rejects)
+        descriptions = describe_clips(clips, self.attributes, self.configs, self.order, self.renderer)
+        out = [
+            {**row, **clip.values, "description": text}
+            for row, clip, text in zip(kept, clips, descriptions, strict=True)
+        ]
+        return StageResult(out, rejects)
+
+
+def describe_fingerprint(describe_cfg: dict, configs: dict[str, dict]) -> dict:
+    """Everything that decides the described rows for given inputs."""
+    return {
+        "stage": "describe",
+        "version": DESCRIBE_VERSION,
+        "attributes": list(describe_cfg["attributes"]),
+        "renderer": describe_cfg["renderer"],
+        "max_seconds": describe_cfg.get("max_seconds"),
+        "attribute_configs": configs,
+    }
+
+
+def run_describe(
+    inputs: list[dict],
+    out_dir: str | Path,
+    describe_cfg: dict,
+    *,
+    num_proc: int = 1,
+    shard: str | tuple[int, int] = (0, 1),
+):
+    """Describe `inputs` into `out_dir` (skipping, resuming or sharding as `run_stage` does).
+
+    Args:
+        inputs: rows from `read_audiofolder` (`clip_id`, `audio_path`, `split`, `label_*`).
+        out_dir: the stage folder (`{data_dir}/{data.name}/described`).
+        describe_cfg: the `describe` config as a plain dict: `attributes`, `renderer`, `max_seconds`,
+            `chunk_size`, `attributes_dir`, `overrides`.
+        num_proc: worker processes.
+        shard: `(i, n)` or `"i/n"`.
+
+    Returns:
+        The described `datasets.Dataset`, or None when other shards are still running.
+    """
+    attributes = list(describe_cfg["attributes"])
+    configs, order = load_configs(
+        attributes, describe_cfg.get("attributes_dir"), describe_cfg.get("overrides")
+    )
+    # Inputs' labels and paths are part of what is described; run_stage hashes only the keys.
+    fingerprint = describe_fingerprint(describe_cfg, configs)
+    fingerprint["inputs"] = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    processor = DescribeProcessor(
+        attributes, configs, order, describe_cfg["renderer"], describe_cfg.get("max_seconds")
+    )
+    return run_stage(
+        out_dir,
+        fingerprint,
+        inputs,
+        processor,
+        chunk_size=describe_cfg.get("chunk_size", 64),
+        shard=shard,
+        desc="describe",
+        num_proc=num_proc,
+    )

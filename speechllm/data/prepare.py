@@ -1,0 +1,93 @@
+"""Data preparation: the stages `data_prep/prepare.py` runs, in order.
+
+`STAGES` is the pipeline: each entry is `(name, function(cfg, state))`. A stage reads what earlier
+ones left in `state` and adds its own output; each is resumable and skips itself when current, so
+`prepare(cfg)` can always be rerun. Later stages (targets, replay) append themselves to `STAGES`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from speechllm.corpus import generate_corpus, read_audiofolder
+from speechllm.data.describe_stage import run_describe
+from speechllm.data.stage import read_rejects
+
+logger = logging.getLogger(__name__)
+
+Stage = Callable[[DictConfig, dict[str, Any]], None]
+
+
+def data_root(cfg: DictConfig) -> Path:
+    """`{paths.data_dir}/{data.name}`: where this dataset's stages write."""
+    return Path(cfg.paths.data_dir) / cfg.data.name
+
+
+def corpus_stage(cfg: DictConfig, state: dict[str, Any]) -> None:
+    """Generate the corpus when the data config asks for it (`data.generate: espeak`); read its rows."""
+    path = Path(cfg.data.path)
+    if cfg.data.get("generate") == "espeak":
+        generate_corpus(path, OmegaConf.to_container(cfg.data, resolve=True), num_proc=cfg.get("num_proc", 1))
+    elif cfg.data.get("generate"):
+        raise ValueError(
+            f"data.generate={cfg.data.generate!r}: the only corpus generator is 'espeak' (or null)"
+        )
+    state["corpus_dir"] = path
+    state["inputs"] = read_audiofolder(path)
+    logger.info("corpus: %d clips listed in %s", len(state["inputs"]), path / "metadata.csv")
+
+
+def describe_stage(cfg: DictConfig, state: dict[str, Any]) -> None:
+    """Describe every clip into `{data_root}/described` (rejects beside it)."""
+    out_dir = data_root(cfg) / "described"
+    describe_cfg = OmegaConf.to_container(cfg.describe, resolve=True)
+    state["described"] = run_describe(
+        state["inputs"], out_dir, describe_cfg, num_proc=cfg.get("num_proc", 1), shard=cfg.get("shard", "0/1")
+    )
+    state["described_dir"] = out_dir
+
+
+STAGES: list[tuple[str, Stage]] = [
+    ("corpus", corpus_stage),
+    ("describe", describe_stage),
+]
+
+
+def collect_rejects(root: Path, stage_dirs: list[Path]) -> Path:
+    """Write `{root}/rejects.jsonl`: every stage's rejects, each tagged with its stage's folder name."""
+    path = root / "rejects.jsonl"
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for stage_dir in stage_dirs:
+        for reject in read_rejects(stage_dir):
+            lines.append(json.dumps({"stage": stage_dir.name, **reject}, default=str) + "\n")
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(lines))
+    tmp.replace(path)
+    return path
+
+
+def prepare(cfg: DictConfig, stages: list[tuple[str, Stage]] | None = None) -> dict[str, Any]:
+    """Run the data-preparation stages in order.
+
+    Args:
+        cfg: the composed `conf/prepare.yaml` config (`paths`, `data`, `describe`, `num_proc`, `shard`, ...).
+        stages: the stages to run (default `STAGES`).
+
+    Returns:
+        The state the stages built (e.g. `inputs`, `described`, `described_dir`).
+    """
+    state: dict[str, Any] = {}
+    for name, stage in stages or STAGES:
+        logger.info("stage %s", name)
+        stage(cfg, state)
+    stage_dirs = [v for k, v in state.items() if k.endswith("_dir") and k != "corpus_dir"]
+    if state.get("described") is not None:  # None: other shards are still running
+        collect_rejects(data_root(cfg), stage_dirs)
+    return state
