@@ -82,6 +82,8 @@ def _train_tokenizer(vocab_size: int):
         chat_template=CHATML_TEMPLATE,
         model_max_length=2048,
         clean_up_tokenization_spaces=False,
+        # Causal LMs take no token_type_ids; returning them breaks `generate(**encoded)`.
+        model_input_names=["input_ids", "attention_mask"],
     )
 
 
