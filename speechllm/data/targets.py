@@ -4,9 +4,40 @@ The frozen text LLM reads a clip's text description plus an instruction and answ
 becomes the speech model's training target. :func:`description_messages` is the single place that
 defines what the text LLM reads, shared by target generation, token filtering, the evaluation
 ceiling and distillation.
+
+Modes (``target.mode``), all writing the same columns to ``{data_dir}/{data.name}/targets/{mode}/``:
+    ``self_output``: the LLM's own answer to (description, instruction) - the DeSTA2 target.
+    ``label``: an answer assembled from the gold ``label_*`` columns by templates (human-data baseline).
+    ``paraphrase``: the LLM rewrites the label answer in its own words (SDFT-style).
+
+Columns added to each described row: ``instruction``, ``target``, ``target_mode``, ``target_llm``,
+``target_prompt`` (the exact text the LLM saw; empty for ``label``), ``target_generation`` (JSON of
+the settings), and with token filtering ``target_token_ids`` and ``keep_mask``.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from speechllm.data.instructions import (
+    LABEL_CLAUSES,
+    LABEL_TRANSCRIPT_TEMPLATE,
+    PARAPHRASE_TEMPLATE,
+    pick_instruction,
+    resolve_pool,
+)
+
+logger = logging.getLogger(__name__)
 
 # The LLM never hears the audio: it reads a description. The system turn asks it to answer as a
 # listener would, so targets read like perception ("A woman says ...") rather than commentary on a
@@ -16,6 +47,8 @@ DEFAULT_SYSTEM = (
     "description in brackets. Answer as if you heard the audio yourself, briefly, without "
     "mentioning the description."
 )
+
+MODES = ("self_output", "label", "paraphrase")
 
 
 def description_messages(description: str, instruction: str, system: str | None = None) -> list[dict]:
@@ -41,3 +74,620 @@ def description_messages(description: str, instruction: str, system: str | None 
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": f"[Audio: {description.strip()}]\n\n{instruction.strip()}"})
     return messages
+
+
+def chat_prompt(tokenizer, messages: list[dict]) -> str:
+    """Render messages through the tokenizer's chat template, ready for the assistant's answer.
+
+    Args:
+        tokenizer: a tokenizer with a chat template.
+        messages: ``{"role", "content"}`` dicts.
+
+    Returns:
+        The prompt text, ending with the assistant-turn header. Tokenize it with
+        ``add_special_tokens=False``: the template already holds any BOS it wants.
+    """
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched generation (shared by targets, replay and the benchmark)
+
+
+@dataclass
+class Generation:
+    """One generated continuation.
+
+    Attributes:
+        text: decoded new text, special tokens removed, stripped.
+        num_tokens: new tokens up to (not including) the stop token.
+        truncated: True when no stop token came within ``max_new_tokens``.
+    """
+
+    text: str
+    num_tokens: int
+    truncated: bool
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings; recorded verbatim in each row's ``target_generation``.
+
+    Attributes:
+        max_new_tokens: cap on new tokens per answer.
+        do_sample: False is greedy decoding.
+        temperature, top_p, top_k: sampling settings (top_k 0 disables it; used only when sampling).
+        repetition_penalty: 1.0 is off.
+        seed: seeds sampling per batch (from the batch's prompts), so reruns and shards agree.
+        batch_size: prompts per forward pass (does not change what is generated, up to float noise).
+    """
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+
+    def settings(self) -> dict:
+        """The settings that determine the output (batch size excluded)."""
+        out = dataclasses.asdict(self)
+        out.pop("batch_size")
+        if not self.do_sample:
+            for key in ("temperature", "top_p", "top_k", "seed"):
+                out.pop(key)
+        return out
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Token ids that end an assistant (or user) turn: EOS plus the template's end-of-turn token.
+
+    Chat templates close a turn with their own token (``<|im_end|>``, ``<|eot_id|>``), which is not
+    always the tokenizer's EOS; it is found by rendering a turn and reading the special token that
+    follows the content.
+
+    Args:
+        tokenizer: a tokenizer with a chat template.
+
+    Returns:
+        Sorted distinct token ids.
+    """
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    sentinel = "\u2063SENTINEL\u2063"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": sentinel}], tokenize=False)
+    after = text.split(sentinel, 1)[1] if sentinel in text else ""
+    if after:
+        first = tokenizer(after, add_special_tokens=False).input_ids[:1]
+        if first and first[0] in set(tokenizer.all_special_ids):
+            ids.add(int(first[0]))
+    return sorted(ids)
+
+
+def _batch_seed(seed: int, salt: str, start: int, prompts: list[list[int]]) -> int:
+    # Derived from the batch itself (and the caller's salt), not from global RNG state, so the same
+    # batch samples the same text in any run or shard; the salt and position tell identical prompts
+    # (Magpie's) apart.
+    h = hashlib.sha256(f"{seed}|{salt}|{start}".encode())
+    for ids in prompts:
+        h.update(b"\x00" + ",".join(map(str, ids)).encode())
+    return int.from_bytes(h.digest()[:4], "big")
+
+
+def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention[row, width - len(ids) :] = 1
+    return input_ids, attention
+
+
+@torch.inference_mode()
+def generate_texts(
+    model, tokenizer, prompts: list[str], gen: GenerationConfig, salt: str = ""
+) -> list[Generation]:
+    """Generate a continuation for each prompt, in left-padded, length-sorted batches.
+
+    Prompts are sorted by token length so each batch pads little; results come back in input order.
+
+    Args:
+        model: a causal LM (eval mode).
+        tokenizer: its tokenizer; must have a pad token or an EOS to pad with.
+        prompts: fully rendered prompt texts (tokenized with ``add_special_tokens=False``).
+        gen: decoding settings.
+        salt: mixed into the sampling seed; give different calls with identical prompts different
+            salts (e.g. the chunk's first key) so they do not sample identical text.
+
+    Returns:
+        One :class:`Generation` per prompt, in input order.
+
+    Shapes:
+        each batch: input_ids/attention_mask (B, L_max), output (B, L_max + new).
+    """
+    if not prompts:
+        return []
+    encoded = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    if any(len(ids) == 0 for ids in encoded):
+        raise ValueError("generate_texts: a prompt tokenizes to nothing")
+    stops = stop_token_ids(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=gen.max_new_tokens,
+        do_sample=gen.do_sample,
+        eos_token_id=stops,
+        pad_token_id=pad_id,
+        repetition_penalty=gen.repetition_penalty,
+    )
+    if gen.do_sample:
+        kwargs.update(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k)
+    else:
+        # Neutralise sampling defaults a checkpoint's generation_config may carry (they warn otherwise).
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+
+    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
+    results: list[Generation | None] = [None] * len(prompts)
+    device = next(model.parameters()).device
+    stop_set = set(stops)
+    for start in range(0, len(order), gen.batch_size):
+        idx = order[start : start + gen.batch_size]
+        batch = [encoded[i] for i in idx]
+        input_ids, attention = _left_pad(batch, pad_id)
+        if gen.do_sample:
+            torch.manual_seed(_batch_seed(gen.seed, salt, start, batch))
+        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
+        new = out[:, input_ids.shape[1] :].tolist()
+        for i, tokens in zip(idx, new, strict=True):
+            end = next((k for k, t in enumerate(tokens) if t in stop_set), None)
+            kept = tokens if end is None else tokens[:end]
+            text = tokenizer.decode(kept, skip_special_tokens=True).strip()
+            results[i] = Generation(text=text, num_tokens=len(kept), truncated=end is None)
+    return results  # type: ignore[return-value]
+
+
+def generate_vllm(source: str, prompts: list[str], gen: GenerationConfig, dtype: str | None = None):
+    """Generate with vLLM (GPU machines); same inputs and outputs as :func:`generate_texts`.
+
+    Prompts go in as token ids (``add_special_tokens=False``), so vLLM sees exactly the rendered
+    chat text and adds no second BOS.
+
+    Args:
+        source: model source (resolved with ``speechllm.sources.resolve_source``).
+        prompts: rendered prompt texts.
+        gen: decoding settings (``batch_size`` is ignored: vLLM schedules its own batches).
+        dtype: vLLM dtype string, or None for its default.
+
+    Returns:
+        One :class:`Generation` per prompt, in input order.
+
+    Raises:
+        RuntimeError: vllm is not installed.
+    """
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError as err:
+        raise RuntimeError(
+            "target.backend=vllm needs the `vllm` package (GPU machines only): `pip install vllm`, "
+            "or use target.backend=hf"
+        ) from err
+    from speechllm.sources import resolve_source
+
+    llm = LLM(model=resolve_source(source), seed=gen.seed, dtype=dtype or "auto")
+    tokenizer = llm.get_tokenizer()
+    params = SamplingParams(
+        max_tokens=gen.max_new_tokens,
+        temperature=gen.temperature if gen.do_sample else 0.0,
+        top_p=gen.top_p if gen.do_sample else 1.0,
+        top_k=(gen.top_k or -1) if gen.do_sample else -1,
+        repetition_penalty=gen.repetition_penalty,
+        seed=gen.seed if gen.do_sample else None,
+        stop_token_ids=stop_token_ids(tokenizer),
+    )
+    inputs = [{"prompt_token_ids": tokenizer(p, add_special_tokens=False).input_ids} for p in prompts]
+    outputs = llm.generate(inputs, params)
+    return [
+        Generation(
+            o.outputs[0].text.strip(), len(o.outputs[0].token_ids), o.outputs[0].finish_reason == "length"
+        )
+        for o in outputs
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class TokenFilterConfig:
+    """Token filtering settings (see :mod:`speechllm.data.token_filter`).
+
+    Attributes:
+        enabled: store ``target_token_ids`` and ``keep_mask``.
+        threshold: keep a token when its probability under the base LLM is >= this.
+        batch_size: sequences per scoring forward pass.
+    """
+
+    enabled: bool = False
+    threshold: float = 0.4
+    batch_size: int = 16
+
+
+@dataclass
+class TargetConfig:
+    """Schema of the ``target`` config group; an unknown key fails with its name.
+
+    Attributes:
+        mode: self_output | label | paraphrase.
+        llm: source of the frozen text LLM (unused by ``label`` unless token filtering is on).
+        dtype: torch dtype name for the LLM, or None for the checkpoint's.
+        backend: hf | vllm.
+        split: which described split gets targets (None: all rows).
+        limit: keep at most this many clips (the first, by clip_id), or None.
+        instructions: instruction pool name or a list of instructions.
+        system: system prompt for the LLM; None uses DEFAULT_SYSTEM, "" none.
+        on_truncated: what to do with an answer that hit max_new_tokens: ``trim`` (cut back to its
+            last complete sentence, reject if none), ``drop`` (reject) or ``keep``.
+        chunk_size: inputs per resumable part.
+        generation: decoding settings.
+        token_filter: token filtering settings.
+    """
+
+    mode: str = "self_output"
+    llm: str = "packaged:smollm2-135m-instruct"
+    dtype: str | None = None
+    backend: str = "hf"
+    split: str | None = "train"
+    limit: int | None = None
+    instructions: Any = "desta2"
+    system: str | None = None
+    on_truncated: str = "trim"
+    chunk_size: int = 64
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    token_filter: TokenFilterConfig = field(default_factory=TokenFilterConfig)
+
+
+def target_config(node: DictConfig | dict | None) -> TargetConfig:
+    """Validate a ``target`` config node against :class:`TargetConfig`.
+
+    Args:
+        node: the ``target`` node (DictConfig or dict); None gives the defaults.
+
+    Returns:
+        A TargetConfig.
+
+    Raises:
+        ValueError: unknown key, bad mode/backend/on_truncated value, or an invalid pool.
+    """
+    schema = OmegaConf.structured(TargetConfig)
+    try:
+        merged = OmegaConf.merge(schema, node or {})
+    except Exception as err:  # omegaconf raises several types; all mean "this key/value is wrong"
+        raise ValueError(f"bad target config: {err}") from None
+    cfg = TargetConfig(
+        **{
+            k: v for k, v in OmegaConf.to_container(merged).items() if k not in ("generation", "token_filter")
+        },
+        generation=GenerationConfig(**OmegaConf.to_container(merged.generation)),
+        token_filter=TokenFilterConfig(**OmegaConf.to_container(merged.token_filter)),
+    )
+    if cfg.mode not in MODES:
+        raise ValueError(f"target.mode={cfg.mode!r} is not one of {MODES}")
+    if cfg.backend not in ("hf", "vllm"):
+        raise ValueError(f"target.backend={cfg.backend!r}: use hf or vllm")
+    if cfg.on_truncated not in ("trim", "drop", "keep"):
+        raise ValueError(f"target.on_truncated={cfg.on_truncated!r}: use trim, drop or keep")
+    if cfg.generation.max_new_tokens < 1 or cfg.generation.batch_size < 1 or cfg.chunk_size < 1:
+        raise ValueError("target: max_new_tokens, batch_size and chunk_size must be >= 1")
+    cfg.instructions = resolve_pool(cfg.instructions)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers from labels
+
+
+def label_answer(row: dict) -> str | None:
+    """The template answer written from a row's gold ``label_*`` columns.
+
+    Args:
+        row: a described row.
+
+    Returns:
+        The answer text, or None when the row has no usable label.
+    """
+    parts = []
+    text = row.get("label_text")
+    if isinstance(text, str) and text.strip():
+        parts.append(LABEL_TRANSCRIPT_TEMPLATE.format(v=text.strip()))
+    for name, template in LABEL_CLAUSES.items():
+        value = row.get(f"label_{name}")
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        parts.append(template.format(v=str(value).strip().replace("_", " ")))
+    return " ".join(parts) if parts else None
+
+
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
+
+
+def trim_to_sentence(text: str) -> str:
+    """Cut text back to the end of its last complete sentence ("" if it has none).
+
+    Args:
+        text: possibly truncated text.
+
+    Returns:
+        The text up to and including the last ``.``, ``!`` or ``?`` (with closing quotes/brackets).
+    """
+    ends = list(_SENTENCE_END.finditer(text))
+    return text[: ends[-1].end()].strip() if ends else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+class TargetWriter:
+    """Turns chunks of described rows into target rows (the ``process`` of the targets stage).
+
+    The LLM is loaded lazily, once, on the first chunk that needs it, so a fully finished (skipped)
+    stage loads nothing.
+
+    Args:
+        cfg: validated target config.
+        seed: instruction-sampling seed.
+        model, tokenizer: an already loaded LLM (tests, benchmarks); loaded from ``cfg.llm`` if None.
+    """
+
+    def __init__(self, cfg: TargetConfig, seed: int = 0, model=None, tokenizer=None):
+        self.cfg = cfg
+        self.seed = seed
+        self.model = model
+        self.tokenizer = tokenizer
+
+    def _llm(self):
+        if self.model is None:
+            from speechllm.sources import load_llm
+
+            dtype = getattr(torch, self.cfg.dtype) if self.cfg.dtype else None
+            self.model, self.tokenizer = load_llm(self.cfg.llm, dtype=dtype)
+            self.model.eval()
+            logger.info("targets: loaded %s for %s", self.cfg.llm, self.cfg.mode)
+        return self.model, self.tokenizer
+
+    def generation_record(self) -> str:
+        """The JSON string stored in ``target_generation``."""
+        record: dict[str, Any] = {"mode": self.cfg.mode, "instructions_seed": self.seed}
+        if self.cfg.mode != "label":
+            record.update(
+                backend=self.cfg.backend,
+                system=DEFAULT_SYSTEM if self.cfg.system is None else self.cfg.system,
+                on_truncated=self.cfg.on_truncated,
+                **self.cfg.generation.settings(),
+            )
+        if self.cfg.mode == "paraphrase":
+            record["template"] = PARAPHRASE_TEMPLATE
+        if self.cfg.token_filter.enabled:
+            record["token_filter_threshold"] = self.cfg.token_filter.threshold
+        return json.dumps(record, sort_keys=True)
+
+    def messages_for(self, row: dict, instruction: str) -> list[dict] | None:
+        """What the LLM reads for this row in this mode (None for label mode or no usable input)."""
+        if self.cfg.mode == "self_output":
+            return description_messages(row["description"], instruction, self.cfg.system)
+        if self.cfg.mode == "paraphrase":
+            answer = label_answer(row)
+            if answer is None:
+                return None
+            content = PARAPHRASE_TEMPLATE.format(instruction=instruction, answer=answer)
+            system = self.cfg.system
+            return ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": content}
+            ]
+        return None
+
+    def __call__(self, chunk: list[dict]):
+        from speechllm.data.stage import StageResult
+
+        rows, rejects, pending = [], [], []
+        record = self.generation_record()
+        for row in chunk:
+            key = {"clip_id": row["clip_id"], "file": row.get("audio_path")}
+            description = row.get("description")
+            if not isinstance(description, str) or not description.strip():
+                rejects.append({**key, "reason": "empty description"})
+                continue
+            instruction = pick_instruction(self.cfg.instructions, row["clip_id"], self.seed)
+            out = {
+                **row,
+                "instruction": instruction,
+                "target_mode": self.cfg.mode,
+                "target_generation": record,
+            }
+            if self.cfg.mode == "label":
+                answer = label_answer(row)
+                if answer is None:
+                    rejects.append({**key, "reason": "no label_* columns to build a label answer from"})
+                    continue
+                rows.append({**out, "target": answer, "target_llm": "", "target_prompt": ""})
+                continue
+            messages = self.messages_for(row, instruction)
+            if messages is None:
+                rejects.append({**key, "reason": "no label_* columns to paraphrase"})
+                continue
+            pending.append((out, key, messages))
+
+        if pending:
+            rows.extend(self._generate(pending, rejects))
+        if self.cfg.token_filter.enabled and rows:
+            from speechllm.data.token_filter import add_keep_masks
+
+            model, tokenizer = self._llm()
+            add_keep_masks(
+                rows,
+                model,
+                tokenizer,
+                threshold=self.cfg.token_filter.threshold,
+                system=self.cfg.system,
+                batch_size=self.cfg.token_filter.batch_size,
+            )
+        return StageResult(rows=rows, rejects=rejects)
+
+    def _generate(self, pending: list[tuple[dict, dict, list[dict]]], rejects: list[dict]) -> list[dict]:
+        if self.cfg.backend == "vllm":
+            from transformers import AutoTokenizer
+
+            from speechllm.sources import resolve_source
+
+            tokenizer = self.tokenizer or AutoTokenizer.from_pretrained(resolve_source(self.cfg.llm))
+            prompts = [chat_prompt(tokenizer, m) for _, _, m in pending]
+            gens = generate_vllm(self.cfg.llm, prompts, self.cfg.generation, self.cfg.dtype)
+        else:
+            model, tokenizer = self._llm()
+            prompts = [chat_prompt(tokenizer, m) for _, _, m in pending]
+            gens = generate_texts(
+                model, tokenizer, prompts, self.cfg.generation, salt=str(pending[0][1]["clip_id"])
+            )
+        rows = []
+        for (out, key, _), prompt, g in zip(pending, prompts, gens, strict=True):
+            text = g.text
+            if g.truncated and self.cfg.on_truncated == "drop":
+                rejects.append(
+                    {**key, "reason": f"answer hit max_new_tokens={self.cfg.generation.max_new_tokens}"}
+                )
+                continue
+            if g.truncated and self.cfg.on_truncated == "trim":
+                text = trim_to_sentence(text)
+            if not text:
+                why = "no complete sentence within max_new_tokens" if g.truncated else "empty answer"
+                rejects.append({**key, "reason": why})
+                continue
+            rows.append({**out, "target": text, "target_llm": self.cfg.llm, "target_prompt": prompt})
+        return rows
+
+
+def _described_inputs(described, cfg: TargetConfig) -> list[dict]:
+    rows = [dict(r) for r in described]
+    if cfg.split is not None:
+        rows = [r for r in rows if r.get("split") == cfg.split]
+    rows.sort(key=lambda r: str(r["clip_id"]))
+    if cfg.limit is not None:
+        rows = rows[: cfg.limit]
+    return rows
+
+
+def targets_dir(data_dir: str | Path, data_name: str, mode: str) -> Path:
+    """Where the targets of one mode live: ``{data_dir}/{data_name}/targets/{mode}``."""
+    return Path(data_dir) / data_name / "targets" / mode
+
+
+def build_targets(
+    described,
+    out_dir: str | Path,
+    cfg: TargetConfig,
+    *,
+    seed: int = 0,
+    shard: str | tuple[int, int] = (0, 1),
+    model=None,
+    tokenizer=None,
+):
+    """Run the (resumable, shardable) targets stage over described rows.
+
+    Args:
+        described: described rows (a ``datasets.Dataset`` or a list of dicts with ``clip_id``,
+            ``description``, ``split``, ``label_*``...).
+        out_dir: the stage folder.
+        cfg: validated target config.
+        seed: instruction-sampling seed.
+        shard: ``"i/n"`` or ``(i, n)``.
+        model, tokenizer: a loaded LLM to use instead of loading ``cfg.llm``.
+
+    Returns:
+        The targets dataset, or None when other shards are still running.
+    """
+    from speechllm.data.stage import run_stage
+
+    inputs = _described_inputs(described, cfg)
+    # clip ids alone key the parts; the text the LLM reads must invalidate them too.
+    content = hashlib.sha256(
+        "\n".join(f"{r['clip_id']}\t{r.get('description')}\t{label_answer(r)}" for r in inputs).encode()
+    ).hexdigest()
+    config = dataclasses.asdict(cfg)
+    config["generation"].pop("batch_size")
+    config["token_filter"].pop("batch_size")
+    fingerprint = {"stage": "targets", "target": config, "seed": seed, "content": content}
+    writer = TargetWriter(cfg, seed=seed, model=model, tokenizer=tokenizer)
+    result = run_stage(
+        out_dir,
+        fingerprint,
+        inputs,
+        writer,
+        key="clip_id",
+        chunk_size=cfg.chunk_size,
+        shard=shard,
+        desc=f"targets/{cfg.mode}",
+    )
+    if result is not None:
+        write_stats(out_dir, result, cfg)
+    return result
+
+
+def write_stats(out_dir: str | Path, dataset, cfg: TargetConfig) -> dict:
+    """Write ``_stats.json`` (rows, target length, masked fraction) next to the targets and log it.
+
+    Args:
+        out_dir: the targets folder.
+        dataset: the finished targets dataset.
+        cfg: the target config it was made with.
+
+    Returns:
+        The stats dict.
+    """
+    from speechllm.data.stage import read_rejects
+
+    stats: dict[str, Any] = {"mode": cfg.mode, "rows": len(dataset), "rejects": len(read_rejects(out_dir))}
+    if len(dataset):
+        words = [len(t.split()) for t in dataset["target"]]
+        stats["mean_target_words"] = round(sum(words) / len(words), 2)
+    if "keep_mask" in dataset.column_names:
+        from speechllm.data.token_filter import masked_fraction
+
+        stats["token_filter_threshold"] = cfg.token_filter.threshold
+        stats.update(masked_fraction(dataset["keep_mask"]))
+        logger.info(
+            "targets/%s: %.1f%% of %d target tokens masked (p < %.2f)",
+            cfg.mode,
+            100 * stats["masked_fraction"],
+            stats["tokens"],
+            cfg.token_filter.threshold,
+        )
+    Path(out_dir, "_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
+def run_targets(cfg: DictConfig) -> Any:
+    """The targets stage of ``data_prep/prepare.py``.
+
+    Reads ``{paths.data_dir}/{data.name}/described`` and writes
+    ``{paths.data_dir}/{data.name}/targets/{target.mode}``.
+
+    Args:
+        cfg: the prepare config; uses ``target`` (group ``conf/target``), ``paths.data_dir``,
+            ``data.name``, ``seed`` and ``shard`` (``i/n``).
+
+    Returns:
+        The targets dataset, or None when other shards are still running.
+    """
+    from speechllm.data.stage import load_stage
+
+    tcfg = target_config(cfg.target)
+    data_dir = Path(cfg.paths.data_dir)
+    described = load_stage(data_dir / cfg.data.name / "described")
+    out_dir = targets_dir(data_dir, cfg.data.name, tcfg.mode)
+    return build_targets(
+        described, out_dir, tcfg, seed=int(cfg.get("seed", 0)), shard=str(cfg.get("shard", "0/1"))
+    )

@@ -1,0 +1,249 @@
+"""Self-output targets and the label/paraphrase modes, on a tiny local LLM."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from speechllm.data.instructions import INSTRUCTION_POOLS, all_training_instructions, pick_instruction
+from speechllm.data.stage import load_stage, read_rejects
+from speechllm.data.targets import (
+    DEFAULT_SYSTEM,
+    GenerationConfig,
+    TargetWriter,
+    build_targets,
+    chat_prompt,
+    description_messages,
+    generate_texts,
+    label_answer,
+    run_targets,
+    target_config,
+    trim_to_sentence,
+)
+
+
+def make_talky_llm(tiny_llm_source: str, out_dir: Path) -> str:
+    """The tiny LLM's config and tokenizer with weights that produce varied text and sometimes stop.
+
+    The shared tiny model ties its embeddings, so greedy decoding just repeats the last prompt token
+    (a newline, stripped to ""): useless for checking generated text. An untied random head gives
+    varied tokens; a larger end-of-turn row makes some answers end before max_new_tokens.
+    """
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").exists():
+        return str(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llm_source)
+    config = AutoConfig.from_pretrained(tiny_llm_source)
+    config.tie_word_embeddings = False
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 0.5)
+        model.lm_head.weight[tokenizer.eos_token_id] *= 2.0
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return str(out_dir)
+
+
+def load(source: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(source).eval(), AutoTokenizer.from_pretrained(source)
+
+
+@pytest.fixture(scope="module")
+def talky(tiny_llm_source, tmp_path_factory):
+    path = make_talky_llm(tiny_llm_source, tmp_path_factory.mktemp("talky"))
+    model, tokenizer = load(path)
+    return path, model, tokenizer
+
+
+def described_rows(n: int = 20) -> list[dict]:
+    voices = ["female", "male"]
+    return [
+        {
+            "clip_id": f"clip{i:03d}",
+            "audio_path": f"/corpus/clip{i:03d}.wav",
+            "split": "test" if i % 5 == 4 else "train",
+            "label_gender": voices[i % 2],
+            "label_pitch": ["low", "normal", "high"][i % 3],
+            "label_text": f"Sentence number {i}.",
+            # Different lengths, so batches really pad.
+            "description": f'A {voices[i % 2]} voice says "Sentence number {i}."' + " Quite loud." * (i % 4),
+        }
+        for i in range(n)
+    ]
+
+
+CFG = {"generation": {"max_new_tokens": 12, "batch_size": 4}, "on_truncated": "keep", "chunk_size": 4}
+
+
+def test_instruction_pools_and_training_set():
+    assert INSTRUCTION_POOLS["desta2"] == ["What can you hear from the audio?"]
+    assert len(set(INSTRUCTION_POOLS["desta25"])) == len(INSTRUCTION_POOLS["desta25"]) > 5
+    trained = all_training_instructions()
+    assert set(INSTRUCTION_POOLS["desta25"]) <= trained
+    # Deterministic per clip and seed, and the pool is actually sampled.
+    picks = [pick_instruction("desta25", f"c{i}", seed=3) for i in range(60)]
+    assert picks == [pick_instruction("desta25", f"c{i}", seed=3) for i in range(60)]
+    assert len(set(picks)) > 5
+    assert picks != [pick_instruction("desta25", f"c{i}", seed=4) for i in range(60)]
+    with pytest.raises(ValueError, match="unknown instruction pool"):
+        pick_instruction("nope", "c0")
+
+
+def test_description_messages():
+    msgs = description_messages("A man says hi.", "What can you hear from the audio?")
+    assert msgs[0] == {"role": "system", "content": DEFAULT_SYSTEM}
+    assert "A man says hi." in msgs[1]["content"] and "What can you hear" in msgs[1]["content"]
+    assert [m["role"] for m in description_messages("d", "i", system="")] == ["user"]
+    with pytest.raises(ValueError, match="description is empty"):
+        description_messages("  ", "i")
+
+
+def test_config_rejects_typos_and_bad_values():
+    with pytest.raises(ValueError, match="max_new_token"):
+        target_config({"generation": {"max_new_token": 5}})
+    with pytest.raises(ValueError, match="mode"):
+        target_config({"mode": "selfoutput"})
+    assert target_config(None).instructions == ["What can you hear from the audio?"]
+
+
+def test_batched_generation_matches_one_at_a_time(talky):
+    _, model, tok = talky
+    prompts = [chat_prompt(tok, description_messages(r["description"], "Describe it.")) for r in described_rows(6)]
+    gen = GenerationConfig(max_new_tokens=10, batch_size=6)
+    batched = generate_texts(model, tok, prompts, gen)
+    single = [generate_texts(model, tok, [p], gen)[0] for p in prompts]
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert any(g.text for g in batched)
+    # Seeded sampling: same seed, same text; different seed, different text.
+    sgen = GenerationConfig(max_new_tokens=10, batch_size=3, do_sample=True, temperature=1.0, seed=7)
+    a = generate_texts(model, tok, prompts, sgen)
+    assert a == generate_texts(model, tok, prompts, sgen)
+    assert a != generate_texts(model, tok, prompts, GenerationConfig(**{**sgen.__dict__, "seed": 8}))
+
+
+def test_self_output_targets_are_the_llms_greedy_answers(talky, tmp_path):
+    _, model, tok = talky
+    rows = described_rows()
+    ds = build_targets(rows, tmp_path / "t", target_config(CFG), model=model, tokenizer=tok)
+    train_ids = sorted(r["clip_id"] for r in rows if r["split"] == "train")
+    rejected = [r["clip_id"] for r in read_rejects(tmp_path / "t")]
+    assert sorted(list(ds["clip_id"]) + rejected) == train_ids
+    assert len(ds) >= len(train_ids) - 2
+    by_id = {r["clip_id"]: r for r in rows}
+    for row in ds:
+        assert row["target_mode"] == "self_output" and row["target_llm"]
+        assert json.loads(row["target_generation"])["max_new_tokens"] == 12
+        # The prompt is the chat-templated description + instruction ...
+        assert by_id[row["clip_id"]]["description"] in row["target_prompt"]
+        assert row["instruction"] in row["target_prompt"]
+        assert row["target_prompt"] == chat_prompt(
+            tok, description_messages(by_id[row["clip_id"]]["description"], row["instruction"])
+        )
+        # ... and the target is exactly what the LLM greedily generates for it, alone.
+        ids = tok(row["target_prompt"], add_special_tokens=False, return_tensors="pt").input_ids
+        out = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=tok.eos_token_id)
+        assert row["target"] == tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+        # The described columns travel along.
+        assert row["label_gender"] == by_id[row["clip_id"]]["label_gender"]
+
+
+def test_shards_together_give_each_row_once(talky, tmp_path):
+    _, model, tok = talky
+    rows, cfg = described_rows(), target_config(CFG)
+    full = build_targets(rows, tmp_path / "full", cfg, model=model, tokenizer=tok)
+    assert build_targets(rows, tmp_path / "sh", cfg, shard="0/2", model=model, tokenizer=tok) is None
+    merged = build_targets(rows, tmp_path / "sh", cfg, shard="1/2", model=model, tokenizer=tok)
+    assert sorted(merged["clip_id"]) == sorted(full["clip_id"])
+    assert len(set(merged["clip_id"])) == len(merged)
+    assert dict(zip(merged["clip_id"], merged["target"], strict=True)) == dict(
+        zip(full["clip_id"], full["target"], strict=True)
+    )
+
+
+def test_kill_and_rerun_gives_the_same_rows(talky, tmp_path):
+    _, model, tok = talky
+    rows, cfg = described_rows(), target_config(CFG)
+    reference = build_targets(rows, tmp_path / "ref", cfg, model=model, tokenizer=tok)
+
+    class Killed(Exception):
+        pass
+
+    calls = {"n": 0}
+    real_call = TargetWriter.__call__
+
+    def dying(self, chunk):
+        calls["n"] += 1
+        if calls["n"] == 3:  # die while the third chunk is in flight
+            raise Killed
+        return real_call(self, chunk)
+
+    TargetWriter.__call__ = dying
+    try:
+        with pytest.raises(Killed):
+            build_targets(rows, tmp_path / "k", cfg, model=model, tokenizer=tok)
+    finally:
+        TargetWriter.__call__ = real_call
+    assert len(list((tmp_path / "k" / "_parts").iterdir())) == 2
+    resumed = build_targets(rows, tmp_path / "k", cfg, model=model, tokenizer=tok)
+    assert resumed.to_list() == reference.to_list()
+
+
+def test_label_and_paraphrase_modes_share_columns(talky, tmp_path):
+    _, model, tok = talky
+    rows = described_rows(8)
+    label = build_targets(rows, tmp_path / "label", target_config({**CFG, "mode": "label"}))
+    row = label[0]
+    assert row["target"] == label_answer(rows[0]) == (
+        'Someone says: "Sentence number 0." The speaker is female. The pitch of the voice is low.'
+    )
+    assert row["target_prompt"] == "" and row["target_mode"] == "label"
+    para = build_targets(rows, tmp_path / "para", target_config({**CFG, "mode": "paraphrase"}), model=model, tokenizer=tok)
+    assert set(label.column_names) == set(para.column_names)
+    for r in para:
+        assert label_answer(next(x for x in rows if x["clip_id"] == r["clip_id"])) in r["target_prompt"]
+    # No labels: label mode rejects the row with a reason instead of inventing an answer.
+    bare = [{k: v for k, v in rows[0].items() if not k.startswith("label_")}]
+    assert len(build_targets(bare, tmp_path / "bare", target_config({**CFG, "mode": "label"}))) == 0
+    assert "no label_" in read_rejects(tmp_path / "bare")[0]["reason"]
+
+
+def test_trim_to_sentence():
+    assert trim_to_sentence('She says "hi." Then she') == 'She says "hi."'
+    assert trim_to_sentence("no end here") == ""
+    assert trim_to_sentence("Version 2.5 is out. And") == "Version 2.5 is out."
+
+
+def test_run_targets_from_config(talky, tmp_path):
+    """The prepare entry reads described/, writes targets/<mode>/ with stats, and skips when current."""
+    from speechllm.data.stage import run_stage
+
+    path, _, _ = talky
+    data_dir = tmp_path / "data"
+    rows = described_rows(8)
+    run_stage(data_dir / "demo" / "described", {"t": 1}, rows, lambda c: __import__(
+        "speechllm.data.stage", fromlist=["StageResult"]).StageResult(rows=c))  # fmt: skip
+    cfg = OmegaConf.create(
+        {
+            "paths": {"data_dir": str(data_dir)},
+            "data": {"name": "demo"},
+            "seed": 0,
+            "shard": "0/1",
+            "target": {**CFG, "llm": path, "instructions": "desta25", "token_filter": {"enabled": True}},
+        }
+    )
+    ds = run_targets(cfg)
+    out = data_dir / "demo" / "targets" / "self_output"
+    assert load_stage(out).to_list() == ds.to_list()
+    stats = json.loads((out / "_stats.json").read_text())
+    assert stats["rows"] == len(ds) and 0.0 <= stats["masked_fraction"] <= 1.0
+    assert all(len(r["keep_mask"]) == len(r["target_token_ids"]) for r in ds)
+    assert set(ds["instruction"]) <= set(INSTRUCTION_POOLS["desta25"])
