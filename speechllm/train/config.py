@@ -11,6 +11,7 @@ fails with the key's dotted name, and checks that the prepared data the run read
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from speechllm.config import ConfigError, check_targets
+
+logger = logging.getLogger(__name__)
 
 LOSSES = ("ce", "kd")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -101,10 +104,20 @@ class MixtureConfig:
     Attributes:
         ratio: share of the training rows that are text replay, in [0, 1).
         weights: replay dataset name (a folder `<data_dir>/replay/<name>/`) -> relative weight.
+        build: the replay datasets data preparation builds (`replay.build`); a weighted source that is
+            not built is left out of the mixture (with a log line), so default weights can name sources
+            a config does not build.
     """
 
     ratio: float = 0.0
     weights: dict[str, float] = field(default_factory=dict)
+    build: list[str] | None = None
+
+    def sources(self) -> dict[str, float]:
+        """Replay datasets the mixture draws from: weight > 0 and (when `build` is set) built by data prep."""
+        if self.ratio <= 0:
+            return {}
+        return {k: w for k, w in self.weights.items() if w > 0 and (self.build is None or k in self.build)}
 
 
 @dataclass
@@ -116,6 +129,8 @@ class TopLevelConfig:
         loss: ce (cross-entropy on target tokens, DeSTA2) or kd (KL to the LLM reading the description).
         kd: distillation settings.
         prepare_missing: run `data_prep/prepare.py` when the prepared data is missing, instead of failing.
+        prepare_args: extra `data_prep/prepare.py` overrides that make this run's data (presets use it
+            for settings only data preparation reads, e.g. the corpus size).
         train_split: which `split` value of the target rows to train on.
         max_train_rows: cap on speech rows (None: all), for quick runs.
     """
@@ -124,6 +139,7 @@ class TopLevelConfig:
     loss: str = "ce"
     kd: KDConfig = field(default_factory=KDConfig)
     prepare_missing: bool = False
+    prepare_args: list[str] = field(default_factory=list)
     train_split: str = "train"
     max_train_rows: int | None = None
 
@@ -171,8 +187,9 @@ def validate_schema(cfg: DictConfig) -> tuple[TopLevelConfig, TrainerConfig, Mix
     trainer = _merge_schema(TrainerConfig, cfg.get("trainer", {}), "trainer.")
     replay = cfg.get("replay", {}) or {}
     mixture = _merge_schema(
-        MixtureConfig, {k: replay[k] for k in ("ratio", "weights") if k in replay}, "replay."
+        MixtureConfig, {k: replay[k] for k in ("ratio", "weights", "build") if k in replay}, "replay."
     )
+    _check_owner_schemas(cfg)
 
     if top.loss not in LOSSES:
         raise ConfigError(f"loss={top.loss!r} is not one of {list(LOSSES)}")
@@ -188,8 +205,14 @@ def validate_schema(cfg: DictConfig) -> tuple[TopLevelConfig, TrainerConfig, Mix
     for name, weight in mixture.weights.items():
         if weight < 0:
             raise ConfigError(f"replay.weights.{name}={weight} must be >= 0")
-    if mixture.ratio > 0 and sum(mixture.weights.values()) <= 0:
-        raise ConfigError(f"replay.ratio={mixture.ratio} > 0 but replay.weights gives no source a weight > 0")
+    if mixture.ratio > 0 and not mixture.sources():
+        raise ConfigError(
+            f"replay.ratio={mixture.ratio} > 0 but no replay source has a weight > 0 in replay.weights "
+            f"{dict(mixture.weights)} and is built (replay.build={mixture.build})"
+        )
+    skipped = [k for k, w in mixture.weights.items() if w > 0 and k not in mixture.sources()]
+    if mixture.ratio > 0 and skipped:
+        logger.info("replay sources %s have weights but are not in replay.build: left out of the mixture", skipped)
     if trainer.precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision={trainer.precision!r} is not one of {list(PRECISIONS)}")
     for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
@@ -206,6 +229,19 @@ def validate_schema(cfg: DictConfig) -> tuple[TopLevelConfig, TrainerConfig, Mix
     _check_extra_args(trainer.extra_args)
     check_targets(cfg.get("model", {}))
     return top, trainer, mixture
+
+
+def _check_owner_schemas(cfg: DictConfig) -> None:
+    """Validate the `target` and `replay` nodes with their owners' schemas (typos there fail here too)."""
+    from speechllm.data.replay import replay_config
+    from speechllm.data.targets import target_config
+
+    for key, check in (("target", target_config), ("replay", replay_config)):
+        if key in cfg:
+            try:
+                check(cfg[key])
+            except ValueError as e:
+                raise ConfigError(f"{key}: {e}") from None
 
 
 def _check_extra_args(extra: dict[str, Any]) -> None:
@@ -254,9 +290,7 @@ def data_paths(cfg: DictConfig, mixture: MixtureConfig) -> DataPaths:
         if OmegaConf.select(cfg, key, default=None) in (None, ""):
             raise ConfigError(f"config key '{key}' is missing or empty")
     data_dir = Path(cfg.paths.data_dir)
-    replay = {}
-    if mixture.ratio > 0:
-        replay = {name: data_dir / "replay" / name for name, w in mixture.weights.items() if w > 0}
+    replay = {name: data_dir / "replay" / name for name in mixture.sources()}
     return DataPaths(targets=data_dir / cfg.data.name / "targets" / cfg.target.mode, replay=replay)
 
 
@@ -284,25 +318,48 @@ def group_choices(cfg: DictConfig) -> dict[str, str]:
 def prepare_command(cfg: DictConfig, mixture: MixtureConfig) -> list[str]:
     """The `data_prep/prepare.py` command line that makes the data this training config reads.
 
-    The data, target and replay groups (and the LLM that writes targets) are passed with the same
-    options this run uses, so the prepared folders are the ones it looks for.
+    It repeats this run's choices for the groups data preparation shares with training (data,
+    target, replay), the keys that decide where the outputs go and which LLM writes targets and replay,
+    the run's own command-line overrides of those groups, and the config's `prepare_args`.
 
     Args:
         cfg: the composed training config.
         mixture: the validated replay mixture.
 
     Returns:
-        argv, starting with the python executable.
+        argv, starting with `python`.
     """
     choices = group_choices(cfg)
-    args = [os.environ.get("PYTHON", "python"), "data_prep/prepare.py"]
-    for group in ("data", "target", "replay", "model/llm"):
+    args = ["python", "data_prep/prepare.py"]
+    for group in ("data", "target", "replay"):
         if group in choices:
             args.append(f"{group}={choices[group]}")
+    args.append(f"data.name={cfg.data.name}")
     args.append(f"paths.data_dir={cfg.paths.data_dir}")
-    if mixture.ratio == 0:
-        args.append("replay.ratio=0")
+    for key in ("target.llm", "replay.llm"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value:
+            args.append(f"{key}={value}")
+    if mixture.sources():
+        args.append(f"replay.build=[{','.join(mixture.sources())}]")
+    elif "replay" in cfg:
+        args.append("replay.build=[]")
+    for override in _command_line_overrides():
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key.split(".")[0] in ("data", "target", "replay") and "." in key and override not in args:
+            args.append(override)
+    args.extend(str(a) for a in cfg.get("prepare_args", []) or [])
     return args
+
+
+def _command_line_overrides() -> list[str]:
+    """This run's Hydra command-line overrides (empty outside a Hydra app)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
 
 
 def check_prepared(cfg: DictConfig, mixture: MixtureConfig) -> DataPaths:

@@ -19,7 +19,13 @@ from speechllm.config import ConfigError
 from speechllm.train.config import TrainerConfig, check_prepared, validate_schema
 from speechllm.train.mixture import Mixture, build_mixture, speech_rows
 from speechllm.train.outputs import plot_loss, write_metrics
-from speechllm.train.trainer import MetricsCallback, SpeechTrainer, TrainCollator, step_checkpoints
+from speechllm.train.trainer import (
+    MetricsCallback,
+    SpeechTensorBoardCallback,
+    SpeechTrainer,
+    TrainCollator,
+    step_checkpoints,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +166,8 @@ def training_arguments(tr: TrainerConfig, run_dir: Path, seed: int, has_replay: 
         data_seed=seed,
         # The collator needs every column (audio_path, messages, ...), not just the forward's arguments.
         remove_unused_columns=False,
-        report_to=list(tr.report_to),
+        # TensorBoard goes through SpeechTensorBoardCallback (added in `train`), not the stock callback.
+        report_to=[r for r in tr.report_to if r != "tensorboard"],
         save_safetensors=True,
         **extra,
     )
@@ -231,9 +238,10 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         if data["steps"]:
             plot_loss(run_dir / "loss_curve.png", data["steps"], title=f"train/loss ({run_dir.name})")
 
+    tensorboard = [SpeechTensorBoardCallback()] if "tensorboard" in tr.report_to else []
     trainer = SpeechTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=collate,
-        callbacks=[MetricsCallback(write_outputs), *(callbacks or [])],
+        callbacks=[MetricsCallback(write_outputs), *tensorboard, *(callbacks or [])],
         loss_type=top.loss, kd_temperature=top.kd.temperature, kd_ce_weight=top.kd.ce_weight,
     )  # fmt: skip
     if trainer.is_world_process_zero():

@@ -10,6 +10,7 @@ run continues with the same optimiser state and data order.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import ExportableState
 
 from speechllm.train.losses import kd_loss
@@ -81,6 +83,17 @@ class TrainCollator:
                 batch["teacher"] = {k: t[k] for k in ("input_ids", "attention_mask", "labels")}
             batch["teacher_rows"] = torch.tensor(index, dtype=torch.long)
         return batch
+
+
+class SpeechTensorBoardCallback(TensorBoardCallback):
+    """TensorBoard logging for SpeechLM, whose `config` is a plain dict (the stock callback expects a
+    `PretrainedConfig` and fails on it); the dict is logged as JSON text instead."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        model = kwargs.pop("model", None)
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.tb_writer is not None and model is not None and isinstance(getattr(model, "config", None), dict):
+            self.tb_writer.add_text("model_config", json.dumps(model.config, indent=2, default=str))
 
 
 class MetricsCallback(TrainerCallback):
