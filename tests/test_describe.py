@@ -1,0 +1,226 @@
+"""Attribute registry, known-answer extractors and renderers."""
+
+import re
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import pytest
+import yaml
+
+from speechllm.audio import SAMPLE_RATE, load_audio
+from speechllm.corpus import generate_corpus, read_audiofolder
+from speechllm.describe import (
+    ATTRIBUTES,
+    ATTRIBUTES_DIR,
+    Clip,
+    attribute_names,
+    describe_clips,
+    load_configs,
+    render,
+)
+from speechllm.describe.features import to_bin
+from speechllm.describe.signal import count_syllables
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT = "She asked whether the library would be open on Sunday morning."
+
+
+def _clip(path, **labels) -> Clip:
+    audio = load_audio(path)
+    return Clip(Path(path).stem, audio.array, audio.sr, labels=labels)
+
+
+def _run(clips, names, **overrides):
+    configs, order = load_configs(names, overrides=overrides)
+    return describe_clips(clips, names, configs, order, "natural")
+
+
+def _voiced_tone(hz, seconds=1.5, sr=SAMPLE_RATE, amp=0.3):
+    """A harmonic-rich tone (like a voiced vowel) with a pause in the middle."""
+    t = np.arange(int(seconds * sr)) / sr
+    wave = sum(np.sin(2 * np.pi * hz * k * t) / k for k in range(1, 6))
+    wave = amp * wave / np.max(np.abs(wave))
+    wave[int(0.7 * sr) : int(0.8 * sr)] = 0
+    return wave.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def demo_corpus(tmp_path_factory):
+    cfg = yaml.safe_load((REPO / "conf/data/demo.yaml").read_text())
+    cfg["size"] = 36
+    out = generate_corpus(tmp_path_factory.mktemp("demo") / "corpus", cfg, num_proc=2)
+    return read_audiofolder(out)
+
+
+def _demo_clips(rows):
+    return [
+        _clip(r["audio_path"], **{k[6:]: v for k, v in r.items() if k.startswith("label_")}) for r in rows
+    ]
+
+
+def test_every_yaml_has_an_extractor_and_every_extractor_a_yaml():
+    assert set(attribute_names()) == set(ATTRIBUTES)
+    assert {"duration", "pitch", "volume", "speaking_rate", "snr", "transcript", "gender", "emotion"} <= set(
+        ATTRIBUTES
+    )
+    for name in ATTRIBUTES:
+        cfg = yaml.safe_load((ATTRIBUTES_DIR / f"{name}.yaml").read_text())
+        assert "render" in cfg, f"{name}.yaml has no render section"
+        if "words" in cfg and "edges" in cfg:
+            assert len(cfg["words"]) == len(cfg["edges"]) + 1, name
+
+
+def test_unknown_attribute_names_the_known_ones():
+    with pytest.raises(KeyError, match="speaking_rate"):
+        load_configs(["speaking_rte"])
+
+
+def test_requirements_are_pulled_in_and_run_first():
+    configs, order = load_configs(["speaking_rate", "pitch"])
+    assert order.index("transcript") < order.index("speaking_rate")
+    assert order.index("gender") < order.index("pitch")
+
+
+def test_to_bin_edges():
+    assert [to_bin(v, [1, 2], ["a", "b", "c"]) for v in (0.5, 1, 1.5, 2, 9)] == ["a", "b", "b", "c", "c"]
+    assert to_bin(float("nan"), [1], ["a", "b"]) == ""
+    with pytest.raises(ValueError, match="one word per bin"):
+        to_bin(1.0, [1, 2], ["a", "b"])
+
+
+@pytest.mark.parametrize(
+    "gender, hz, word",
+    [("male", 80, "low"), ("male", 105, "normal"), ("male", 135, "high"),
+     ("female", 165, "low"), ("female", 210, "normal"), ("female", 265, "high")],
+)  # fmt: skip
+def test_tones_at_known_pitch_land_in_their_gender_relative_bin(gender, hz, word):
+    clip = Clip("tone", _voiced_tone(hz), SAMPLE_RATE, labels={"gender": gender})
+    _run([clip], ["pitch"])
+    assert clip.values["pitch_hz"] == pytest.approx(hz, rel=0.03)
+    assert clip.values["pitch"] == word
+
+
+def test_espeak_pitch_orders_and_gender_estimate(espeak, tmp_path):
+    low = _clip(espeak(TEXT, tmp_path / "low.wav", variant="m1", pitch=10))
+    high = _clip(espeak(TEXT, tmp_path / "high.wav", variant="f3", pitch=90))
+    _run([low, high], ["pitch"], gender={"methods": ["pitch"]})
+    assert low.values["pitch_hz"] < 90 < 250 < high.values["pitch_hz"]
+    assert (low.values["gender"], high.values["gender"]) == ("male", "female")
+    assert (low.values["pitch"], high.values["pitch"]) == ("low", "high")
+
+
+def test_espeak_speed_and_volume_are_ordered(espeak, tmp_path):
+    slow = _clip(espeak(TEXT, tmp_path / "slow.wav", speed=120, amplitude=50), text=TEXT)
+    fast = _clip(espeak(TEXT, tmp_path / "fast.wav", speed=220, amplitude=200), text=TEXT)
+    _run([slow, fast], ["speaking_rate", "volume"], transcript={"methods": ["label"]})
+    assert slow.values["speaking_rate_sps"] < fast.values["speaking_rate_sps"]
+    assert (slow.values["speaking_rate"], fast.values["speaking_rate"]) == ("slow", "fast")
+    assert slow.values["volume_dbfs"] + 6 < fast.values["volume_dbfs"]
+    assert (slow.values["volume"], fast.values["volume"]) == ("quiet", "loud")
+
+
+def test_snr_estimate_tracks_added_noise():
+    rng = np.random.default_rng(0)
+    # Speech-like: the tone with silence around it, where only the noise remains.
+    tone = np.pad(_voiced_tone(150, seconds=1.5), (SAMPLE_RATE // 3, SAMPLE_RATE // 3))
+    clips = []
+    for noise_db in (-60, -35, -12):
+        noisy = tone + rng.normal(0, 10 ** (noise_db / 20), len(tone)).astype(np.float32)
+        clips.append(Clip(str(noise_db), noisy, SAMPLE_RATE))
+    _run(clips, ["snr"])
+    snrs = [c.values["snr_db"] for c in clips]
+    assert snrs[0] > snrs[1] > snrs[2]
+    assert [c.values["snr"] for c in clips] == ["clean", "fair", "noisy"]
+
+
+def test_count_syllables():
+    assert count_syllables(TEXT) == 17
+    assert count_syllables("the table is made of stone") == 7
+    assert count_syllables("they wanted it and played") == 6
+    assert count_syllables("") == 0
+
+
+def test_demo_corpus_pitch_gender_volume_agree_with_construction(demo_corpus):
+    clips = _demo_clips(demo_corpus)
+    # Gender from pitch only (labels ignored); pitch bins relative to the estimated gender.
+    _run(clips, ["gender", "pitch", "volume"], gender={"methods": ["pitch"]})
+    n = len(clips)
+    assert sum(c.values["gender"] == c.labels["gender"] for c in clips) / n >= 0.9
+    assert sum(c.values["pitch"] == c.labels["pitch"] for c in clips) / n >= 0.85
+    assert sum(c.values["volume"] == c.labels["volume"] for c in clips) / n >= 0.85
+
+
+def test_labels_beat_models_and_estimates_and_are_normalised():
+    clip = Clip("x", _voiced_tone(100), SAMPLE_RATE, labels={"gender": "F", "accent": "British"})
+    _run([clip], ["gender", "accent", "emotion"])
+    assert clip.values["gender"] == "female"  # the label, mapped; the 100 Hz pitch would say male
+    assert clip.values["accent"] == "british"
+    assert clip.values["emotion"] == ""  # no label, no model: unknown, and left out of the text
+
+
+def test_classifier_model_source(tmp_path):
+    from speechllm.tiny import make_tiny_audio_classifier
+
+    source = make_tiny_audio_classifier(tmp_path / "clf", ["ang", "hap", "neu"])
+    clips = [Clip(str(i), _voiced_tone(100 + 40 * i), SAMPLE_RATE) for i in range(3)]
+    clips.append(Clip("labelled", _voiced_tone(120), SAMPLE_RATE, labels={"emotion": "sad"}))
+    _run(clips, ["emotion"], emotion={"model": source, "batch_size": 2})
+    assert all(c.values["emotion"] in {"angry", "happy", "neutral"} for c in clips[:3])  # label_map applied
+    assert clips[3].values["emotion"] == "sad"
+
+
+def test_renderers():
+    values = {
+        "transcript": "Turn the lights off.",
+        "gender": "female",
+        "accent": "british",
+        "pitch": "high",
+        "pitch_hz": 250.0,
+        "speaking_rate": "fast",
+        "emotion": "",
+        "duration": 3.1,
+    }
+    names = ["transcript", "gender", "accent", "emotion", "pitch", "speaking_rate", "duration"]
+    configs, _ = load_configs(names)
+    desta2 = render("desta2", values, names, configs)
+    assert desta2 == (
+        '[00:00-00:03] "Turn the lights off." '
+        "(Gender: Female, Accent: British, Pitch: high, Speed: fast, Duration: 3.1s)"
+    )
+    natural = render("natural", values, names, configs)
+    assert natural == (
+        'A woman with a British accent says, in a high voice and quickly: "Turn the lights off." '
+        "The recording is 3.1 seconds long."
+    )
+    assert "Emotion" not in desta2 and "emotion" not in natural
+    # Nothing known but the duration: still a sentence.
+    assert re.fullmatch(
+        r"A speaker speaks\. The recording is 3\.1 seconds long\.",
+        render("natural", {"duration": 3.1}, names, configs),
+    )
+    with pytest.raises(KeyError, match="desta2"):
+        render("nope", values, names, configs)
+
+
+def test_asr_transcript_with_tiny_whisper_is_batched_text(tiny_whisper_source):
+    clips = [Clip(str(i), _voiced_tone(120, seconds=1.0 + i * 0.5), SAMPLE_RATE) for i in range(3)]
+    _run(
+        clips,
+        ["transcript"],
+        transcript={"source": tiny_whisper_source, "batch_size": 2, "max_new_tokens": 5},
+    )
+    assert all(isinstance(c.values["transcript"], str) for c in clips)
+
+
+@pytest.mark.slow
+def test_whisper_tiny_en_transcribes_demo_corpus(demo_corpus, whisper_tiny_en_source):
+    rows = demo_corpus[:16]
+    clips = _demo_clips(rows)
+    _run(clips, ["transcript"], transcript={"source": whisper_tiny_en_source, "batch_size": 8})
+    norm = jiwer.Compose(
+        [jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip()]
+    )
+    refs = [norm(c.labels["text"]) for c in clips]
+    hyps = [norm(c.values["transcript"]) for c in clips]
+    assert jiwer.wer(refs, hyps) <= 0.2
