@@ -1,0 +1,130 @@
+"""`make demo`: train and evaluate a mini-DeSTA2 end to end on the packaged real models.
+
+    espeak-ng corpus -> described -> self-output targets -> replay -> train -> evaluate
+
+Each step runs the same command a user would type (printed before it runs), so the demo is also a
+worked example. A rerun reuses what is finished: the data stages skip themselves when current,
+training is skipped when its final checkpoint is newer than its data and was made by the same
+command, and so is evaluation.
+
+Usage:
+    python -m speechllm.demo [--out runs/demo] [--data-dir data] [-- extra train.py overrides]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _newest_mtime(folder: Path, pattern: str) -> float:
+    times = [p.stat().st_mtime for p in folder.glob(pattern)]
+    return max(times) if times else 0.0
+
+
+def _run(name: str, argv: list[str], log_dir: Path) -> float:
+    """Run one step, streaming its output and keeping a log; returns its wall time in seconds."""
+    print(f"\n=== {name}: {shlex.join(argv)}", flush=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log_dir / f"{name}.log", "w") as log:
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+        code = proc.wait()
+    seconds = time.perf_counter() - start
+    if code != 0:
+        raise SystemExit(f"demo: step '{name}' failed (exit {code}); its log is {log_dir / f'{name}.log'}")
+    print(f"=== {name}: done in {seconds:.0f}s", flush=True)
+    return seconds
+
+
+def _is_fresh(marker: Path, inputs_mtime: float, command: list[str]) -> bool:
+    """A step's output is reusable when it exists, is newer than its inputs, and came from `command`."""
+    if not marker.exists() or marker.stat().st_mtime < inputs_mtime:
+        return False
+    recorded = marker.parent / "demo_command.json"
+    return recorded.exists() and json.loads(recorded.read_text()) == command
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def results_table(report: dict) -> str:
+    """The report's main table: unseen-instruction accuracy per task beside ceiling, baseline, chance."""
+    rows = ["| task | n | accuracy | ceiling | baseline | chance | agreement |", "|---|---|---|---|---|---|---|"]
+    for task, unseen in report.get("unseen", {}).items():
+        rows.append(
+            f"| {task} | {unseen.get('n', '-')} | {_fmt(unseen.get('accuracy'))} "
+            f"| {_fmt(report.get('ceiling', {}).get(task, {}).get('accuracy'))} "
+            f"| {_fmt(report.get('baseline', {}).get(task, {}).get('accuracy'))} "
+            f"| {_fmt(unseen.get('chance'))} | {_fmt(report.get('agreement', {}).get(task))} |"
+        )
+    fmt = report.get("retention", {}).get("format", {})
+    if fmt:
+        rows.append("")
+        rows.append(
+            f"format following: speech {_fmt(fmt.get('speech'))}, text {_fmt(fmt.get('text'))}, "
+            f"forgetting delta {_fmt(fmt.get('delta'))}"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/demo", help="folder for the run (train/, evaluate/, logs/)")
+    parser.add_argument("--data-dir", default="data", help="prepared datasets (paths.data_dir)")
+    parser.add_argument("overrides", nargs="*", help="extra train.py overrides, e.g. trainer.num_train_epochs=1")
+    args = parser.parse_args(argv)
+
+    out = (REPO / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
+    data_dir = str((REPO / args.data_dir).resolve())
+    python = sys.executable
+    times: dict[str, float] = {}
+
+    prepare = [python, "data_prep/prepare.py", f"paths.data_dir={data_dir}"]
+    times["prepare"] = _run("prepare", prepare, out / "logs")
+
+    train_dir = out / "train"
+    final = train_dir / "checkpoints" / "final"
+    train = [
+        python, "train.py", "experiment=default", f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={train_dir}", *args.overrides,
+    ]  # fmt: skip
+    data_mtime = _newest_mtime(Path(data_dir), "**/_complete.json")
+    if _is_fresh(final / "config.json", data_mtime, train):
+        print(f"\n=== train: reusing {final} (same command, newer than its data)")
+    else:
+        times["train"] = _run("train", train, out / "logs")
+        (final / "demo_command.json").write_text(json.dumps(train))
+
+    eval_dir = out / "evaluate"
+    evaluate = [python, "evaluate.py", f"checkpoint={final}", f"paths.data_dir={data_dir}", f"hydra.run.dir={eval_dir}"]
+    if _is_fresh(eval_dir / "report.json", (final / "config.json").stat().st_mtime, evaluate):
+        print(f"\n=== evaluate: reusing {eval_dir / 'report.json'}")
+    else:
+        times["evaluate"] = _run("evaluate", evaluate, out / "logs")
+        (eval_dir / "demo_command.json").write_text(json.dumps(evaluate))
+
+    report = json.loads((eval_dir / "report.json").read_text())
+    print("\n" + "=" * 72)
+    print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()) or "all reused")
+    print(f"checkpoint:  {final}")
+    print(f"report:      {eval_dir / 'report.md'}  (plots beside it)")
+    print(f"try it:      python -m speechllm.ask {final} AUDIO.wav \"What can you hear?\"")
+    print("\nUnseen speech instructions on the held-out test split:\n")
+    print(results_table(report))
+
+
+if __name__ == "__main__":
+    main()
