@@ -15,6 +15,7 @@ found per variant by measuring a calibration sentence, so "high" means high for 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import os
@@ -72,6 +73,15 @@ def speak(
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise EspeakError("espeak-ng is not installed: `apt-get install espeak-ng` (or `make setup`)")
+    # espeak-ng falls back to its default voice, with exit status 0, on an unknown voice or variant,
+    # which would give clips the wrong labels: check the names first.
+    voices, variants = _installed_voices(exe)
+    if voice not in voices:
+        raise EspeakError(
+            f"espeak-ng has no voice {voice!r}; English ones: {sorted(v for v in voices if v.startswith('en'))}"
+        )
+    if variant and variant.lower() not in variants:
+        raise EspeakError(f"espeak-ng has no voice variant {variant!r} (e.g. m1-m7, f1-f5)")
     path = os.fspath(path)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     voice = _VOICE_ALIASES.get(voice, voice)
@@ -96,6 +106,20 @@ def speak(
             f"espeak-ng failed ({' '.join(cmd)}): {result.stderr.strip() or 'no audio written'}"
         )
     return path
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_voices(exe: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(voice names and languages, variant names) known to the installed espeak-ng, lowercased."""
+
+    def listing(*args: str) -> list[list[str]]:
+        out = subprocess.run([exe, *args], capture_output=True, text=True, check=True).stdout
+        return [line.split() for line in out.splitlines()[1:] if line.strip()]
+
+    # Columns: Pty, Language, Age/Gender, VoiceName, File, ...; a voice is named by language, name or file.
+    voices = {x for cols in listing("--voices") for x in (cols[1], cols[3], cols[4], cols[4].split("/")[-1])}
+    variants = {cols[4].removeprefix("!v/").lower() for cols in listing("--voices=variant")}
+    return frozenset(voices), frozenset(variants)
 
 
 def calibrate_pitch(variant: str, targets_hz: dict[str, float], voice: str = "en-us") -> dict[str, int]:

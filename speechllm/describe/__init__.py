@@ -79,4 +79,7 @@ def describe_clips(
         One description per clip.
     """
     extract_all(clips, order, configs)
+    for clip in clips:
+        # Every row gets its length (DeSTA2's timestamps need it) even when `duration` is not mentioned.
+        clip.values.setdefault("duration", round(clip.duration, 3))
     return [render(renderer, clip.values, attributes, configs) for clip in clips]

@@ -1,0 +1,102 @@
+"""The espeak-ng demo corpus and the audiofolder reader."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import yaml
+
+from speechllm.corpus import AudioFolderError, EspeakError, generate_corpus, read_audiofolder, speak
+from speechllm.corpus.espeak import calibrate_pitch, plan_corpus
+from speechllm.corpus.sentences import SENTENCES
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = yaml.safe_load((REPO / "conf/data/demo.yaml").read_text())
+LEVELS = {
+    "pitch": ["low", "normal", "high"],
+    "speed": ["slow", "normal", "fast"],
+    "volume": ["quiet", "loud"],
+}
+
+
+def _plan(size=300, seed=0):
+    return plan_corpus(
+        size, seed, DEMO["accents"], DEMO["variants"], DEMO["test_variants"], DEMO["test_fraction"], LEVELS
+    )
+
+
+def test_sentences_are_many_and_unique():
+    assert len(SENTENCES) >= 100 and len(set(SENTENCES)) == len(SENTENCES)
+
+
+def test_plan_is_deterministic_and_the_test_split_is_unseen():
+    plan = _plan()
+    assert plan == _plan() and plan != _plan(seed=1)
+    train = [r for r in plan if r["split"] == "train"]
+    test = [r for r in plan if r["split"] == "test"]
+    assert len(test) == round(300 * DEMO["test_fraction"])
+    assert not {r["text"] for r in train} & {r["text"] for r in test}  # unseen sentences
+    assert not {r["variant"] for r in train} & set(DEMO["test_variants"])
+    assert {r["variant"] for r in test} & set(DEMO["test_variants"])  # some unseen voices
+    assert {r["variant"] for r in test} - set(DEMO["test_variants"])  # and some seen ones
+    for row in plan:
+        assert row["variant"] in DEMO["variants"][row["gender"]]
+        assert row["voice"] == DEMO["accents"][row["accent"]]
+    assert {r["accent"] for r in plan} == set(DEMO["accents"])
+
+
+def test_speak_writes_audio_and_reports_failures(tmp_path):
+    path = speak("-starts with a dash", tmp_path / "a" / "x.wav", voice="en-gb", variant="f2")
+    assert sf.info(path).frames > 1000
+    # espeak-ng itself would fall back to its default voice and succeed: wrong labels, so refused here.
+    with pytest.raises(EspeakError, match="no voice 'no-such-voice'"):
+        speak("hello", tmp_path / "y.wav", voice="no-such-voice")
+    with pytest.raises(EspeakError, match="no voice variant 'f9'"):
+        speak("hello", tmp_path / "y.wav", variant="f9")
+    assert sf.info(speak("hello", tmp_path / "z.wav", voice="en", variant="m1")).frames > 0
+
+
+def test_calibrated_pitch_rises_with_the_target():
+    p = calibrate_pitch("f1", {"low": 165, "normal": 210, "high": 265})
+    assert 0 <= p["low"] < p["normal"] < p["high"] <= 99
+
+
+def test_generate_small_corpus_and_rerun_is_a_noop(tmp_path):
+    cfg = {**DEMO, "size": 6, "variants": {"male": ["m2"], "female": ["f2"]}, "test_variants": []}
+    out = generate_corpus(tmp_path / "corpus", cfg, num_proc=2)
+    with open(out / "metadata.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6
+    assert {"file_name", "split", "gender", "accent", "pitch", "speed", "volume", "text", "voice"} <= set(
+        rows[0]
+    )
+    info = sf.info(out / rows[0]["file_name"])
+    assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+    stamp = (out / "metadata.csv").stat().st_mtime_ns
+    generate_corpus(tmp_path / "corpus", cfg)
+    assert (out / "metadata.csv").stat().st_mtime_ns == stamp
+
+    inputs = read_audiofolder(out)
+    assert [r["clip_id"] for r in inputs] == [r["clip_id"] for r in rows]
+    assert inputs[0]["label_gender"] == rows[0]["gender"] and Path(inputs[0]["audio_path"]).is_absolute()
+
+
+def test_audiofolder_errors(tmp_path):
+    with pytest.raises(AudioFolderError, match="no metadata.csv"):
+        read_audiofolder(tmp_path)
+    (tmp_path / "metadata.csv").write_text("path,label\na.wav,x\n")
+    with pytest.raises(AudioFolderError, match="file_name"):
+        read_audiofolder(tmp_path)
+    (tmp_path / "metadata.csv").write_text("file_name,emotion\na.wav,happy\nsub/b.flac,\n")
+    rows = read_audiofolder(tmp_path)
+    assert [r["clip_id"] for r in rows] == ["a", "sub/b"]
+    assert rows[0] == {
+        "clip_id": "a",
+        "audio_path": str(tmp_path.resolve() / "a.wav"),
+        "split": "train",
+        "label_emotion": "happy",
+    }
+    (tmp_path / "metadata.csv").write_text("file_name\na.wav\na.mp3\n")
+    with pytest.raises(AudioFolderError, match="duplicate"):
+        read_audiofolder(tmp_path)

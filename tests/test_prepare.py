@@ -1,0 +1,192 @@
+"""The describe stage and data_prep/prepare.py on an audiofolder full of bad files."""
+
+import csv
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import soundfile as sf
+
+from speechllm.corpus import read_audiofolder
+from speechllm.data import describe_stage
+from speechllm.data.describe_stage import DescribeProcessor, run_describe
+from speechllm.data.stage import read_rejects
+from speechllm.describe import ATTRIBUTES_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+SR = 16000
+ATTRS = ["gender", "pitch", "volume", "snr", "duration"]
+
+
+def _tone(seconds=1.0, sr=SR, hz=180.0):
+    t = np.arange(int(seconds * sr)) / sr
+    wave = 0.3 * np.sin(2 * np.pi * hz * t)
+    wave[: sr // 10] = 0  # a pause, as speech has
+    return wave.astype(np.float32)
+
+
+@pytest.fixture
+def bad_folder(tmp_path):
+    """An audiofolder with two good clips and every kind of bad file; returns (folder, expectations)."""
+    root = tmp_path / "bad"
+    root.mkdir()
+    rejected = {  # name -> reason prefix
+        "empty": "unreadable",
+        "zeros": "silent",
+        "nan": "non-finite",
+        "truncated": "unreadable",
+        "notaudio": "unreadable",
+        "missing": "missing file",
+        "long": "too long",
+    }
+    converted = {  # name -> conversion recorded
+        "stereo": "downmixed 2->1 channels",
+        "rate8k": "resampled 8000->16000",
+        "pcm24": "converted PCM_24->float32",
+    }
+    (root / "empty.wav").write_bytes(b"")
+    sf.write(root / "zeros.wav", np.zeros(SR, np.float32), SR)
+    nan = _tone()
+    nan[500:600] = np.nan
+    sf.write(root / "nan.wav", nan, SR, subtype="FLOAT")
+    sf.write(root / "truncated.wav", _tone(), SR)
+    (root / "truncated.wav").write_bytes((root / "truncated.wav").read_bytes()[:40])
+    (root / "notaudio.wav").write_text("not audio at all\n" * 50)
+    sf.write(root / "long.wav", _tone(45.0, sr=8000), 8000)
+    sf.write(root / "stereo.wav", np.stack([_tone(), _tone(hz=200)], axis=1), SR)
+    sf.write(root / "rate8k.wav", _tone(sr=8000), 8000)
+    sf.write(root / "pcm24.wav", _tone(), SR, subtype="PCM_24")
+    for i in range(2):
+        sf.write(root / f"good{i}.wav", _tone(hz=120 + 100 * i), SR)
+    names = [*rejected, *converted, "good0", "good1"]
+    with open(root / "metadata.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file_name", "split", "gender", "text"])
+        for i, name in enumerate(names):
+            writer.writerow(
+                [f"{name}.wav", "test" if i % 2 else "train", "male" if name == "good0" else "female", "hi"]
+            )
+    return root, rejected, converted
+
+
+def _describe_cfg(**kw):
+    return {
+        "attributes": ATTRS,
+        "renderer": "natural",
+        "max_seconds": 30,
+        "chunk_size": 3,
+        "attributes_dir": None,
+        "overrides": {},
+        **kw,
+    }
+
+
+def test_bad_files_are_rejected_with_reasons_or_converted(bad_folder, tmp_path):
+    root, rejected, converted = bad_folder
+    inputs = read_audiofolder(root)
+    out = tmp_path / "described"
+    ds = run_describe(inputs, out, _describe_cfg())
+    rejects = {r["clip_id"]: r for r in read_rejects(out)}
+    assert len(ds) + len(rejects) == len(inputs)
+    assert set(rejects) == set(rejected)
+    for name, reason in rejected.items():
+        assert rejects[name]["reason"].startswith(reason), rejects[name]
+        assert rejects[name]["file"] == str(root / f"{name}.wav")
+    rows = {r["clip_id"]: r for r in ds}
+    for name, conversion in converted.items():
+        assert conversion in rows[name]["conversions"]
+    assert rows["good0"]["conversions"] == []
+    assert rows["good0"]["label_gender"] == "male" and rows["good0"]["gender"] == "male"
+    assert rows["good0"]["audio_path"] == str(root / "good0.wav")
+    assert {r["split"] for r in ds} == {"train", "test"}
+    assert rows["good1"]["pitch_hz"] == pytest.approx(220, rel=0.03)
+    assert rows["good1"]["description"].startswith("A woman speaks, in a medium-pitched voice")
+
+
+def test_rerun_is_a_noop_and_an_attribute_yaml_change_invalidates(bad_folder, tmp_path, monkeypatch):
+    root, _, _ = bad_folder
+    inputs = read_audiofolder(root)
+    attrs_dir = tmp_path / "attributes"
+    shutil.copytree(ATTRIBUTES_DIR, attrs_dir)
+    out = tmp_path / "described"
+    first = run_describe(inputs, out, _describe_cfg(attributes_dir=str(attrs_dir)))
+
+    calls = []
+    original = DescribeProcessor.__call__
+    monkeypatch.setattr(
+        DescribeProcessor, "__call__", lambda self, rows: calls.append(rows) or original(self, rows)
+    )
+    again = run_describe(inputs, out, _describe_cfg(attributes_dir=str(attrs_dir)))
+    assert calls == [] and again["description"] == first["description"]
+
+    # Move the female pitch bins so 220 Hz is "low": the stage must notice and redo the work.
+    pitch_yaml = attrs_dir / "pitch.yaml"
+    pitch_yaml.write_text(pitch_yaml.read_text().replace("female: [186, 236]", "female: [250, 300]"))
+    changed = run_describe(inputs, out, _describe_cfg(attributes_dir=str(attrs_dir)))
+    assert calls, "a changed attribute config must re-run the stage"
+    assert {r["clip_id"]: r["pitch"] for r in changed}["good1"] == "low"
+
+
+def test_resume_after_kill_loses_and_duplicates_nothing(bad_folder, tmp_path, monkeypatch):
+    root, _, _ = bad_folder
+    inputs = read_audiofolder(root)
+    out = tmp_path / "described"
+    original = DescribeProcessor.__call__
+    calls = []
+
+    def dies_on_third_chunk(self, rows):
+        calls.append([r["clip_id"] for r in rows])
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, rows)
+
+    monkeypatch.setattr(DescribeProcessor, "__call__", dies_on_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        run_describe(inputs, out, _describe_cfg())
+    done_before = [c for c in calls[:2]]
+
+    calls.clear()
+    ds = run_describe(inputs, out, _describe_cfg())
+    redone = [clip for chunk in calls for clip in chunk]
+    assert not set(redone) & {clip for chunk in done_before for clip in chunk}, "finished chunks were redone"
+    ids = list(ds["clip_id"]) + [r["clip_id"] for r in read_rejects(out)]
+    assert sorted(ids) == sorted(r["clip_id"] for r in inputs)  # none lost, none twice
+
+
+def test_processor_pickles_for_worker_processes():
+    from speechllm.describe import load_configs
+
+    configs, order = load_configs(ATTRS)
+    processor = DescribeProcessor(ATTRS, configs, order, "desta2", 30)
+    assert pickle.loads(pickle.dumps(processor)) == processor
+    assert describe_stage.DESCRIBE_VERSION >= 1
+
+
+def test_entry_point_on_an_audiofolder(bad_folder, tmp_path):
+    root, rejected, _ = bad_folder
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        str(REPO / "data_prep/prepare.py"),
+        "data=audiofolder",
+        f"data.path={root}",
+        "data.name=bad",
+        f"paths.data_dir={out}",
+        "describe.attributes=[pitch,gender,volume]",
+        "describe.renderer=desta2",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ds = datasets.load_from_disk(str(out / "bad" / "described"))
+    assert len(ds) == 5
+    assert ds[0]["description"].startswith("[00:00-00:01] (Pitch: ")
+    lines = [json.loads(x) for x in (out / "bad" / "rejects.jsonl").read_text().splitlines()]
+    assert {x["clip_id"] for x in lines} == set(rejected)
+    assert all(x["stage"] == "described" and x["reason"] for x in lines)
