@@ -122,7 +122,9 @@ class StackMLPAdapter(nn.Module):
         self.stack = stack
         self.mix = LayerMix(num_taps)
         self.in_norm = nn.LayerNorm(in_dim * stack)
-        self.mlp = nn.Sequential(nn.Linear(in_dim * stack, hidden_size), nn.GELU(), nn.Linear(hidden_size, out_dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim * stack, hidden_size), nn.GELU(), nn.Linear(hidden_size, out_dim)
+        )
 
     def output_length(self, num_frames: int) -> int:
         """Embeddings produced for a clip of `num_frames` encoder frames."""
@@ -172,7 +174,8 @@ class ConvAdapter(nn.Module):
         self.kernel_size, self.stride, self.padding = kernel_size, stride, kernel_size // 2
         dims = [in_dim] + [channels] * num_layers
         self.convs = nn.ModuleList(
-            nn.Conv1d(a, b, kernel_size, stride=stride, padding=self.padding) for a, b in zip(dims[:-1], dims[1:])
+            nn.Conv1d(a, b, kernel_size, stride=stride, padding=self.padding)
+            for a, b in zip(dims[:-1], dims[1:], strict=True)
         )
         self.out_proj = nn.Linear(channels, out_dim)
 

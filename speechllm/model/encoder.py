@@ -8,8 +8,8 @@ the length check in `WhisperEncoder.forward` is never reached. In a padded batch
 masked out of self-attention, so a clip's features do not depend on its batch mates.
 
 Features differ from the stock encoder's on the same frames, because Whisper's self-attention is
-global: in the stock encoder every frame also attends to the 30-s padding. The convolutional front end
-(tap 0) is identical on the valid frames except the last one, whose kernel sees padding.
+global: in the stock encoder every frame also attends to the 30-s padding. The log-mels and the
+convolutional front end (tap 0) are identical to the stock ones on the valid frames.
 
 Clips longer than the 30-s window are split into 30-s windows whose features are concatenated
 (`long_audio="window"`), or refused with an error (`long_audio="refuse"`); never cut.
@@ -48,7 +48,7 @@ class MelBatch:
     """Log-mel input for the encoder: one entry per window (a clip of <= 30 s is one window).
 
     Attributes:
-        input_features: Shapes: (windows, num_mel_bins, 2 * max_frames).
+        input_features: Shapes: (windows, num_mel_bins, mel_frames), mel_frames = 2 * (max frames + 1).
         window_frames: Shapes: (windows,), valid encoder frames of each window.
         windows_per_clip: Shapes: (clips,), how many consecutive windows belong to each clip.
     """
@@ -105,7 +105,9 @@ class WhisperFeatureEncoder(nn.Module):
     ):
         super().__init__()
         if long_audio not in LONG_AUDIO_POLICIES:
-            raise ValueError(f"model.encoder.long_audio must be one of {LONG_AUDIO_POLICIES}, got {long_audio!r}")
+            raise ValueError(
+                f"model.encoder.long_audio must be one of {LONG_AUDIO_POLICIES}, got {long_audio!r}"
+            )
         self.encoder = encoder
         self.feature_extractor = feature_extractor
         self.source = source
@@ -119,7 +121,9 @@ class WhisperFeatureEncoder(nn.Module):
         self.hidden_size = encoder.config.d_model
         self.sample_rate = feature_extractor.sampling_rate
         # One encoder frame = hop_length samples * conv2's stride (160 * 2 = 320 samples = 20 ms).
-        self.samples_per_frame = feature_extractor.hop_length * encoder.conv1.stride[0] * encoder.conv2.stride[0]
+        self.samples_per_frame = (
+            feature_extractor.hop_length * encoder.conv1.stride[0] * encoder.conv2.stride[0]
+        )
         self.max_frames = encoder.config.max_source_positions
         self.window_samples = self.max_frames * self.samples_per_frame
         if frozen:
@@ -159,11 +163,15 @@ class WhisperFeatureEncoder(nn.Module):
                 f"{self.window_samples / self.sample_rate:.0f}-s window and model.encoder.long_audio=refuse; "
                 "split the audio, or set model.encoder.long_audio=window"
             )
-        return [(s, min(s + self.window_samples, num_samples)) for s in range(0, num_samples, self.window_samples)]
+        return [
+            (s, min(s + self.window_samples, num_samples)) for s in range(0, num_samples, self.window_samples)
+        ]
 
     def num_frames(self, num_samples: int, name: str = "<audio>") -> int:
         """Encoder frames (after windowing) for a clip of `num_samples` samples."""
-        return sum(math.ceil((e - s) / self.samples_per_frame) for s, e in self.split_windows(num_samples, name))
+        return sum(
+            math.ceil((e - s) / self.samples_per_frame) for s, e in self.split_windows(num_samples, name)
+        )
 
     def mels(self, arrays: list[np.ndarray], names: list[str] | None = None) -> MelBatch:
         """Log-mel spectrograms for a batch of clips, each padded only to the longest window.
@@ -183,15 +191,16 @@ class WhisperFeatureEncoder(nn.Module):
             for s, e in ranges:
                 windows.append(array[s:e])
                 frames.append(math.ceil((e - s) / self.samples_per_frame))
-        # Zero-pad every window to the same whole number of encoder frames: zeros are what the stock
-        # extractor pads with, so the valid region's log-mels match stock ones exactly.
-        padded_len = max(frames) * self.samples_per_frame
+        # Zero-pad every window to the same whole number of encoder frames, plus one frame of silence
+        # (unless that would exceed the window) so the last valid frame's STFT and conv kernels see what
+        # they see in the stock 30-s input: its log-mels and conv front end then match stock ones
+        # exactly, and a clip's features do not depend on how much padding its batch adds.
+        extra = 1 if max(frames) < self.max_frames else 0
+        padded_len = (max(frames) + extra) * self.samples_per_frame
         batch = [np.pad(w, (0, padded_len - len(w))) for w in windows]
         mel = self.feature_extractor(
             batch, sampling_rate=self.sample_rate, padding="longest", return_tensors="pt"
         ).input_features
-        # The extractor returns padded_len / hop_length frames (it drops STFT's extra last frame).
-        mel = mel[..., : 2 * max(frames)]
         return MelBatch(mel, torch.tensor(frames), torch.tensor(per_clip))
 
     # ---- forward ----
@@ -230,7 +239,9 @@ class WhisperFeatureEncoder(nn.Module):
         feats = torch.stack([taps[i] for i in self.layers], dim=1)
         return EncoderOutput(feats, mask)
 
-    def forward(self, input_features: torch.Tensor, window_frames: torch.Tensor, windows_per_clip: torch.Tensor):
+    def forward(
+        self, input_features: torch.Tensor, window_frames: torch.Tensor, windows_per_clip: torch.Tensor
+    ):
         """Encode a batch of clips (windows reassembled per clip).
 
         Args:

@@ -232,7 +232,9 @@ class SpeechCollator:
                     messages.append({"role": "assistant", "content": target})
                 keep = {0: list(row["keep_mask"])} if row.get("keep_mask") is not None else {}
             else:
-                raise ValueError(f"{name}: a row needs `instruction` (speech row) or `messages` (text-only row)")
+                raise ValueError(
+                    f"{name}: a row needs `instruction` (speech row) or `messages` (text-only row)"
+                )
             if self.generation and messages[-1]["role"] == "assistant":
                 messages = messages[:-1]
             ids, labels, audio_at = self.prompt_tokenizer.encode(messages, keep, generation=self.generation)

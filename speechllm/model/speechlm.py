@@ -99,7 +99,9 @@ class SpeechLM(nn.Module):
         config: the plain-dict model config (encoder, adapter, llm, prompt), saved with checkpoints.
     """
 
-    def __init__(self, encoder: WhisperFeatureEncoder, adapter: nn.Module, llm: nn.Module, tokenizer, config: dict):
+    def __init__(
+        self, encoder: WhisperFeatureEncoder, adapter: nn.Module, llm: nn.Module, tokenizer, config: dict
+    ):
         super().__init__()
         self.encoder = encoder
         self.adapter = adapter
@@ -133,10 +135,14 @@ class SpeechLM(nn.Module):
         llm_cfg = _section(LLMConfig, model_cfg.get("llm"), "llm")
         prompt_cfg = _section(PromptConfig, model_cfg.get("prompt"), "prompt")
         if llm_cfg.finetune not in FINETUNE_POLICIES:
-            raise ValueError(f"model.llm.finetune must be one of {FINETUNE_POLICIES}, got {llm_cfg.finetune!r}")
+            raise ValueError(
+                f"model.llm.finetune must be one of {FINETUNE_POLICIES}, got {llm_cfg.finetune!r}"
+            )
         adapter_cfg = model_cfg.get("adapter")
         if adapter_cfg is None or "_target_" not in adapter_cfg:
-            raise ValueError("model.adapter needs a _target_ (choose one with model/adapter=qformer|stack_mlp|conv)")
+            raise ValueError(
+                "model.adapter needs a _target_ (choose one with model/adapter=qformer|stack_mlp|conv)"
+            )
 
         encoder = load_encoder(
             enc_cfg.source,
@@ -274,13 +280,18 @@ class SpeechLM(nn.Module):
         attention_mask = attention_mask.to(self.device)
         # Positions count real tokens only, so left- and right-padded batches see the same positions.
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        return self.llm(
+        out = self.llm(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
             labels=labels.to(self.device) if labels is not None else None,
             **llm_kwargs,
         )
+        if out.loss is not None and self.training and (audio_mask is None or not bool(audio_mask.any())):
+            # A text-only batch does not reach the adapter; a zero-weighted term keeps its parameters in
+            # the graph, so backward works with a frozen LLM and DDP sees every parameter used.
+            out.loss = out.loss + 0.0 * sum(p.sum() for p in self.adapter.parameters())
+        return out
 
     # ---- inference ----
 
@@ -304,7 +315,9 @@ class SpeechLM(nn.Module):
         else:
             batch = rows
             if bool((batch["attention_mask"][:, -1] == 0).any()):
-                raise ValueError("generate needs a left-padded batch: use collator(padding_side='left', generation=True)")
+                raise ValueError(
+                    "generate needs a left-padded batch: use collator(padding_side='left', generation=True)"
+                )
         audio = {k: batch[k] for k in ("input_features", "window_frames", "windows_per_clip") if k in batch}
         audio.update({k: batch[k] for k in ("encoder_features", "encoder_mask") if k in batch})
         was_training = self.training
@@ -368,7 +381,9 @@ class SpeechLM(nn.Module):
         step = self.encoder.window_samples
         for array in arrays:
             pieces = [array[s : s + step] for s in range(0, len(array), step)]
-            feats = processor.feature_extractor(pieces, sampling_rate=16000, return_tensors="pt").input_features
+            feats = processor.feature_extractor(
+                pieces, sampling_rate=16000, return_tensors="pt"
+            ).input_features
             ids = model.generate(feats.to(self.device, model.dtype), max_new_tokens=max_new_tokens)
             texts.append(" ".join(t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)))
         return texts
