@@ -64,7 +64,7 @@ def talky(tiny_llm_source, tmp_path_factory):
     return path, model, tokenizer
 
 
-def described_rows(n: int = 20) -> list[dict]:
+def described_rows(n: int = 12) -> list[dict]:
     voices = ["female", "male"]
     return [
         {
@@ -81,7 +81,15 @@ def described_rows(n: int = 20) -> list[dict]:
     ]
 
 
-CFG = {"generation": {"max_new_tokens": 12, "batch_size": 4}, "on_truncated": "keep", "chunk_size": 4}
+CFG = {"generation": {"max_new_tokens": 12, "batch_size": 4}, "on_truncated": "keep", "chunk_size": 3}
+
+
+@pytest.fixture(scope="module")
+def reference(talky, tmp_path_factory):
+    """Self-output targets of described_rows() made in one uninterrupted, unsharded run."""
+    _, model, tok = talky
+    out = tmp_path_factory.mktemp("reference") / "t"
+    return out, build_targets(described_rows(), out, target_config(CFG), model=model, tokenizer=tok)
 
 
 def test_instruction_pools_and_training_set():
@@ -117,7 +125,9 @@ def test_config_rejects_typos_and_bad_values():
 
 def test_batched_generation_matches_one_at_a_time(talky):
     _, model, tok = talky
-    prompts = [chat_prompt(tok, description_messages(r["description"], "Describe it.")) for r in described_rows(6)]
+    prompts = [
+        chat_prompt(tok, description_messages(r["description"], "Describe it.")) for r in described_rows(6)
+    ]
     gen = GenerationConfig(max_new_tokens=10, batch_size=6)
     batched = generate_texts(model, tok, prompts, gen)
     single = [generate_texts(model, tok, [p], gen)[0] for p in prompts]
@@ -130,12 +140,12 @@ def test_batched_generation_matches_one_at_a_time(talky):
     assert a != generate_texts(model, tok, prompts, GenerationConfig(**{**sgen.__dict__, "seed": 8}))
 
 
-def test_self_output_targets_are_the_llms_greedy_answers(talky, tmp_path):
+def test_self_output_targets_are_the_llms_greedy_answers(talky, reference):
     _, model, tok = talky
     rows = described_rows()
-    ds = build_targets(rows, tmp_path / "t", target_config(CFG), model=model, tokenizer=tok)
+    out, ds = reference
     train_ids = sorted(r["clip_id"] for r in rows if r["split"] == "train")
-    rejected = [r["clip_id"] for r in read_rejects(tmp_path / "t")]
+    rejected = [r["clip_id"] for r in read_rejects(out)]
     assert sorted(list(ds["clip_id"]) + rejected) == train_ids
     assert len(ds) >= len(train_ids) - 2
     by_id = {r["clip_id"]: r for r in rows}
@@ -156,10 +166,10 @@ def test_self_output_targets_are_the_llms_greedy_answers(talky, tmp_path):
         assert row["label_gender"] == by_id[row["clip_id"]]["label_gender"]
 
 
-def test_shards_together_give_each_row_once(talky, tmp_path):
+def test_shards_together_give_each_row_once(talky, reference, tmp_path):
     _, model, tok = talky
     rows, cfg = described_rows(), target_config(CFG)
-    full = build_targets(rows, tmp_path / "full", cfg, model=model, tokenizer=tok)
+    full = reference[1]
     assert build_targets(rows, tmp_path / "sh", cfg, shard="0/2", model=model, tokenizer=tok) is None
     merged = build_targets(rows, tmp_path / "sh", cfg, shard="1/2", model=model, tokenizer=tok)
     assert sorted(merged["clip_id"]) == sorted(full["clip_id"])
@@ -169,10 +179,9 @@ def test_shards_together_give_each_row_once(talky, tmp_path):
     )
 
 
-def test_kill_and_rerun_gives_the_same_rows(talky, tmp_path):
+def test_kill_and_rerun_gives_the_same_rows(talky, reference, tmp_path):
     _, model, tok = talky
     rows, cfg = described_rows(), target_config(CFG)
-    reference = build_targets(rows, tmp_path / "ref", cfg, model=model, tokenizer=tok)
 
     class Killed(Exception):
         pass
@@ -194,7 +203,7 @@ def test_kill_and_rerun_gives_the_same_rows(talky, tmp_path):
         TargetWriter.__call__ = real_call
     assert len(list((tmp_path / "k" / "_parts").iterdir())) == 2
     resumed = build_targets(rows, tmp_path / "k", cfg, model=model, tokenizer=tok)
-    assert resumed.to_list() == reference.to_list()
+    assert resumed.to_list() == reference[1].to_list()
 
 
 def test_label_and_paraphrase_modes_share_columns(talky, tmp_path):
@@ -202,11 +211,15 @@ def test_label_and_paraphrase_modes_share_columns(talky, tmp_path):
     rows = described_rows(8)
     label = build_targets(rows, tmp_path / "label", target_config({**CFG, "mode": "label"}))
     row = label[0]
-    assert row["target"] == label_answer(rows[0]) == (
-        'Someone says: "Sentence number 0." The speaker is female. The pitch of the voice is low.'
+    assert (
+        row["target"]
+        == label_answer(rows[0])
+        == ('Someone says: "Sentence number 0." The speaker is female. The pitch of the voice is low.')
     )
     assert row["target_prompt"] == "" and row["target_mode"] == "label"
-    para = build_targets(rows, tmp_path / "para", target_config({**CFG, "mode": "paraphrase"}), model=model, tokenizer=tok)
+    para = build_targets(
+        rows, tmp_path / "para", target_config({**CFG, "mode": "paraphrase"}), model=model, tokenizer=tok
+    )
     assert set(label.column_names) == set(para.column_names)
     for r in para:
         assert label_answer(next(x for x in rows if x["clip_id"] == r["clip_id"])) in r["target_prompt"]

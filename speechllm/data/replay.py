@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from speechllm.data.targets import GenerationConfig, chat_prompt, generate_texts, trim_to_sentence
+from speechllm.data.targets import Generation, GenerationConfig, chat_prompt, generate_texts, trim_to_sentence
 
 logger = logging.getLogger(__name__)
 
@@ -367,6 +367,29 @@ def _row(source, rid, user, answer, llm, prompt, generation, kind) -> dict:
 # Magpie
 
 
+def instruction_reject_reason(g: Generation, seen: set[str]) -> str | None:
+    """Why a sampled Magpie user turn must be dropped (None: keep it).
+
+    Args:
+        g: the generated user turn.
+        seen: normalised user turns kept so far.
+
+    Returns:
+        ``"instruction hit max_new_tokens"`` (cut off), ``"empty instruction"``,
+        ``"instruction ends with a colon"`` (it announces content that never came) or
+        ``"duplicate instruction"``; or None.
+    """
+    if g.truncated:
+        return "instruction hit max_new_tokens"
+    if not g.text.strip():
+        return "empty instruction"
+    if g.text.rstrip().endswith(":"):
+        return "instruction ends with a colon"
+    if _normalise(g.text) in seen:
+        return "duplicate instruction"
+    return None
+
+
 class MagpieWriter:
     """``process`` of the Magpie stage: a chunk of attempt ids -> chats and counted rejects."""
 
@@ -395,16 +418,7 @@ class MagpieWriter:
         rejects, keep, seen = [], [], set()
         for item, g in zip(chunk, asks, strict=True):
             text, rid = g.text, item["replay_id"]
-            if g.truncated:
-                reason = "instruction hit max_new_tokens"
-            elif not text:
-                reason = "empty instruction"
-            elif text.rstrip().endswith(":"):
-                reason = "instruction ends with a colon"
-            elif _normalise(text) in seen:
-                reason = "duplicate instruction"
-            else:
-                reason = None
+            reason = instruction_reject_reason(g, seen)
             if reason:
                 rejects.append({"replay_id": rid, "reason": reason})
                 continue
