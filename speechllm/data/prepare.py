@@ -17,7 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from speechllm.corpus import generate_corpus, read_audiofolder
 from speechllm.data.describe_stage import run_describe
+from speechllm.data.replay import run_replay
 from speechllm.data.stage import read_rejects
+from speechllm.data.targets import run_targets
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ def describe_stage(cfg: DictConfig, state: dict[str, Any]) -> None:
 STAGES: list[tuple[str, Stage]] = [
     ("corpus", corpus_stage),
     ("describe", describe_stage),
+    ("targets", run_targets),
+    ("replay", run_replay),
 ]
 
 

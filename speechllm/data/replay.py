@@ -776,12 +776,15 @@ def replay_dir(data_dir: str | Path, name: str) -> Path:
     return Path(data_dir) / "replay" / name
 
 
-def run_replay(cfg: DictConfig) -> dict[str, Any]:
+def run_replay(cfg: DictConfig, state: dict | None = None) -> dict[str, Any]:
     """The replay stage of ``data_prep/prepare.py``: build every source in ``replay.build``.
 
     Args:
         cfg: the prepare config; uses ``replay`` (group ``conf/replay``), ``paths.data_dir``,
             ``seed`` and ``shard``.
+        state: the pipeline state of ``speechllm.data.prepare``, when run from there; the result
+            goes to ``state["replay"]``. (Replay folders are shared by all datasets, so they are
+            not added to the dataset's rejects.)
 
     Returns:
         ``{source name: dataset or None (other shards still running)}``.
@@ -798,4 +801,6 @@ def run_replay(cfg: DictConfig) -> dict[str, Any]:
             out[name] = build_safety(replay_dir(data_dir, name), rcfg, shard=shard, loader=llm)
         else:
             out[name] = build_experience(replay_dir(data_dir, name), rcfg, seed=seed)
+    if state is not None:
+        state["replay"] = out
     return out

@@ -669,7 +669,7 @@ def write_stats(out_dir: str | Path, dataset, cfg: TargetConfig) -> dict:
     return stats
 
 
-def run_targets(cfg: DictConfig) -> Any:
+def run_targets(cfg: DictConfig, state: dict | None = None) -> Any:
     """The targets stage of ``data_prep/prepare.py``.
 
     Reads ``{paths.data_dir}/{data.name}/described`` and writes
@@ -678,16 +678,25 @@ def run_targets(cfg: DictConfig) -> Any:
     Args:
         cfg: the prepare config; uses ``target`` (group ``conf/target``), ``paths.data_dir``,
             ``data.name``, ``seed`` and ``shard`` (``i/n``).
+        state: the pipeline state of ``speechllm.data.prepare``, when run from there: a
+            ``described`` of None (describe shards still running) skips the stage; the result goes
+            to ``state["targets"]`` and the folder to ``state["targets_dir"]``.
 
     Returns:
-        The targets dataset, or None when other shards are still running.
+        The targets dataset, or None when this or an earlier stage waits for other shards.
     """
     from speechllm.data.stage import load_stage
 
     tcfg = target_config(cfg.target)
     data_dir = Path(cfg.paths.data_dir)
-    described = load_stage(data_dir / cfg.data.name / "described")
     out_dir = targets_dir(data_dir, cfg.data.name, tcfg.mode)
-    return build_targets(
+    if state is not None and "described" in state and state["described"] is None:
+        logger.info("targets: waiting for the other describe shards; rerun when they are done")
+        return None
+    described = load_stage(data_dir / cfg.data.name / "described")
+    result = build_targets(
         described, out_dir, tcfg, seed=int(cfg.get("seed", 0)), shard=str(cfg.get("shard", "0/1"))
     )
+    if state is not None:
+        state["targets"], state["targets_dir"] = result, out_dir
+    return result
