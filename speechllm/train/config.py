@@ -133,6 +133,8 @@ class TopLevelConfig:
             for settings only data preparation reads, e.g. the corpus size).
         train_split: which `split` value of the target rows to train on.
         max_train_rows: cap on speech rows (None: all), for quick runs.
+        torch_threads: CPU threads for torch (None: torch's default). Tiny models run fastest on one
+            thread; several threads on a busy machine mostly wait for each other.
     """
 
     seed: int = 0
@@ -142,6 +144,7 @@ class TopLevelConfig:
     prepare_args: list[str] = field(default_factory=list)
     train_split: str = "train"
     max_train_rows: int | None = None
+    torch_threads: int | None = None
 
 
 # Config groups composed by conf/train.yaml; each owner validates its own node's contents.
@@ -195,6 +198,8 @@ def validate_schema(cfg: DictConfig) -> tuple[TopLevelConfig, TrainerConfig, Mix
         raise ConfigError(f"loss={top.loss!r} is not one of {list(LOSSES)}")
     if top.kd.temperature <= 0:
         raise ConfigError(f"kd.temperature must be > 0, got {top.kd.temperature}")
+    if top.torch_threads is not None and top.torch_threads < 1:
+        raise ConfigError(f"torch_threads must be >= 1 or null, got {top.torch_threads}")
     if top.max_train_rows is not None and top.max_train_rows < 1:
         raise ConfigError(f"max_train_rows must be >= 1 or null, got {top.max_train_rows}")
     if not 0.0 <= mixture.ratio < 1.0:
@@ -212,7 +217,9 @@ def validate_schema(cfg: DictConfig) -> tuple[TopLevelConfig, TrainerConfig, Mix
         )
     skipped = [k for k, w in mixture.weights.items() if w > 0 and k not in mixture.sources()]
     if mixture.ratio > 0 and skipped:
-        logger.info("replay sources %s have weights but are not in replay.build: left out of the mixture", skipped)
+        logger.info(
+            "replay sources %s have weights but are not in replay.build: left out of the mixture", skipped
+        )
     if trainer.precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision={trainer.precision!r} is not one of {list(PRECISIONS)}")
     for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):

@@ -86,7 +86,9 @@ def plot_loss(path: Path, steps: list[dict], title: str = "training loss") -> No
     # A moving average makes the trend readable when per-step losses are noisy.
     if len(ys) >= 20:
         k = max(5, len(ys) // 20)
-        smooth = [sum(ys[max(0, i - k + 1) : i + 1]) / len(ys[max(0, i - k + 1) : i + 1]) for i in range(len(ys))]
+        smooth = [
+            sum(ys[max(0, i - k + 1) : i + 1]) / len(ys[max(0, i - k + 1) : i + 1]) for i in range(len(ys))
+        ]
         ax.plot(xs, smooth, label=f"mean of {k}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")

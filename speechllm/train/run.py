@@ -60,6 +60,47 @@ def resolve_resume(resume: str | None, checkpoints_dir: Path) -> str | None:
     return str(path)
 
 
+TINY_PREFIX = "tiny:"
+_TINY_BUILDERS = {"llm": "make_tiny_llm", "whisper": "make_tiny_whisper"}
+
+
+def resolve_tiny_sources(cfg: DictConfig) -> None:
+    """Replace `tiny:llm` / `tiny:whisper` model sources by tiny random models built once into the cache.
+
+    The smoke preset trains on these (seconds on CPU, nothing to download). They are built with
+    `speechllm.tiny` (seeded, so every build is identical) into `<paths.cache_dir>/tiny/<name>`, into a
+    temporary folder first and renamed, so concurrent runs (multirun, several ranks) never see half a model.
+
+    Args:
+        cfg: the training config; `model.llm.source` and `model.encoder.source` are rewritten in place.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    import speechllm.tiny
+
+    for key in ("model.llm.source", "model.encoder.source"):
+        source = OmegaConf.select(cfg, key, default=None)
+        if not isinstance(source, str) or not source.startswith(TINY_PREFIX):
+            continue
+        name = source[len(TINY_PREFIX) :]
+        if name not in _TINY_BUILDERS:
+            raise ConfigError(
+                f"{key}={source!r}: known tiny models are {[TINY_PREFIX + k for k in _TINY_BUILDERS]}"
+            )
+        target = Path(cfg.paths.cache_dir) / "tiny" / name
+        if not (target / "config.json").is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+            getattr(speechllm.tiny, _TINY_BUILDERS[name])(tmp)
+            try:
+                os.rename(tmp, target)
+            except OSError:  # another process finished first; its copy is identical
+                shutil.rmtree(tmp, ignore_errors=True)
+        OmegaConf.update(cfg, key, str(target.resolve()), merge=False)
+
+
 def load_mixture(cfg: DictConfig, paths, top, mixture_cfg) -> Mixture:
     """Read the prepared targets and replay datasets and mix them.
 
@@ -198,6 +239,9 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     mixture = load_mixture(cfg, paths, top, mixture_cfg)
 
     # 2. The model; the seed fixes the adapter's initial weights.
+    resolve_tiny_sources(cfg)
+    if top.torch_threads is not None:
+        torch.set_num_threads(top.torch_threads)
     set_seed(top.seed)
     t0 = time.perf_counter()
     model = SpeechLM.from_config(cfg.model)
@@ -233,9 +277,9 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         "encoder_feature_cache": str(feature_cache.dir) if feature_cache else None,
     }
 
-    def write_outputs(state) -> None:
+    def write_outputs(state, plot: bool = True) -> None:
         data = write_metrics(run_dir / "train_metrics.json", state.log_history, extra)
-        if data["steps"]:
+        if plot and data["steps"]:
             plot_loss(run_dir / "loss_curve.png", data["steps"], title=f"train/loss ({run_dir.name})")
 
     tensorboard = [SpeechTensorBoardCallback()] if "tensorboard" in tr.report_to else []
@@ -278,7 +322,9 @@ def _fill_feature_cache(model, dataset: datasets.Dataset, cfg: DictConfig, tr: T
     state.wait_for_everyone()
     missing = [c for c in set(clips) if not cache.has(*c)]
     if missing:
-        raise RuntimeError(f"encoder-feature cache {cache.dir}: {len(missing)} clips still missing after filling")
+        raise RuntimeError(
+            f"encoder-feature cache {cache.dir}: {len(missing)} clips still missing after filling"
+        )
     return cache
 
 

@@ -74,7 +74,9 @@ class TrainCollator:
             if index:
                 teacher_rows = [
                     {
-                        "messages": description_messages(rows[i]["description"], rows[i]["instruction"], self.system)
+                        "messages": description_messages(
+                            rows[i]["description"], rows[i]["instruction"], self.system
+                        )
                         + [{"role": "assistant", "content": rows[i]["target"]}]
                     }
                     for i in index
@@ -92,23 +94,32 @@ class SpeechTensorBoardCallback(TensorBoardCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         model = kwargs.pop("model", None)
         super().on_train_begin(args, state, control, **kwargs)
-        if self.tb_writer is not None and model is not None and isinstance(getattr(model, "config", None), dict):
+        if (
+            self.tb_writer is not None
+            and model is not None
+            and isinstance(getattr(model, "config", None), dict)
+        ):
             self.tb_writer.add_text("model_config", json.dumps(model.config, indent=2, default=str))
 
 
 class MetricsCallback(TrainerCallback):
-    """Calls `write(state)` on the main process after each log and at the end, so metrics files stay current."""
+    """Keeps the run's metric files current on the main process.
+
+    Args:
+        write: `write(state, plot)`; called with plot=False after each log (the JSON is cheap) and
+            plot=True at each checkpoint and at the end (drawing the PNG takes most of a second).
+    """
 
     def __init__(self, write):
         self.write = write
 
     def on_log(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self.write(state)
+            self.write(state, plot=False)
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self.write(state)
+            self.write(state, plot=True)
 
 
 class SpeechTrainer(Trainer):
@@ -165,7 +176,9 @@ class SpeechTrainer(Trainer):
         speechlm = self.accelerator.unwrap_model(self.model)
         llm = speechlm.llm
         if speechlm.finetune == "full":
-            raise ValueError("loss=kd needs the original LLM as teacher; use model.llm.finetune=frozen or lora")
+            raise ValueError(
+                "loss=kd needs the original LLM as teacher; use model.llm.finetune=frozen or lora"
+            )
         disable = llm.disable_adapter() if hasattr(llm, "disable_adapter") else contextlib.nullcontext()
         was_training = llm.training
         llm.eval()
@@ -196,7 +209,9 @@ class SpeechTrainer(Trainer):
             self._save_scaler(output_dir)
             self._save_rng_state(output_dir)
         if self.args.should_save:
-            for cb in [c for c in self.callback_handler.callbacks + [self.control] if isinstance(c, ExportableState)]:
+            for cb in [
+                c for c in self.callback_handler.callbacks + [self.control] if isinstance(c, ExportableState)
+            ]:
                 name = cb.__class__.__name__
                 if isinstance(self.state.stateful_callbacks.get(name), list):
                     self.state.stateful_callbacks[name].append(cb.state())
@@ -234,5 +249,6 @@ def load_trainable(speechlm, ckpt_dir: Path) -> None:
         missing, unexpected = speechlm.llm.load_state_dict(state, strict=False)
         tied = {"lm_head.weight"} if getattr(speechlm.llm.config, "tie_word_embeddings", False) else set()
         if set(missing) - tied or unexpected:
-            raise ValueError(f"{ckpt_dir}/llm does not match the LLM: missing {missing}, unexpected {unexpected}")
-
+            raise ValueError(
+                f"{ckpt_dir}/llm does not match the LLM: missing {missing}, unexpected {unexpected}"
+            )
