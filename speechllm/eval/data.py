@@ -9,16 +9,11 @@ labels for the rest) and otherwise are rendered from the labels alone, which the
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
-
-# Plain metadata columns accepted as labels when no `label_<name>` column exists.
-PLAIN_LABEL_COLUMNS = ("gender", "accent", "pitch", "speed", "volume", "emotion", "age", "text")
-
 
 class EvalDataError(ValueError):
     """Evaluation data that cannot be used; the message names the path and what to do."""
@@ -77,60 +72,70 @@ def load_described(data_dir: str, name: str, split: str = "test", max_clips: int
 
 
 def load_audiofolder(folder: str, split: str = "test", max_clips: int | None = None) -> EvalData:
-    """Rows of a labelled audiofolder (``metadata.csv`` + audio files).
+    """Rows of a labelled audiofolder (``metadata.csv`` + audio files), read as the prepare stage reads it.
 
-    Labels are the ``label_*`` columns; plain columns named like a task (``gender``, ``accent``,
-    ``text``, ...) are used as ``label_<name>`` when the ``label_`` column is absent. With a ``split``
-    column, rows of `split` are kept (all rows when the column is absent).
+    Every metadata column other than ``file_name``/``split``/``clip_id`` is a label: ``gender``
+    becomes ``label_gender`` (a column already named ``label_gender`` is kept as is). Rows of `split`
+    are kept; rows without a split value count as `split`.
 
     Args:
         folder: the audiofolder.
-        split: split to keep when the metadata has a ``split`` column.
+        split: split to evaluate.
         max_clips: keep the first N rows (file order).
 
     Returns:
         EvalData (no descriptions yet; see :func:`add_descriptions`).
 
     Raises:
-        EvalDataError: missing folder/metadata.csv/file_name column, no rows, missing audio files.
+        EvalDataError: not an audiofolder, no rows of `split`, or no audio file present.
     """
-    meta = os.path.join(folder, "metadata.csv")
-    if not os.path.isfile(meta):
-        raise EvalDataError(f"{folder!r} is not an audiofolder: no metadata.csv")
-    with open(meta, newline="") as f:
-        reader = csv.DictReader(f)
-        records = list(reader)
-        columns = reader.fieldnames or []
-    if "file_name" not in columns:
-        raise EvalDataError(f"{meta!r} has no file_name column (columns: {columns})")
-    notes: list[str] = []
-    if "split" in columns:
-        kept = [r for r in records if (r.get("split") or "").strip() == split]
-        if not kept:
-            raise EvalDataError(f"{meta!r} has no rows with split=={split!r}")
-        records = kept
+    from speechllm.corpus.audiofolder import AudioFolderError, read_audiofolder
+
+    try:
+        records = read_audiofolder(folder, default_split=split)
+    except AudioFolderError as e:
+        raise EvalDataError(f"eval.audiofolder={folder!r}: {e}") from e
+    splits = sorted({r["split"] for r in records})
+    records = [r for r in records if r["split"] == split]
+    if not records:
+        raise EvalDataError(f"{folder!r}: no rows with split=={split!r} (splits present: {splits})")
     rows: list[dict] = []
     missing: list[str] = []
     for rec in records:
-        path = os.path.abspath(os.path.join(folder, rec["file_name"]))
-        if not os.path.isfile(path):
-            missing.append(rec["file_name"])
+        if not os.path.isfile(rec["audio_path"]):
+            missing.append(os.path.basename(rec["audio_path"]))
             continue
-        row = {"clip_id": os.path.splitext(rec["file_name"])[0], "audio_path": path}
-        for col, value in rec.items():
-            if col.startswith("label_"):
-                row[col] = value
-        for col in PLAIN_LABEL_COLUMNS:
-            if col in rec and f"label_{col}" not in row:
-                row[f"label_{col}"] = rec[col]
-        rows.append(row)
+        # A metadata column already called label_x comes back as label_label_x.
+        rows.append({(k[len("label_"):] if k.startswith("label_label_") else k): v for k, v in rec.items()})
+    notes: list[str] = []
     if missing:
         notes.append(f"{len(missing)} file(s) listed in metadata.csv are missing and were skipped: {missing[:5]}")
     if not rows:
-        raise EvalDataError(f"{folder!r}: no usable rows (missing files: {missing[:5]})")
+        raise EvalDataError(f"{folder!r}: none of the listed audio files exists (e.g. {missing[:3]})")
     if max_clips:
         rows = rows[:max_clips]
     return EvalData(rows=rows, name=os.path.abspath(folder), notes=notes)
+
+
+def describe_rows(rows: list[dict], describe_cfg: dict) -> tuple[list[dict], list[dict]]:
+    """Describe audiofolder rows in memory with the project's describe machinery.
+
+    Args:
+        rows: rows with ``clip_id``, ``audio_path``, ``label_*``.
+        describe_cfg: the ``describe`` config (``attributes``, ``renderer``, ``max_seconds``,
+            ``attributes_dir``, ``overrides``), as the prepare stage uses it.
+
+    Returns:
+        (described rows: inputs + attribute columns (``transcript``, ...) + ``description``, rejects).
+    """
+    from speechllm.data.describe_stage import DescribeProcessor
+    from speechllm.describe import load_configs
+
+    attributes = list(describe_cfg["attributes"])
+    configs, order = load_configs(attributes, describe_cfg.get("attributes_dir"), describe_cfg.get("overrides"))
+    process = DescribeProcessor(attributes, configs, order, describe_cfg["renderer"], describe_cfg.get("max_seconds"))
+    result = process(rows)
+    return result.rows, result.rejects
 
 
 def label_description(row: dict) -> str:
@@ -152,32 +157,35 @@ def label_description(row: dict) -> str:
     return (head + (f"({', '.join(attrs)})" if attrs else "")).strip() or "(no information)"
 
 
-def add_descriptions(data: EvalData, describe_fn=None) -> EvalData:
-    """Give every row a ``description`` (and a ``transcript`` when the describer provides one).
+def add_descriptions(data: EvalData, describe_cfg: dict | None) -> EvalData:
+    """Give every row a ``description`` (and the ASR ``transcript`` when the describer makes one).
 
     Args:
         data: rows from :func:`load_audiofolder`.
-        describe_fn: rows -> rows with ``description`` (and ``transcript``), e.g. the project's
-            describe machinery; None or a failure falls back to :func:`label_description`.
+        describe_cfg: the ``describe`` config; None skips describing (descriptions from labels).
 
     Returns:
-        The same EvalData, rows updated, with a note saying which way descriptions were made.
+        The same EvalData: rows the describer rejected are dropped (they cannot be read), the rest
+        updated; a note says how descriptions were made.
     """
-    if describe_fn is not None:
+    if describe_cfg is not None:
         try:
-            described = describe_fn(data.rows)
-            by_id = {r["clip_id"]: r for r in described}
-            for row in data.rows:
-                d = by_id.get(row["clip_id"], {})
-                for key in ("description", "transcript"):
-                    if d.get(key) and not row.get(key):
-                        row[key] = d[key]
-            data.notes.append("descriptions: the describe pipeline on the audio")
+            described, rejects = describe_rows(data.rows, describe_cfg)
         except Exception as e:  # noqa: BLE001 - any describer failure falls back, and the report says so
-            log.warning("describing the audiofolder failed (%s); using label descriptions", e)
-            data.notes.append(f"descriptions: rendered from gold labels (describe failed: {e})")
+            log.warning("describing the audiofolder failed (%s: %s); using label descriptions", type(e).__name__, e)
+            data.notes.append(f"descriptions: rendered from gold labels (describe failed: {type(e).__name__}: {e})")
+        else:
+            by_id = {r["clip_id"]: r for r in described}
+            for rej in rejects:
+                data.notes.append(f"clip {rej['clip_id']} rejected by describe: {rej['reason']}")
+            data.rows = [
+                {**row, **{k: by_id[row["clip_id"]][k] for k in ("description", "transcript")
+                           if by_id[row["clip_id"]].get(k)}}
+                for row in data.rows if row["clip_id"] in by_id
+            ]
+            data.notes.append(f"descriptions: the describe pipeline on the audio (renderer {describe_cfg['renderer']})")
     else:
-        data.notes.append("descriptions: rendered from gold labels (no describer available)")
+        data.notes.append("descriptions: rendered from gold labels")
     for row in data.rows:
         if not row.get("description"):
             row["description"] = label_description(row)

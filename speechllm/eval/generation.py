@@ -33,6 +33,55 @@ def chat_prompts(tokenizer, conversations: Sequence[list[dict]]) -> list[str]:
 
 
 @torch.no_grad()
+def generate_chat_ids(
+    model, tokenizer, conversations: Sequence[list[dict]], *, max_new_tokens: int = 64, batch_size: int = 16
+) -> list[list[int]]:
+    """Greedy answer token ids of a text LLM to chat conversations, batched with left padding.
+
+    Args:
+        model: an ``AutoModelForCausalLM``-like model.
+        tokenizer: its tokenizer (with a chat template and a pad token).
+        conversations: lists of {"role", "content"} messages, each ending with a user turn.
+        max_new_tokens: generation length limit.
+        batch_size: rows per generate call.
+
+    Returns:
+        Per conversation, the new token ids up to and including the first end-of-sequence token
+        (padding after it removed).
+    """
+    prompts = chat_prompts(tokenizer, conversations)
+    eos = model.generation_config.eos_token_id
+    eos = set() if eos is None else ({eos} if isinstance(eos, int) else set(eos))
+    if tokenizer.eos_token_id is not None:
+        eos.add(tokenizer.eos_token_id)
+    out: list[list[int]] = []
+    model.eval()
+    with left_padding(tokenizer):
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            # The chat template already holds the BOS/special tokens it wants.
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+            # Only ids and mask: some tokenizers add token_type_ids, which causal LMs reject.
+            enc = {k: enc[k].to(model.device) for k in ("input_ids", "attention_mask")}
+            gen = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            for row in gen[:, enc["input_ids"].shape[1]:].tolist():
+                ids: list[int] = []
+                for t in row:
+                    if t in eos:
+                        ids.append(t)
+                        break
+                    if t == tokenizer.pad_token_id:
+                        break
+                    ids.append(t)
+                out.append(ids)
+    return out
+
+
 def generate_chat(
     model, tokenizer, conversations: Sequence[list[dict]], *, max_new_tokens: int = 64, batch_size: int = 16
 ) -> list[str]:
@@ -48,29 +97,14 @@ def generate_chat(
     Returns:
         The decoded answers (special tokens removed, stripped), one per conversation.
     """
-    prompts = chat_prompts(tokenizer, conversations)
-    out: list[str] = []
-    model.eval()
-    with left_padding(tokenizer):
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start:start + batch_size]
-            # The chat template already holds the BOS/special tokens it wants.
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.to(model.device) for k, v in enc.items()}
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            new = gen[:, enc["input_ids"].shape[1]:]
-            out.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
-    return out
+    ids = generate_chat_ids(model, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
 @torch.no_grad()
 def answer_logprobs(
-    model, tokenizer, conversations: Sequence[list[dict]], answers: Sequence[str], *, batch_size: int = 8
+    model, tokenizer, conversations: Sequence[list[dict]], answers: Sequence[str | list[int]], *,
+    batch_size: int = 8,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Next-token log-probabilities of a model over given answers to chat prompts.
 
@@ -78,7 +112,8 @@ def answer_logprobs(
         model: a causal LM (a plain LLM or a SpeechLM's language model).
         tokenizer: its tokenizer.
         conversations: chats ending with a user turn.
-        answers: the assistant text to score after each chat.
+        answers: the assistant answer to score after each chat: token ids (exact, e.g. from
+            :func:`generate_chat_ids`) or text (tokenized without special tokens).
         batch_size: rows per forward pass.
 
     Returns:
@@ -92,7 +127,8 @@ def answer_logprobs(
         chunk_p = prompts[start:start + batch_size]
         chunk_a = answers[start:start + batch_size]
         p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in chunk_p]
-        a_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in chunk_a]
+        a_ids = [list(a) if not isinstance(a, str) else tokenizer(a, add_special_tokens=False)["input_ids"]
+                 for a in chunk_a]
         seqs = [p + a for p, a in zip(p_ids, a_ids, strict=True)]
         width = max(len(s) for s in seqs)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from speechllm.eval.generation import answer_logprobs, generate_chat
+from speechllm.eval.generation import answer_logprobs, generate_chat, generate_chat_ids
 
 
 @dataclass(frozen=True)
@@ -322,7 +322,8 @@ def text_drift(base, tuned, tokenizer, *, max_new_tokens: int, batch_size: int, 
         the base's answers, "ppl_base": the base's own (the floor), "n_tokens"}.
     """
     convs = [[{"role": "user", "content": p}] for p in (prompts or DRIFT_PROMPTS)]
-    answers = generate_chat(base, tokenizer, convs, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    # Token ids, not decoded text: re-tokenizing decoded text need not give back the same tokens.
+    answers = generate_chat_ids(base, tokenizer, convs, max_new_tokens=max_new_tokens, batch_size=batch_size)
     base_lp = answer_logprobs(base, tokenizer, convs, answers, batch_size=batch_size)
     tuned_lp = answer_logprobs(tuned, tokenizer, convs, answers, batch_size=batch_size)
     kl_sum, nll_base, nll_tuned, n = 0.0, 0.0, 0.0, 0

@@ -24,23 +24,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from speechllm.eval import parsing, retention
-from speechllm.eval.data import EvalData, add_descriptions, load_audiofolder, load_described
+from speechllm.eval.data import EvalData, EvalDataError, add_descriptions, load_audiofolder, load_described
 from speechllm.eval.generation import generate_chat
 from speechllm.eval.report import write_report
 from speechllm.eval.tasks import Item, build_items, chance_level, select_tasks
+from speechllm.model.speechlm import CheckpointError
+
+__all__ = ["CheckpointError", "evaluate"]
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint folder that cannot be evaluated; the message names the folder and the problem."""
-
-
-# ----- models ----------------------------------------------------------------------------------------
-
-
 def load_checkpoint(path: str):
-    """Load a trained SpeechLM, turning failures into a CheckpointError that says what is wrong.
+    """Load a trained SpeechLM, with errors that say what is wrong.
 
     Args:
         path: checkpoint folder written by ``SpeechLM.save_pretrained``.
@@ -50,38 +46,25 @@ def load_checkpoint(path: str):
 
     Raises:
         CheckpointError: the folder does not exist, is not a checkpoint, or its weights do not
-            match its config (missing/unexpected/mis-shaped tensors).
+            match its config (missing/unexpected/mis-shaped tensors, listed by name).
     """
     from speechllm.model import SpeechLM
 
     if not path or not os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist (expected a folder written by train.py)")
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise CheckpointError(
-            f"{path!r} is not a SpeechLM checkpoint: no config.json (contents: {sorted(os.listdir(path))[:10]})"
-        )
     try:
-        model = SpeechLM.from_pretrained(path)
-    except Exception as e:
+        return SpeechLM.from_pretrained(path).eval()
+    except CheckpointError:
+        raise
+    except Exception as e:  # a config that no longer builds (unknown adapter key, missing source, ...)
         raise CheckpointError(f"checkpoint {path!r} could not be loaded: {type(e).__name__}: {e}") from e
-    return model.eval()
-
-
-def checkpoint_model_config(path: str) -> dict:
-    """The ``model`` config a checkpoint was built from (its config.json)."""
-    with open(os.path.join(path, "config.json")) as f:
-        cfg = json.load(f)
-    return cfg.get("model", cfg)
 
 
 def checkpoint_seed(path: str, default: int) -> int:
-    """The training seed recorded in a checkpoint's config.json, or `default`."""
+    """The training seed recorded in a checkpoint's config.json (``seed``), or `default`."""
     with open(os.path.join(path, "config.json")) as f:
-        cfg = json.load(f)
-    for key in ("seed", "train_seed"):
-        if isinstance(cfg.get(key), int):
-            return cfg[key]
-    return default
+        seed = json.load(f).get("seed")
+    return seed if isinstance(seed, int) else default
 
 
 def llm_source(model_cfg: dict) -> str:
@@ -107,14 +90,6 @@ def untrained_model(model_cfg: dict, seed: int):
 
     torch.manual_seed(seed)
     return SpeechLM.from_config(OmegaConf.create(model_cfg)).eval()
-
-
-def speech_llm_module(model):
-    """The causal LM inside a SpeechLM (with LoRA layers if any), for text-only drift."""
-    for name in ("llm", "language_model"):
-        if hasattr(model, name):
-            return getattr(model, name)
-    raise AttributeError("SpeechLM exposes no `llm` attribute")
 
 
 # ----- answering -------------------------------------------------------------------------------------
@@ -261,21 +236,37 @@ def format_items(rows: Sequence[dict], max_clips: int) -> tuple[list[Item], list
 
 
 def load_data(cfg: DictConfig) -> EvalData:
-    """The rows to evaluate, from ``eval.audiofolder`` if set, else the described split."""
+    """The rows to evaluate, from ``eval.audiofolder`` if set (then described), else the described split."""
     e = cfg.eval
     if e.get("audiofolder"):
         data = load_audiofolder(str(e.audiofolder), split=e.split, max_clips=e.max_clips)
-        return add_descriptions(data, _describer(cfg))
+        describe_cfg = OmegaConf.to_container(cfg.describe, resolve=True) if e.describe_audiofolder else None
+        return add_descriptions(data, describe_cfg)
     return load_described(str(cfg.paths.data_dir), str(e.data), split=e.split, max_clips=e.max_clips)
 
 
-def _describer(cfg: DictConfig):
-    """The project's describe machinery as rows -> described rows, or None if it is not available."""
-    try:
-        from speechllm.data.describe_stage import describe_rows
-    except ImportError:
-        return None
-    return lambda rows: describe_rows(rows, cfg)
+def ensure_transcripts(model, rows: list[dict]) -> int:
+    """Transcribe, once per clip, rows that lack the transcript the speech prompt needs.
+
+    Without this the speech model would transcribe a clip again for every question about it.
+
+    Args:
+        model: the SpeechLM (its Whisper transcribes; only when ``prompt.transcript`` is on).
+        rows: evaluated rows, updated in place.
+
+    Returns:
+        The number of clips transcribed.
+    """
+    if not model.prompt.transcript:
+        return 0
+    need = [r for r in rows if not r.get("transcript")]
+    if need:
+        from speechllm.audio import load_audio
+
+        texts = model.transcribe([load_audio(r["audio_path"]).array for r in need])
+        for r, t in zip(need, texts, strict=True):
+            r["transcript"] = t
+    return len(need)
 
 
 def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
@@ -292,7 +283,6 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         CheckpointError: missing or mismatched checkpoint.
         EvalDataError: missing data, or no task has labels.
     """
-    from speechllm.eval.data import EvalDataError
     from speechllm.sources import load_llm
 
     t0 = time.time()
@@ -300,10 +290,12 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     out_dir = out_dir or str(cfg.paths.output_dir)
     ckpt = str(cfg.checkpoint)
     model = load_checkpoint(ckpt)
-    model_cfg = checkpoint_model_config(ckpt)
+    model_cfg = model.config
     log.info("loaded checkpoint %s", ckpt)
     data = load_data(cfg)
     rows = data.rows
+    if n := ensure_transcripts(model, rows):
+        data.notes.append(f"{n} clip(s) had no transcript; the checkpoint's Whisper transcribed them")
     columns = sorted({k for r in rows for k in r})
     tasks, skipped = select_tasks(columns, list(e.tasks) if e.get("tasks") else None)
     items, dropped = build_items(rows, tasks, e.questions_per_task, e.seed)
@@ -326,12 +318,14 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     speech_fmt = speech_answers(model, rows, fmt_items, **fmt_gen) if fmt_items else []
     log.info("speech model done (%.0f s)", time.time() - t0)
 
-    # 4. ceiling: the base text LLM reading the gold description
+    # 4. ceiling: the base text LLM reading the gold description. A frozen LLM inside the speech
+    # model *is* the base LLM, so it is reused instead of loading a second copy.
     source = llm_source(model_cfg)
-    llm, tok = None, None
-    if e.ceiling or fmt_items or e.retention.drift is not False:
-        llm, tok = load_llm(source)
-        llm.eval()
+    if model.finetune == "frozen":
+        llm, tok = model.llm, model.tokenizer
+    else:
+        llm, tok = load_llm(source, dtype=model.llm.dtype)
+    llm.eval()
     if e.ceiling:
         text_ans = text_answers(llm, tok, rows, items, **gen)
         text_parsed = parse_answers(items, text_ans)
@@ -407,10 +401,10 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
 def _drift(model, llm, tok, e) -> dict:
     """Text-only drift of the speech model's LLM from the base, when its weights changed (or forced)."""
     mode = e.retention.drift
-    if mode is False or llm is None:
+    if mode is False:
         return {"skipped": "disabled (eval.retention.drift=false)"}
-    tuned = speech_llm_module(model)
-    changed = retention.llm_weights_changed(llm, tuned)
+    tuned = model.llm
+    changed = model.finetune != "frozen" and retention.llm_weights_changed(llm, tuned)
     if mode == "auto" and not changed:
         return {"skipped": "the LLM's weights are unchanged (frozen); text behaviour equals the base"}
     kw = {"max_new_tokens": int(e.retention.drift_max_new_tokens), "batch_size": int(e.batch_size)}

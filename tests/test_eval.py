@@ -1,0 +1,190 @@
+"""evaluate.py end to end on tiny models: report keys, bad checkpoints, partially labelled audiofolders."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from hydra import compose, initialize_config_dir
+
+from speechllm.eval.data import EvalDataError
+from speechllm.eval.runner import CheckpointError, evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CLIPS = [  # clip_id, split, gender, pitch, text, tone Hz
+    ("c0", "test", "female", "high", "turn the lights off", 220.0),
+    ("c1", "test", "male", "low", "open the door", 110.0),
+    ("c2", "test", "female", "normal", "good morning", 180.0),
+    ("c3", "train", "male", "low", "see you soon", 120.0),
+]
+
+
+def _tone(path: Path, hz: float, seconds: float = 0.6) -> str:
+    t = np.arange(int(16000 * seconds)) / 16000
+    sf.write(path, (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32), 16000)
+    return str(path)
+
+
+def _model_cfg(llm: str, whisper: str, finetune: str = "frozen") -> dict:
+    return {
+        "encoder": {"source": whisper, "num_taps": 2},
+        "adapter": {"_target_": "speechllm.model.adapters.QFormerAdapter", "num_queries": 4, "num_layers": 1,
+                    "hidden_size": 32, "num_heads": 2, "ffn_mult": 2, "dropout": 0.0},
+        "llm": {"source": llm, "finetune": finetune, "lora": {"r": 2, "alpha": 4, "dropout": 0.0,
+                                                                "target_modules": ["q_proj", "v_proj"]}},
+        # No transcript in the prompt: a random tiny Whisper would babble for its whole length limit.
+        "prompt": {"transcript": False},
+    }
+
+
+@pytest.fixture(scope="module")
+def smoke_ckpt(tmp_path_factory, tiny_llm_source, tiny_whisper_source) -> str:
+    """A frozen-LLM SpeechLM checkpoint on tiny random models."""
+    import torch
+
+    from speechllm.model import SpeechLM
+
+    torch.manual_seed(0)
+    model = SpeechLM.from_config(_model_cfg(tiny_llm_source, tiny_whisper_source))
+    with torch.no_grad():  # a "trained" adapter: differs from the initialisation the baseline uses
+        for p in model.adapter.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return str(model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "smoke"))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    """A described dataset (demo/described) with three test clips and one train clip."""
+    import datasets
+
+    root = tmp_path_factory.mktemp("data")
+    wav_dir = root / "wavs"
+    wav_dir.mkdir()
+    rows = []
+    for clip_id, split, gender, pitch, text, hz in CLIPS:
+        rows.append({
+            "clip_id": clip_id, "audio_path": _tone(wav_dir / f"{clip_id}.wav", hz), "split": split,
+            "label_gender": gender, "label_pitch": pitch, "label_text": text, "transcript": text,
+            "description": f'"{text}" (Gender: {gender.title()}, Pitch: {pitch})',
+        })
+    datasets.Dataset.from_list(rows).save_to_disk(str(root / "demo" / "described"))
+    return str(root)
+
+
+def _cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="evaluate", overrides=[
+            "eval.max_new_tokens=6", "eval.retention.max_new_tokens=6", "eval.retention.max_clips=1",
+            "eval.retention.drift_max_new_tokens=6", "eval.samples=3", *overrides,
+        ])
+
+
+def test_report_keys_are_numbers(smoke_ckpt, data_dir, tmp_path):
+    out = tmp_path / "out"
+    rep = evaluate(_cfg(f"checkpoint={smoke_ckpt}", f"paths.data_dir={data_dir}"), out_dir=str(out))
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["unseen"].keys() == rep["unseen"].keys() == {"gender", "pitch", "content"}
+    num = (int, float)
+    for task in ("gender", "pitch", "content"):
+        for key in ("accuracy", "chance", "n"):
+            assert isinstance(saved["unseen"][task][key], num), (task, key)
+        assert isinstance(saved["ceiling"][task]["accuracy"], num)
+        assert isinstance(saved["agreement"][task], num)
+        assert isinstance(saved["baseline"][task]["accuracy"], num)
+        assert 0.0 <= saved["unseen"][task]["accuracy"] <= 1.0
+    # Only the three test clips are evaluated, one question per clip and task.
+    assert saved["unseen"]["gender"]["n"] == 3 and saved["meta"]["n_clips"] == 3
+    assert saved["unseen"]["gender"]["chance"] == pytest.approx(2 / 3)  # majority rate: 2 female of 3
+    for key in ("speech", "text", "delta"):
+        assert isinstance(saved["retention"]["format"][key], num)
+    assert saved["retention"]["format"]["n"] == 11
+    assert "unchanged" in saved["retention"]["drift"]["skipped"]  # frozen LLM: no drift run
+    assert {"accent", "emotion", "age", "speed", "volume"} <= set(saved["skipped"])
+    md = (out / "report.md").read_text()
+    assert "## Unseen instructions" in md and "Sample questions" in md and "| gender |" in md
+    assert (out / "tasks.png").stat().st_size > 1000 and (out / "retention.png").stat().st_size > 1000
+
+
+def test_lora_checkpoint_measures_drift(tiny_llm_source, tiny_whisper_source, data_dir, tmp_path):
+    import torch
+
+    from speechllm.model import SpeechLM
+
+    torch.manual_seed(0)
+    model = SpeechLM.from_config(_model_cfg(tiny_llm_source, tiny_whisper_source, finetune="lora"))
+    with torch.no_grad():  # LoRA B starts at zero; move it so the LLM really changed
+        for name, p in model.llm.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.5 * torch.randn_like(p))
+    ckpt = model.save_pretrained(tmp_path / "lora")
+    rep = evaluate(_cfg(f"checkpoint={ckpt}", f"paths.data_dir={data_dir}", "eval.tasks=[gender]",
+                        "eval.baseline=false", "eval.ceiling=false", "eval.retention.format=false"),
+                   out_dir=str(tmp_path / "out"))
+    drift = rep["retention"]["drift"]
+    assert drift["kl"] > 0 and drift["n_tokens"] > 0 and drift["ppl_tuned"] > 0
+    for who in ("base", "tuned"):
+        assert set(drift[who]) >= {"json_valid", "refusal_harmful", "refusal_safe"}
+
+
+def test_missing_checkpoint_is_a_clear_error(data_dir, tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        evaluate(_cfg(f"checkpoint={tmp_path / 'nope'}", f"paths.data_dir={data_dir}"), out_dir=str(tmp_path))
+
+
+def test_mismatched_checkpoint_is_a_clear_error(smoke_ckpt, data_dir, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(smoke_ckpt, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["adapter"]["hidden_size"] = 48  # weights were saved for 32
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="does not match"):
+        evaluate(_cfg(f"checkpoint={bad}", f"paths.data_dir={data_dir}"), out_dir=str(tmp_path))
+
+
+def test_missing_data_is_a_clear_error(smoke_ckpt, tmp_path):
+    with pytest.raises(EvalDataError, match="no described dataset"):
+        evaluate(_cfg(f"checkpoint={smoke_ckpt}", f"paths.data_dir={tmp_path}"), out_dir=str(tmp_path))
+
+
+def test_entry_point_on_partially_labelled_audiofolder(smoke_ckpt, tmp_path):
+    """evaluate.py on an audiofolder with only gender labels: runs gender, says what it skipped."""
+    folder = tmp_path / "af"
+    folder.mkdir()
+    with open(folder / "metadata.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file_name", "gender", "split"])
+        for clip_id, split, gender, _, _, hz in CLIPS:
+            _tone(folder / f"{clip_id}.wav", hz)
+            w.writerow([f"{clip_id}.wav", gender, split])
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "evaluate.py"), f"checkpoint={smoke_ckpt}", f"eval.audiofolder={folder}",
+         "eval.max_new_tokens=4", "eval.retention.max_new_tokens=4", "eval.retention.max_clips=1",
+         "eval.baseline=false", f"hydra.run.dir={out}"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep["unseen"]) == {"gender"}
+    assert rep["unseen"]["gender"]["n"] == 3  # the train row is not evaluated
+    assert set(rep["skipped"]) == {"accent", "pitch", "speed", "volume", "emotion", "age", "content"}
+    log = proc.stdout + proc.stderr
+    assert "skipping task accent: no label_accent column" in log
+    assert "Skipped tasks" in (out / "report.md").read_text()
+
+    # A checkpoint that does not exist: exit code 2 and one clear line, no traceback.
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "evaluate.py"), f"checkpoint={tmp_path / 'missing'}",
+         f"eval.audiofolder={folder}", f"hydra.run.dir={tmp_path / 'run2'}"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+    )
+    assert proc.returncode == 2 and "does not exist" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
