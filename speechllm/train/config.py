@@ -234,7 +234,10 @@ def validate_schema(cfg: DictConfig) -> tuple[TopLevelConfig, TrainerConfig, Mix
     if trainer.save_steps < 0:
         raise ConfigError(f"trainer.save_steps must be >= 0, got {trainer.save_steps}")
     _check_extra_args(trainer.extra_args)
-    check_targets(cfg.get("model", {}))
+    # Every `_target_` a run could instantiate (Hydra's own node configures Hydra, not the run).
+    for key in cfg.keys():
+        if key != "hydra":
+            check_targets(OmegaConf.create({key: cfg[key]}))
     return top, trainer, mixture
 
 

@@ -1,0 +1,336 @@
+"""train.py and speechllm.train: presets, config errors, outputs, resume, policies, kd, multirun, torchrun.
+
+Everything runs the smoke preset (tiny random Whisper + Llama built into a temporary cache, a dozen
+espeak clips with label targets). The data is prepared once per session through the same
+`prepare_missing` path a user's first smoke run takes; most tests then call `speechllm.train.train`
+in-process, and two run the real command lines (Hydra multirun, torchrun with two gloo processes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from transformers import TrainerCallback
+
+from speechllm.config import ALLOWED_TARGETS, ConfigError, find_targets
+from speechllm.train import train
+from speechllm.train.config import check_prepared, prepare_command, validate_schema
+from speechllm.train.mixture import build_mixture, replay_counts
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        # With the hydra node, as in the app: the group choices go into the prepare command.
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+@pytest.fixture(scope="session")
+def smoke_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Data and model-cache folders with the smoke preset's data prepared (once per session)."""
+    root = tmp_path_factory.mktemp("smoke")
+    dirs = {"data": root / "data", "cache": root / "cache"}
+    cfg = compose_train(_paths(dirs, root / "prep-run"))
+    _, _, mixture = validate_schema(cfg)
+    check_prepared(cfg, mixture)  # prepare_missing=true in the preset: runs data_prep/prepare.py
+    return dirs
+
+
+def _paths(dirs: dict[str, Path], run_dir: Path) -> list[str]:
+    return [
+        "experiment=smoke",
+        f"paths.data_dir={dirs['data']}",
+        f"paths.cache_dir={dirs['cache']}",
+        f"paths.output_dir={run_dir}",
+    ]
+
+
+def smoke_cfg(smoke_dirs, run_dir: Path, *overrides: str):
+    return compose_train([*_paths(smoke_dirs, run_dir), "trainer.report_to=[]", *overrides])
+
+
+def step_losses(metrics: dict) -> dict[int, float]:
+    return {s["step"]: s["train/loss"] for s in metrics["steps"]}
+
+
+class Capture(TrainerCallback):
+    """Keeps the model and copies of its frozen weights at the start, and the model at the end."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.model = model
+        self.start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class KillAfterSave(TrainerCallback):
+    """Stands in for a kill right after the checkpoint at `step` is written."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"killed after step {self.step}")
+
+
+# ---- presets and config checks (no training) ----
+
+
+def test_every_preset_composes_with_allowed_targets():
+    assert {"smoke", "default", "desta2", "desta25", "ultravox"} <= set(PRESETS)
+    for name in PRESETS:
+        cfg = compose_train([f"experiment={name}", "paths.output_dir=/unused"])
+        validate_schema(cfg)
+        targets = find_targets({k: cfg[k] for k in cfg if k != "hydra"})  # hydra's node configures Hydra
+        assert targets, name
+        for key, target in targets:
+            assert target in ALLOWED_TARGETS, (name, key, target)
+    d2 = compose_train(["experiment=desta2", "paths.output_dir=/unused"])
+    assert d2.model.encoder.source == "openai/whisper-small" and d2.model.encoder.num_taps == 4
+    assert (d2.model.adapter.num_queries, d2.model.adapter.num_layers) == (64, 4)
+    assert "Llama-3-8B-Instruct" in d2.model.llm.source and d2.model.llm.finetune == "frozen"
+    assert (d2.trainer.learning_rate, d2.trainer.lr_scheduler_type, d2.trainer.precision) == (1e-4, "cosine", "bf16")
+    assert d2.trainer.warmup_ratio > 0 and d2.target.llm == d2.model.llm.source
+    d25 = compose_train(["experiment=desta25", "paths.output_dir=/unused"])
+    assert d25.model.encoder.source == "openai/whisper-large-v3" and d25.model.adapter.num_layers == 6
+    assert "Llama-3.1-8B-Instruct" in d25.model.llm.source
+    uv = compose_train(["experiment=ultravox", "paths.output_dir=/unused"])
+    assert uv.model.adapter._target_.endswith("StackMLPAdapter") and uv.loss == "kd"
+
+
+@pytest.mark.parametrize(
+    "override, names",
+    [
+        ("+trainer.lerning_rate=0.1", "trainer.lerning_rate"),
+        ("+lerning_rate=0.1", "lerning_rate"),
+        ("replay.ratio=1.5", "replay.ratio"),
+        ("replay.ratio=-0.1", "replay.ratio"),
+        ("trainer.per_device_train_batch_size=0", "trainer.per_device_train_batch_size"),
+        ("+trainer.extra_args.not_an_arg=1", "trainer.extra_args.not_an_arg"),
+        ("loss=mse", "loss"),
+        ("+replay.ration=0.1", "ration"),
+        ("+model.adapter.evil._target_=os.system", "os.system"),
+    ],
+)
+def test_config_errors_name_the_key_before_any_model_loads(tmp_path, monkeypatch, override, names):
+    from speechllm.model import SpeechLM
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the config was checked")
+
+    monkeypatch.setattr(SpeechLM, "from_config", no_model)
+    cfg = compose_train(["experiment=smoke", f"paths.output_dir={tmp_path}", f"paths.data_dir={tmp_path}", override])
+    with pytest.raises(ConfigError) as err:
+        train(cfg)
+    assert names in str(err.value)
+
+
+def test_unknown_group_option_fails_at_composition():
+    with pytest.raises(Exception, match="trainer"):
+        compose_train(["trainer=does_not_exist"])
+
+
+def test_missing_data_names_the_prepare_command(tmp_path, monkeypatch):
+    from speechllm.model import SpeechLM
+
+    monkeypatch.setattr(SpeechLM, "from_config", lambda *a, **k: pytest.fail("model loaded"))
+    cfg = compose_train(
+        ["target=label", f"paths.data_dir={tmp_path / 'nodata'}", f"paths.output_dir={tmp_path}",
+         "replay.ratio=0.1", "replay.weights.magpie=2"]
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        train(cfg)
+    msg = str(err.value)
+    assert str(tmp_path / "nodata" / "demo" / "targets" / "label") in msg
+    assert str(tmp_path / "nodata" / "replay" / "magpie") in msg
+    command = prepare_command(cfg, validate_schema(cfg)[2])
+    assert "python data_prep/prepare.py" in msg and "target=label" in command
+    assert "replay.build=[magpie,safety]" in command
+
+
+# ---- the mixture ----
+
+
+def test_replay_counts_and_mixture_are_exact_and_seeded():
+    assert replay_counts(95, 0.05, {"magpie": 3.0, "safety": 1.0}) == {"magpie": 4, "safety": 1}
+    assert replay_counts(100, 0.0, {"magpie": 1.0}) == {}
+    assert sum(replay_counts(1000, 0.2, {"a": 1.0, "b": 1.0, "c": 1.0}).values()) == 250
+    speech = [
+        {"kind": "speech", "source": "label", "clip_id": f"c{i}", "audio_path": f"/a/{i}.wav", "transcript": None,
+         "description": "d", "instruction": "q", "target": "t", "keep_mask": None, "messages": []}
+        for i in range(30)
+    ]  # fmt: skip
+    chats = [[{"role": "user", "content": f"u{i}"}, {"role": "assistant", "content": f"a{i}"}] for i in range(4)]
+    replay = {"magpie": datasets.Dataset.from_list([{"messages": m} for m in chats])}
+    a = build_mixture(speech, replay, ratio=0.25, weights={"magpie": 1.0}, seed=0)
+    b = build_mixture(speech, replay, ratio=0.25, weights={"magpie": 1.0}, seed=0)
+    c = build_mixture(speech, replay, ratio=0.25, weights={"magpie": 1.0}, seed=1)
+    assert a.composition["replay"] == 10 and a.composition["replay_share"] == 0.25
+    assert a.composition["replay_passes"] == {"magpie": 3}  # 10 rows from 4 chats: repeated, and said so
+    assert a.dataset.to_list() == b.dataset.to_list()
+    assert a.dataset["clip_id"] != c.dataset["clip_id"]
+
+
+# ---- training runs ----
+
+
+def test_smoke_frozen_policy_reload_and_feature_cache(smoke_dirs, tmp_path):
+    from speechllm.model import SpeechLM
+
+    cap = Capture()
+    run = tmp_path / "run"
+    metrics = train(smoke_cfg(smoke_dirs, run, "trainer.report_to=[tensorboard]"), callbacks=[cap])
+    for f in ("train_metrics.json", "loss_curve.png", "mixture.json", "checkpoints/final/config.json",
+              "checkpoints/step-2/optimizer.pt", "checkpoints/step-4/trainer_state.json"):  # fmt: skip
+        assert (run / f).is_file(), f
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(step_losses(metrics)) == [1, 2, 3, 4]
+    assert all(math.isfinite(v) for v in step_losses(metrics).values())
+    assert "train/learning_rate" in metrics["steps"][0] and "train/runtime" in metrics["summary"]
+
+    model = cap.model
+    end = model.state_dict()
+    frozen = [k for k in end if k.startswith(("encoder.", "llm."))]
+    assert frozen and all(torch.equal(cap.start[k], end[k]) for k in frozen)
+    assert any(not torch.equal(cap.start[k], end[k]) for k in end if k.startswith("adapter."))
+
+    # The final checkpoint reloads to the same logits as the in-memory model.
+    rows = [r for r in datasets.load_from_disk(str(smoke_dirs["data"] / "smoke/targets/label"))][:2]
+    reloaded = SpeechLM.from_pretrained(run / "checkpoints" / "final")
+    model.eval()
+    with torch.no_grad():
+        a = model(**model.collator()(rows)).logits
+        b = reloaded(**reloaded.collator()(rows)).logits
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+    # Every clip was encoded into the feature cache once; a run without the cache trains the same.
+    cache_dirs = list((smoke_dirs["data"] / "smoke" / "features").iterdir())
+    assert len(cache_dirs) == 1 and len(list(cache_dirs[0].glob("*.safetensors"))) == len(
+        datasets.load_from_disk(str(smoke_dirs["data"] / "smoke/targets/label"))
+    )
+    uncached = train(smoke_cfg(smoke_dirs, tmp_path / "nocache", "trainer.cache_encoder_features=false",
+                               "trainer.max_steps=2", "trainer.save_steps=0"))  # fmt: skip
+    assert step_losses(uncached)[1] == pytest.approx(step_losses(metrics)[1], rel=1e-5)
+
+
+def test_resume_continues_the_same_data_and_optimizer_state(smoke_dirs, tmp_path):
+    fast = ("trainer.learning_rate=0.02", "trainer.lr_scheduler_type=constant")
+    straight = step_losses(train(smoke_cfg(smoke_dirs, tmp_path / "a", *fast)))
+    run = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        train(smoke_cfg(smoke_dirs, run, *fast), callbacks=[KillAfterSave(2)])
+    assert (run / "checkpoints/step-2/trainer_state.json").is_file()
+    assert not (run / "checkpoints/step-4").exists()
+    resumed = step_losses(train(smoke_cfg(smoke_dirs, run, *fast, "trainer.resume=last")))
+    # The losses move enough that a reset optimizer or another data order would show.
+    assert abs(straight[4] - straight[1]) > 1e-3
+    for step in (3, 4):
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-5, abs=1e-6)
+
+
+def test_lora_policy_saves_and_reloads_the_peft_adapter(smoke_dirs, tmp_path):
+    from speechllm.model import SpeechLM
+
+    cap = Capture()
+    run = tmp_path / "lora"
+    train(smoke_cfg(smoke_dirs, run, "model.llm.finetune=lora", "trainer.max_steps=2", "trainer.save_steps=0"),
+          callbacks=[cap])  # fmt: skip
+    assert (run / "checkpoints/final/lora/adapter_model.safetensors").is_file()
+    lora_b = [k for k in cap.model.state_dict() if "lora_B" in k]
+    assert lora_b and any(cap.model.state_dict()[k].abs().sum() > 0 for k in lora_b)  # LoRA B starts at zero
+    base = [k for k in cap.start if k.startswith("llm.") and "lora_" not in k]
+    assert all(torch.equal(cap.start[k], cap.model.state_dict()[k]) for k in base)
+    rows = [r for r in datasets.load_from_disk(str(smoke_dirs["data"] / "smoke/targets/label"))][:2]
+    reloaded = SpeechLM.from_pretrained(run / "checkpoints" / "final")
+    cap.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            cap.model(**cap.model.collator()(rows)).logits, reloaded(**reloaded.collator()(rows)).logits,
+            rtol=0, atol=1e-5,
+        )  # fmt: skip
+
+
+def test_replay_mixture_and_kd_loss_train(smoke_dirs, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "smoke").symlink_to(smoke_dirs["data"] / "smoke", target_is_directory=True)
+    chats = [[{"role": "user", "content": f"What is {i} plus one?"}, {"role": "assistant", "content": f"{i + 1}."}]
+             for i in range(5)]  # fmt: skip
+    out = data / "replay" / "magpie"
+    datasets.Dataset.from_list([{"messages": m, "replay_source": "magpie"} for m in chats]).save_to_disk(str(out))
+    (out / "_complete.json").write_text("{}")
+    run = tmp_path / "kd"
+    metrics = train(smoke_cfg(
+        {"data": data, "cache": smoke_dirs["cache"]}, run, "loss=kd", "replay.ratio=0.2", "replay.build=[magpie]",
+        "replay.weights={magpie: 1.0}", "trainer.max_steps=2", "trainer.save_steps=0",
+    ))  # fmt: skip
+    mix = json.loads((run / "mixture.json").read_text())
+    assert mix["parts"] == {"speech": 10, "replay/magpie": 2} and metrics["loss_type"] == "kd"
+    assert all(math.isfinite(v) and v >= 0 for v in step_losses(metrics).values())
+
+
+def test_kd_loss_is_zero_for_a_perfect_student_and_checks_alignment():
+    from speechllm.train.losses import kd_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 6, 11)
+    labels = torch.tensor([[-100, -100, 3, 4, 5, -100]])
+    t_logits = torch.cat([torch.randn(1, 2, 11), logits[:, 1:]], dim=1)  # teacher has one more prompt token
+    t_labels = torch.tensor([[-100, -100, -100, 3, 4, 5, -100]])
+    loss, parts = kd_loss(logits, labels, torch.tensor([0]), t_logits, t_labels)
+    assert parts["kl"] == pytest.approx(0.0, abs=1e-6) and loss.item() == pytest.approx(0.0, abs=1e-6)
+    other, _ = kd_loss(torch.randn(1, 6, 11), labels, torch.tensor([0]), t_logits, t_labels)
+    assert other.item() > 0.01
+    with pytest.raises(ValueError, match="labels 3 tokens"):
+        kd_loss(logits, labels, torch.tensor([0]), t_logits, torch.tensor([[-100] * 5 + [4, 5]]))
+
+
+# ---- the command lines ----
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+
+
+def test_hydra_multirun_of_two_smoke_runs(smoke_dirs, tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, str(REPO / "train.py"), "-m", "experiment=smoke", "seed=0,1",
+           f"paths.data_dir={smoke_dirs['data']}", f"paths.cache_dir={smoke_dirs['cache']}",
+           f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = []
+    for job in ("0", "1"):
+        run = sweep / job
+        for f in ("checkpoints/final/model.safetensors", "train_metrics.json", "loss_curve.png"):
+            assert (run / f).is_file(), (job, f)
+        assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+        losses.append(step_losses(json.loads((run / "train_metrics.json").read_text()))[1])
+    assert losses[0] != losses[1]  # the seed reached the model
+
+
+def test_torchrun_two_gloo_processes_share_one_run_dir(smoke_dirs, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py"),
+           "experiment=smoke", f"paths.data_dir={smoke_dirs['data']}", f"paths.cache_dir={smoke_dirs['cache']}",
+           "trainer.save_steps=0", "trainer.report_to=[]"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((tmp_path / "outputs" / "train").iterdir())
+    assert len(runs) == 1, runs  # not one folder per rank
+    assert (runs[0] / "checkpoints/final/model.safetensors").is_file()
+    assert not list((runs[0] / "checkpoints").glob("step-*"))
+    metrics = json.loads((runs[0] / "train_metrics.json").read_text())
+    assert sorted(step_losses(metrics)) == [1, 2, 3, 4]
+    # Each rank read half the rows: 10 rows, batch 4 per rank -> 4 steps run over 2 epochs' worth of data.
+    assert metrics["summary"]["train/epoch"] > 1
