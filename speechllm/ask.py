@@ -72,10 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from speechllm.model.encoder import LongAudioError
     from speechllm.model.speechlm import CheckpointError
+    from speechllm.sources import SourceError
 
     try:
         results = ask(args)
-    except (AudioError, LongAudioError, CheckpointError) as err:
+    except (AudioError, LongAudioError, CheckpointError, SourceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if len(results) == 1:

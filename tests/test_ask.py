@@ -108,3 +108,10 @@ def test_needs_a_question(checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([checkpoint, wav(tmp_path / "a.wav")])
     assert "give at least one audio file and a question" in capsys.readouterr().err
+
+
+def test_not_a_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    audio = wav(tmp_path / "a.wav")
+    assert main([str(tmp_path / "empty-dir"), audio, "What?"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no config.json" in err

@@ -304,10 +304,8 @@ def load_encoder(
     """
     from speechllm.sources import load_whisper
 
-    whisper, processor = load_whisper(source)
+    whisper, processor = load_whisper(source, dtype=getattr(torch, dtype) if dtype else None)
     encoder = whisper.model.encoder
-    if dtype is not None:
-        encoder = encoder.to(getattr(torch, dtype))
     return WhisperFeatureEncoder(
         encoder,
         processor.feature_extractor,

@@ -403,8 +403,7 @@ class SpeechLM(nn.Module):
         out = []
         for start in range(0, len(audio), batch_size):
             chunk = audio[start : start + batch_size]
-            rows = [{"audio_path": a} if isinstance(a, str | Path) else {"audio": a} for a in chunk]
-            rows = [{**r, "audio_path": str(r["audio_path"])} if "audio_path" in r else r for r in rows]
+            rows = [{"audio_path": str(a)} if isinstance(a, str | Path) else {"audio": a} for a in chunk]
             arrays = [collate._audio(r, start + i) for i, r in enumerate(rows)]
             names = [str(r.get("audio_path", f"<audio {start + i}>")) for i, r in enumerate(rows)]
             mel = self.encoder.mels(arrays, names)
