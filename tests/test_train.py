@@ -100,7 +100,11 @@ def test_every_preset_composes_with_allowed_targets():
     assert d2.model.encoder.source == "openai/whisper-small" and d2.model.encoder.num_taps == 4
     assert (d2.model.adapter.num_queries, d2.model.adapter.num_layers) == (64, 4)
     assert "Llama-3-8B-Instruct" in d2.model.llm.source and d2.model.llm.finetune == "frozen"
-    assert (d2.trainer.learning_rate, d2.trainer.lr_scheduler_type, d2.trainer.precision) == (1e-4, "cosine", "bf16")
+    assert (d2.trainer.learning_rate, d2.trainer.lr_scheduler_type, d2.trainer.precision) == (
+        1e-4,
+        "cosine",
+        "bf16",
+    )
     assert d2.trainer.warmup_ratio > 0 and d2.target.llm == d2.model.llm.source
     d25 = compose_train(["experiment=desta25", "paths.output_dir=/unused"])
     assert d25.model.encoder.source == "openai/whisper-large-v3" and d25.model.adapter.num_layers == 6
@@ -130,7 +134,9 @@ def test_config_errors_name_the_key_before_any_model_loads(tmp_path, monkeypatch
         raise AssertionError("the model was loaded before the config was checked")
 
     monkeypatch.setattr(SpeechLM, "from_config", no_model)
-    cfg = compose_train(["experiment=smoke", f"paths.output_dir={tmp_path}", f"paths.data_dir={tmp_path}", override])
+    cfg = compose_train(
+        ["experiment=smoke", f"paths.output_dir={tmp_path}", f"paths.data_dir={tmp_path}", override]
+    )
     with pytest.raises(ConfigError) as err:
         train(cfg)
     assert names in str(err.value)
@@ -171,7 +177,9 @@ def test_replay_counts_and_mixture_are_exact_and_seeded():
          "description": "d", "instruction": "q", "target": "t", "keep_mask": None, "messages": []}
         for i in range(30)
     ]  # fmt: skip
-    chats = [[{"role": "user", "content": f"u{i}"}, {"role": "assistant", "content": f"a{i}"}] for i in range(4)]
+    chats = [
+        [{"role": "user", "content": f"u{i}"}, {"role": "assistant", "content": f"a{i}"}] for i in range(4)
+    ]
     replay = {"magpie": datasets.Dataset.from_list([{"messages": m} for m in chats])}
     a = build_mixture(speech, replay, ratio=0.25, weights={"magpie": 1.0}, seed=0)
     b = build_mixture(speech, replay, ratio=0.25, weights={"magpie": 1.0}, seed=0)
@@ -268,7 +276,9 @@ def test_replay_mixture_and_kd_loss_train(smoke_dirs, tmp_path):
     chats = [[{"role": "user", "content": f"What is {i} plus one?"}, {"role": "assistant", "content": f"{i + 1}."}]
              for i in range(5)]  # fmt: skip
     out = data / "replay" / "magpie"
-    datasets.Dataset.from_list([{"messages": m, "replay_source": "magpie"} for m in chats]).save_to_disk(str(out))
+    datasets.Dataset.from_list([{"messages": m, "replay_source": "magpie"} for m in chats]).save_to_disk(
+        str(out)
+    )
     (out / "_complete.json").write_text("{}")
     run = tmp_path / "kd"
     metrics = train(smoke_cfg(

@@ -123,7 +123,7 @@ def load_mixture(cfg: DictConfig, paths, top, mixture_cfg) -> Mixture:
             raise ConfigError(f"loss=kd needs each clip's description; {len(missing)} rows have none "
                               f"(first: {missing[0]})")  # fmt: skip
     replay = {name: datasets.load_from_disk(str(p)) for name, p in paths.replay.items()}
-    return build_mixture(rows, replay, ratio=mixture_cfg.ratio, weights=mixture_cfg.weights, seed=top.seed)
+    return build_mixture(rows, replay, ratio=mixture_cfg.ratio, weights=mixture_cfg.sources(), seed=top.seed)
 
 
 def row_lengths(model, dataset: datasets.Dataset) -> list[int]:
@@ -257,9 +257,9 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
 
     # 3. Lengths for length-grouped batching; encoder features cached once when the encoder is frozen.
     dataset = mixture.dataset.add_column("length", row_lengths(model, mixture.dataset))
-    feature_cache = None
+    feature_cache, cache_stats = None, None
     if tr.cache_encoder_features and model.encoder.frozen:
-        feature_cache = _fill_feature_cache(model, dataset, cfg, tr)
+        feature_cache, cache_stats = _fill_feature_cache(model, dataset, cfg, tr)
     elif tr.cache_encoder_features:
         logger.info("encoder-feature cache off: the encoder trains (model.encoder.frozen=false)")
 
@@ -274,7 +274,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         "mixture": mixture.composition,
         "parameters": params,
         "loss_type": top.loss,
-        "encoder_feature_cache": str(feature_cache.dir) if feature_cache else None,
+        "encoder_feature_cache": {"dir": str(feature_cache.dir), **cache_stats} if feature_cache else None,
     }
 
     def write_outputs(state, plot: bool = True) -> None:
@@ -304,7 +304,11 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
 
 
 def _fill_feature_cache(model, dataset: datasets.Dataset, cfg: DictConfig, tr: TrainerConfig):
-    """Encode every speech clip not cached yet (ranks split the work), then wait for all ranks."""
+    """Encode every speech clip not cached yet (ranks split the work), then wait for all ranks.
+
+    Returns:
+        (the cache, fill statistics: clips, encoded here, seconds).
+    """
     from accelerate import PartialState
 
     from speechllm.train.features import FeatureCache, encoder_fingerprint
@@ -317,7 +321,7 @@ def _fill_feature_cache(model, dataset: datasets.Dataset, cfg: DictConfig, tr: T
     device = state.device
     encoder_device = next(model.encoder.parameters()).device
     model.encoder.to(device)
-    cache.fill(model, clips, shard=(state.process_index, state.num_processes))
+    stats = cache.fill(model, clips, shard=(state.process_index, state.num_processes))
     model.encoder.to(encoder_device)
     state.wait_for_everyone()
     missing = [c for c in set(clips) if not cache.has(*c)]
@@ -325,7 +329,7 @@ def _fill_feature_cache(model, dataset: datasets.Dataset, cfg: DictConfig, tr: T
         raise RuntimeError(
             f"encoder-feature cache {cache.dir}: {len(missing)} clips still missing after filling"
         )
-    return cache
+    return cache, stats
 
 
 def _warn_if_other_llm(dataset: datasets.Dataset, cfg: DictConfig) -> None:
