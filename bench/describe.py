@@ -1,0 +1,93 @@
+"""Describe-stage throughput: signal attributes' real-time factor, batched vs one-at-a-time Whisper ASR.
+
+    python bench/describe.py                     # 48 espeak clips, packaged whisper tiny.en
+    python bench/describe.py --clips 96 --asr-clips 32 --whisper packaged:whisper-tiny.en
+
+Prints, from one run:
+- real-time factor of the signal attributes (duration, pitch, gender by pitch, volume, speaking rate,
+  SNR): audio seconds described per wall second on one core (torch and BLAS limited to one thread);
+- Whisper ASR clips per second with `batch_size` clips per `generate` call vs one clip per call, and the
+  ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(var, "1")  # "per core": one thread everywhere
+
+import yaml  # noqa: E402
+
+from speechllm.audio import load_audio  # noqa: E402
+from speechllm.corpus import generate_corpus, read_audiofolder  # noqa: E402
+from speechllm.describe import Clip, describe_clips, load_configs  # noqa: E402
+from speechllm.describe.registry import ATTRIBUTES_DIR  # noqa: E402
+from speechllm.describe.transcript import transcribe  # noqa: E402
+
+SIGNAL = ["duration", "gender", "pitch", "volume", "speaking_rate", "snr"]
+
+
+def _clips(rows: list[dict]) -> list[Clip]:
+    out = []
+    for r in rows:
+        audio = load_audio(r["audio_path"])
+        out.append(Clip(r["clip_id"], audio.array, audio.sr, labels={"text": r["label_text"]}))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clips", type=int, default=48, help="clips for the signal attributes")
+    parser.add_argument("--asr-clips", type=int, default=16, help="clips for the ASR comparison")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--whisper", default="packaged:whisper-tiny.en")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    demo = yaml.safe_load((ATTRIBUTES_DIR.parent / "data" / "demo.yaml").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        demo["size"] = max(args.clips, args.asr_clips)
+        rows = read_audiofolder(generate_corpus(os.path.join(tmp, "corpus"), demo, num_proc=2))
+        clips = _clips(rows[: args.clips])
+        asr_arrays = [c.audio for c in _clips(rows[: args.asr_clips])]
+
+    # Signal attributes; transcript from the label so only signal work is timed. A warm-up clip first
+    # (librosa's YIN is JIT-compiled on first use).
+    configs, order = load_configs(
+        SIGNAL, overrides={"transcript": {"methods": ["label"]}, "gender": {"methods": ["pitch"]}}
+    )
+    describe_clips(_clips(rows[:1]), SIGNAL, configs, order, "natural")
+    audio_seconds = sum(c.duration for c in clips)
+    start = time.perf_counter()
+    describe_clips(clips, SIGNAL, configs, order, "natural")
+    signal_wall = time.perf_counter() - start
+
+    transcribe(asr_arrays[:1], args.whisper, batch_size=1)  # load + warm up
+    start = time.perf_counter()
+    transcribe(asr_arrays, args.whisper, batch_size=1)
+    single = time.perf_counter() - start
+    start = time.perf_counter()
+    transcribe(asr_arrays, args.whisper, batch_size=args.batch_size)
+    batched = time.perf_counter() - start
+
+    print(
+        f"signal attributes {SIGNAL}: {len(clips)} clips, {audio_seconds:.1f} s of audio in {signal_wall:.2f} s"
+    )
+    print(f"  real-time factor (audio s per wall s, 1 core): {audio_seconds / signal_wall:.0f}x")
+    print(f"whisper ASR ({args.whisper}), {len(asr_arrays)} clips, 1 thread:")
+    print(f"  one at a time: {len(asr_arrays) / single:.2f} clips/s")
+    print(f"  batch of {args.batch_size}:   {len(asr_arrays) / batched:.2f} clips/s")
+    print(f"  batched / one-at-a-time throughput: {single / batched:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
