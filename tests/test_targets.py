@@ -260,3 +260,15 @@ def test_run_targets_from_config(talky, tmp_path):
     assert stats["rows"] == len(ds) and 0.0 <= stats["masked_fraction"] <= 1.0
     assert all(len(r["keep_mask"]) == len(r["target_token_ids"]) for r in ds)
     assert set(ds["instruction"]) <= set(INSTRUCTION_POOLS["desta25"])
+
+
+def test_vllm_backend_without_vllm_fails_clearly(tmp_path):
+    try:
+        import vllm  # noqa: F401
+
+        pytest.skip("vllm is installed here")
+    except ImportError:
+        pass
+    cfg = target_config({**CFG, "backend": "vllm"})
+    with pytest.raises(RuntimeError, match="target.backend=vllm needs the `vllm` package"):
+        build_targets(described_rows(2), tmp_path / "v", cfg)

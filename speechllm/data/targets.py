@@ -253,26 +253,22 @@ def generate_texts(
     return results  # type: ignore[return-value]
 
 
-def generate_vllm(source: str, prompts: list[str], gen: GenerationConfig, dtype: str | None = None):
-    """Generate with vLLM (GPU machines); same inputs and outputs as :func:`generate_texts`.
-
-    Prompts go in as token ids (``add_special_tokens=False``), so vLLM sees exactly the rendered
-    chat text and adds no second BOS.
+def load_vllm(source: str, seed: int = 0, dtype: str | None = None):
+    """Start a vLLM engine for a model source (GPU machines).
 
     Args:
         source: model source (resolved with ``speechllm.sources.resolve_source``).
-        prompts: rendered prompt texts.
-        gen: decoding settings (``batch_size`` is ignored: vLLM schedules its own batches).
-        dtype: vLLM dtype string, or None for its default.
+        seed: engine seed.
+        dtype: vLLM dtype string, or None for "auto".
 
     Returns:
-        One :class:`Generation` per prompt, in input order.
+        A ``vllm.LLM``.
 
     Raises:
         RuntimeError: vllm is not installed.
     """
     try:
-        from vllm import LLM, SamplingParams
+        from vllm import LLM
     except ImportError as err:
         raise RuntimeError(
             "target.backend=vllm needs the `vllm` package (GPU machines only): `pip install vllm`, "
@@ -280,8 +276,28 @@ def generate_vllm(source: str, prompts: list[str], gen: GenerationConfig, dtype:
         ) from err
     from speechllm.sources import resolve_source
 
-    llm = LLM(model=resolve_source(source), seed=gen.seed, dtype=dtype or "auto")
+    return LLM(model=resolve_source(source), seed=seed, dtype=dtype or "auto")
+
+
+def generate_vllm(llm, prompts: list[str], gen: GenerationConfig) -> list[Generation]:
+    """Generate with a vLLM engine; same inputs and outputs as :func:`generate_texts`.
+
+    Prompts go in as token ids (``add_special_tokens=False``), so vLLM sees exactly the rendered
+    chat text and adds no second BOS. vLLM schedules its own batches (``gen.batch_size`` unused) and
+    seeds sampling per request, so sampled text differs from the ``hf`` backend's.
+
+    Args:
+        llm: a ``vllm.LLM`` (see :func:`load_vllm`).
+        prompts: rendered prompt texts.
+        gen: decoding settings.
+
+    Returns:
+        One :class:`Generation` per prompt, in input order.
+    """
+    from vllm import SamplingParams
+
     tokenizer = llm.get_tokenizer()
+    stops = stop_token_ids(tokenizer)
     params = SamplingParams(
         max_tokens=gen.max_new_tokens,
         temperature=gen.temperature if gen.do_sample else 0.0,
@@ -289,16 +305,15 @@ def generate_vllm(source: str, prompts: list[str], gen: GenerationConfig, dtype:
         top_k=(gen.top_k or -1) if gen.do_sample else -1,
         repetition_penalty=gen.repetition_penalty,
         seed=gen.seed if gen.do_sample else None,
-        stop_token_ids=stop_token_ids(tokenizer),
+        stop_token_ids=stops,
     )
     inputs = [{"prompt_token_ids": tokenizer(p, add_special_tokens=False).input_ids} for p in prompts]
-    outputs = llm.generate(inputs, params)
-    return [
-        Generation(
-            o.outputs[0].text.strip(), len(o.outputs[0].token_ids), o.outputs[0].finish_reason == "length"
-        )
-        for o in outputs
-    ]
+    results = []
+    for o in llm.generate(inputs, params):
+        out = o.outputs[0]
+        n = len([t for t in out.token_ids if t not in stops])
+        results.append(Generation(out.text.strip(), n, out.finish_reason == "length"))
+    return results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,6 +467,7 @@ class TargetWriter:
         self.seed = seed
         self.model = model
         self.tokenizer = tokenizer
+        self.vllm = None
 
     def _llm(self):
         if self.model is None:
@@ -543,13 +559,10 @@ class TargetWriter:
 
     def _generate(self, pending: list[tuple[dict, dict, list[dict]]], rejects: list[dict]) -> list[dict]:
         if self.cfg.backend == "vllm":
-            from transformers import AutoTokenizer
-
-            from speechllm.sources import resolve_source
-
-            tokenizer = self.tokenizer or AutoTokenizer.from_pretrained(resolve_source(self.cfg.llm))
-            prompts = [chat_prompt(tokenizer, m) for _, _, m in pending]
-            gens = generate_vllm(self.cfg.llm, prompts, self.cfg.generation, self.cfg.dtype)
+            if self.vllm is None:  # one engine for the whole stage, not one per chunk
+                self.vllm = load_vllm(self.cfg.llm, self.cfg.generation.seed, self.cfg.dtype)
+            prompts = [chat_prompt(self.vllm.get_tokenizer(), m) for _, _, m in pending]
+            gens = generate_vllm(self.vllm, prompts, self.cfg.generation)
         else:
             model, tokenizer = self._llm()
             prompts = [chat_prompt(tokenizer, m) for _, _, m in pending]
