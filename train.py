@@ -23,9 +23,15 @@ from speechllm.train.launch import shared_run_dir_argv
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
+    from speechllm.config import ConfigError
     from speechllm.train import train
 
-    train(cfg)
+    try:
+        train(cfg)
+    except ConfigError as err:
+        # A config mistake is the user's to fix: say what and where, without a traceback.
+        print(f"config error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
