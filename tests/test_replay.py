@@ -226,3 +226,9 @@ def test_run_replay_from_config(talky, tmp_path):
     for name in out:
         assert (tmp_path / "replay" / name / "_complete.json").exists()
         assert (tmp_path / "replay" / name / "_stats.json").exists()
+
+
+def test_sympathy_alone_is_not_a_refusal():
+    # Seen from SmolLM2-135M: an opener that goes on to engage with the request.
+    assert not is_refusal("I'm sorry for your loss. If you're looking for a way to do it, I'm here to help.")
+    assert is_refusal("I'm sorry for any confusion, but I'm unable to help with that.")
