@@ -177,7 +177,7 @@ class MagpieConfig:
         chunk_size: attempts per resumable part.
     """
 
-    size: int = 200
+    size: int = 32
     oversample: float = 2.0
     system: str | None = None
     instruction: GenerationConfig = field(
@@ -185,7 +185,7 @@ class MagpieConfig:
             max_new_tokens=48, do_sample=True, temperature=1.1, top_p=0.99
         )
     )
-    answer: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=96))
+    answer: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=64))
     answer_on_truncated: str = "trim"
     chunk_size: int = 32
 
@@ -206,7 +206,7 @@ class SafetyConfig:
     system: str | None = None
     harmful: int | None = None
     lookalike: int | None = None
-    answer: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=96))
+    answer: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=64))
     answer_on_truncated: str = "trim"
 
 
