@@ -189,3 +189,13 @@ def test_write_report_and_plane(tmp_path, capsys):
     assert plane.main([str(tmp_path / "missing")]) == 2
     assert "no report.json" in capsys.readouterr().err
     assert not math.isnan(plane.plane_points({})["x"])
+
+
+def test_subsample_is_seeded_spread_and_ordered():
+    from speechllm.eval.data import subsample
+
+    rows = [{"clip_id": f"{i:03d}"} for i in range(100)]
+    a, b = subsample(rows, 10, seed=0), subsample(rows, 10, seed=0)
+    assert a == b and len(a) == 10 and a == sorted(a, key=lambda r: r["clip_id"])
+    assert a != rows[:10]  # not the first N (corpora are often ordered by voice)
+    assert subsample(rows, None) == rows and subsample(rows[:3], 10) == rows[:3]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -35,14 +36,29 @@ class EvalData:
     notes: list[str] = field(default_factory=list)
 
 
-def load_described(data_dir: str, name: str, split: str = "test", max_clips: int | None = None) -> EvalData:
+def subsample(rows: list[dict], max_clips: int | None, seed: int = 0) -> list[dict]:
+    """At most `max_clips` rows, drawn with `seed` and kept in their order.
+
+    A seeded draw, not the first N: corpora are often ordered by speaker or voice, and the first N
+    clips would then cover one class.
+    """
+    if not max_clips or len(rows) <= max_clips:
+        return rows
+    keep = sorted(random.Random(seed).sample(range(len(rows)), max_clips))
+    return [rows[i] for i in keep]
+
+
+def load_described(
+    data_dir: str, name: str, split: str = "test", max_clips: int | None = None, seed: int = 0
+) -> EvalData:
     """The described dataset's rows of one split.
 
     Args:
         data_dir: ``paths.data_dir``.
         name: dataset name (``eval.data``).
         split: which split to keep.
-        max_clips: keep the first N rows in clip_id order (None: all).
+        max_clips: keep N rows (see :func:`subsample`; None: all).
+        seed: the draw's seed.
 
     Returns:
         EvalData.
@@ -66,12 +82,11 @@ def load_described(data_dir: str, name: str, split: str = "test", max_clips: int
             raise EvalDataError(f"{path!r} has no rows with split=={split!r} (splits present: {splits})")
         ds = ds.select(idx)
     rows = sorted((dict(r) for r in ds), key=lambda r: str(r.get("clip_id", "")))
-    if max_clips:
-        rows = rows[:max_clips]
+    rows = subsample(rows, max_clips, seed)
     return EvalData(rows=rows, name=f"{name}/described[{split}]")
 
 
-def load_audiofolder(folder: str, split: str = "test", max_clips: int | None = None) -> EvalData:
+def load_audiofolder(folder: str, split: str = "test", max_clips: int | None = None, seed: int = 0) -> EvalData:
     """Rows of a labelled audiofolder (``metadata.csv`` + audio files), read as the prepare stage reads it.
 
     Every metadata column other than ``file_name``/``split``/``clip_id`` is a label: ``gender``
@@ -81,7 +96,8 @@ def load_audiofolder(folder: str, split: str = "test", max_clips: int | None = N
     Args:
         folder: the audiofolder.
         split: split to evaluate.
-        max_clips: keep the first N rows (file order).
+        max_clips: keep N rows (see :func:`subsample`; None: all).
+        seed: the draw's seed.
 
     Returns:
         EvalData (no descriptions yet; see :func:`add_descriptions`).
@@ -112,9 +128,7 @@ def load_audiofolder(folder: str, split: str = "test", max_clips: int | None = N
         notes.append(f"{len(missing)} file(s) listed in metadata.csv are missing and were skipped: {missing[:5]}")
     if not rows:
         raise EvalDataError(f"{folder!r}: none of the listed audio files exists (e.g. {missing[:3]})")
-    if max_clips:
-        rows = rows[:max_clips]
-    return EvalData(rows=rows, name=os.path.abspath(folder), notes=notes)
+    return EvalData(rows=subsample(rows, max_clips, seed), name=os.path.abspath(folder), notes=notes)
 
 
 def describe_rows(rows: list[dict], describe_cfg: dict) -> tuple[list[dict], list[dict]]:

@@ -239,10 +239,11 @@ def load_data(cfg: DictConfig) -> EvalData:
     """The rows to evaluate, from ``eval.audiofolder`` if set (then described), else the described split."""
     e = cfg.eval
     if e.get("audiofolder"):
-        data = load_audiofolder(str(e.audiofolder), split=e.split, max_clips=e.max_clips)
+        data = load_audiofolder(str(e.audiofolder), split=e.split, max_clips=e.max_clips, seed=e.seed)
         describe_cfg = OmegaConf.to_container(cfg.describe, resolve=True) if e.describe_audiofolder else None
         return add_descriptions(data, describe_cfg)
-    return load_described(str(cfg.paths.data_dir), str(e.data), split=e.split, max_clips=e.max_clips)
+    return load_described(str(cfg.paths.data_dir), str(e.data), split=e.split, max_clips=e.max_clips,
+                          seed=e.seed)
 
 
 def ensure_transcripts(model, rows: list[dict]) -> int:
