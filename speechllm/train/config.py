@@ -196,6 +196,8 @@ def validate_schema(cfg: DictConfig) -> tuple[TopLevelConfig, TrainerConfig, Mix
 
     if top.loss not in LOSSES:
         raise ConfigError(f"loss={top.loss!r} is not one of {list(LOSSES)}")
+    if top.loss == "kd" and OmegaConf.select(cfg, "model.llm.finetune", default=None) == "full":
+        raise ConfigError("loss=kd needs the original LLM as teacher: use model.llm.finetune=frozen or lora")
     if top.kd.temperature <= 0:
         raise ConfigError(f"kd.temperature must be > 0, got {top.kd.temperature}")
     if top.torch_threads is not None and top.torch_threads < 1:

@@ -227,10 +227,6 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     Raises:
         ConfigError: a bad config or missing prepared data, before any model is loaded.
     """
-    from transformers import set_seed
-
-    from speechllm.model import SpeechLM
-
     # 1. Config and data checks: cheap, and before anything heavy.
     top, tr, mixture_cfg = validate_schema(cfg)
     paths = check_prepared(cfg, mixture_cfg)
@@ -240,13 +236,24 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
 
     # 2. The model; the seed fixes the adapter's initial weights.
     resolve_tiny_sources(cfg)
+    threads_before = torch.get_num_threads()
     if top.torch_threads is not None:
         torch.set_num_threads(top.torch_threads)
+    try:
+        return _train_model(cfg, callbacks, top, tr, mixture, run_dir, resume)
+    finally:
+        torch.set_num_threads(threads_before)  # a library call leaves the process as it found it
+
+
+def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | None) -> dict:
+    """Build the model and run Trainer (steps 2-4 of :func:`train`)."""
+    from transformers import set_seed
+
+    from speechllm.model import SpeechLM
+
     set_seed(top.seed)
     t0 = time.perf_counter()
     model = SpeechLM.from_config(cfg.model)
-    if top.loss == "kd" and model.finetune == "full":
-        raise ConfigError("loss=kd needs the original LLM as teacher: use model.llm.finetune=frozen or lora")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable == 0:
         raise ConfigError("nothing to train: the adapter, encoder and LLM are all frozen")
