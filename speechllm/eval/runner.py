@@ -60,11 +60,28 @@ def load_checkpoint(path: str):
         raise CheckpointError(f"checkpoint {path!r} could not be loaded: {type(e).__name__}: {e}") from e
 
 
-def checkpoint_seed(path: str, default: int) -> int:
-    """The training seed recorded in a checkpoint's config.json (``seed``), or `default`."""
+def checkpoint_seed(path: str, default: int) -> tuple[int, str]:
+    """The seed training started from, for the untrained baseline.
+
+    Looked up in the checkpoint's config.json (``seed``), else in the training run's Hydra record
+    (``.hydra/config.yaml`` in the checkpoint folder or up to two folders above it).
+
+    Returns:
+        (seed, where it came from: a file path, or "eval.seed" for `default`).
+    """
     with open(os.path.join(path, "config.json")) as f:
         seed = json.load(f).get("seed")
-    return seed if isinstance(seed, int) else default
+    if isinstance(seed, int):
+        return seed, os.path.join(path, "config.json")
+    folder = os.path.abspath(path)
+    for _ in range(3):
+        record = os.path.join(folder, ".hydra", "config.yaml")
+        if os.path.isfile(record):
+            seed = OmegaConf.load(record).get("seed")
+            if isinstance(seed, int):
+                return seed, record
+        folder = os.path.dirname(folder)
+    return default, "eval.seed"
 
 
 def llm_source(model_cfg: dict) -> str:
@@ -339,7 +356,8 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     # 5. untrained baseline
     base_fmt: list[str] = []
     if e.baseline:
-        seed = checkpoint_seed(ckpt, int(e.seed))
+        seed, seed_from = checkpoint_seed(ckpt, int(e.seed))
+        data.notes.append(f"untrained baseline: adapter initialised with seed {seed} (from {seed_from})")
         base_model = untrained_model(model_cfg, seed)
         base_ans = speech_answers(base_model, rows, items, **gen)
         report["baseline"] = score(items, parse_answers(items, base_ans))
