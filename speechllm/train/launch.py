@@ -11,7 +11,9 @@ from __future__ import annotations
 import datetime
 import os
 
+# The same folders conf/train.yaml gives single-process runs and sweeps.
 RUN_DIR_PATTERN = "outputs/train/%Y-%m-%d_%H-%M-%S"
+SWEEP_DIR_PATTERN = "multirun/train/%Y-%m-%d_%H-%M-%S"
 _KEY = "speechllm/run_dir"
 
 
@@ -33,18 +35,20 @@ def shared_run_dir_argv(argv: list[str], timeout_s: float = 300.0) -> list[str]:
         timeout_s: how long non-zero ranks wait for rank 0's folder.
 
     Returns:
-        argv unchanged for a single process, a multirun (`-m`) or when `hydra.run.dir` is given;
-        otherwise argv plus the override.
+        argv unchanged for a single process or when the folder is given (`hydra.run.dir`, or
+        `hydra.sweep.dir` for a multirun `-m`); otherwise argv plus that override.
 
     Raises:
         RuntimeError: distributed, but not started by torchrun/accelerate (no launcher store), and no
             `hydra.run.dir` given.
     """
-    if world_size() <= 1 or has_override(argv, "hydra.run.dir") or {"-m", "--multirun"} & set(argv):
+    multirun = bool({"-m", "--multirun"} & set(argv))
+    key_name = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    if world_size() <= 1 or has_override(argv, key_name):
         return argv
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true":
         raise RuntimeError(
-            "distributed run without torchrun's key-value store: pass hydra.run.dir=<folder> explicitly so "
+            f"distributed run without torchrun's key-value store: pass {key_name}=<folder> explicitly so "
             "all ranks write to one output folder"
         )
     import torch.distributed as dist
@@ -57,6 +61,6 @@ def shared_run_dir_argv(argv: list[str], timeout_s: float = 300.0) -> list[str]:
     )  # fmt: skip
     key = f"{_KEY}/{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
     if int(os.environ.get("RANK", "0")) == 0:
-        store.set(key, datetime.datetime.now().strftime(RUN_DIR_PATTERN))
+        store.set(key, datetime.datetime.now().strftime(SWEEP_DIR_PATTERN if multirun else RUN_DIR_PATTERN))
     run_dir = store.get(key).decode()
-    return [*argv, f"hydra.run.dir={run_dir}"]
+    return [*argv, f"{key_name}={run_dir}"]
