@@ -65,7 +65,10 @@ def main() -> None:
     configs, order = load_configs(
         SIGNAL, overrides={"transcript": {"methods": ["label"]}, "gender": {"methods": ["pitch"]}}
     )
-    describe_clips(_clips(rows[:1]), SIGNAL, configs, order, "natural")
+    warm = clips[0]
+    describe_clips(
+        [Clip("warm-up", warm.audio, warm.sr, labels=warm.labels)], SIGNAL, configs, order, "natural"
+    )
     audio_seconds = sum(c.duration for c in clips)
     start = time.perf_counter()
     describe_clips(clips, SIGNAL, configs, order, "natural")
@@ -78,6 +81,9 @@ def main() -> None:
     start = time.perf_counter()
     transcribe(asr_arrays, args.whisper, batch_size=args.batch_size)
     batched = time.perf_counter() - start
+    start = time.perf_counter()
+    transcribe(asr_arrays, args.whisper, batch_size=args.batch_size, trim=True)
+    trimmed = time.perf_counter() - start
 
     print(
         f"signal attributes {SIGNAL}: {len(clips)} clips, {audio_seconds:.1f} s of audio in {signal_wall:.2f} s"
@@ -86,7 +92,10 @@ def main() -> None:
     print(f"whisper ASR ({args.whisper}), {len(asr_arrays)} clips, 1 thread:")
     print(f"  one at a time: {len(asr_arrays) / single:.2f} clips/s")
     print(f"  batch of {args.batch_size}:   {len(asr_arrays) / batched:.2f} clips/s")
-    print(f"  batched / one-at-a-time throughput: {single / batched:.2f}x")
+    print(
+        f"  batch of {args.batch_size}, trimmed to the audio (transcript.trim=true): {len(asr_arrays) / trimmed:.2f} clips/s"
+    )
+    print(f"  batched / one-at-a-time throughput: {single / batched:.2f}x (trimmed: {single / trimmed:.2f}x)")
 
 
 if __name__ == "__main__":
