@@ -180,6 +180,7 @@ def test_entry_point_on_an_audiofolder(bad_folder, tmp_path):
         f"paths.data_dir={out}",
         "describe.attributes=[pitch,gender,volume]",
         "describe.renderer=desta2",
+        "stages=[corpus,describe]",
         f"hydra.run.dir={tmp_path / 'hydra'}",
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)

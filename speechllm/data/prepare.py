@@ -82,13 +82,21 @@ def prepare(cfg: DictConfig, stages: list[tuple[str, Stage]] | None = None) -> d
 
     Args:
         cfg: the composed `conf/prepare.yaml` config (`paths`, `data`, `describe`, `num_proc`, `shard`, ...).
-        stages: the stages to run (default `STAGES`).
+        stages: the pipeline (default `STAGES`); `cfg.stages` picks which of them run, in pipeline order.
 
     Returns:
         The state the stages built (e.g. `inputs`, `described`, `described_dir`).
     """
     state: dict[str, Any] = {}
-    for name, stage in stages or STAGES:
+    stages = stages or STAGES
+    selected = list(cfg.get("stages") or [name for name, _ in stages])
+    unknown = sorted(set(selected) - {name for name, _ in stages})
+    if unknown:
+        raise ValueError(f"stages={selected}: unknown stage(s) {unknown}; known: {[n for n, _ in stages]}")
+    for name, stage in stages:
+        if name not in selected:
+            logger.info("stage %s: not selected (stages=%s)", name, selected)
+            continue
         logger.info("stage %s", name)
         stage(cfg, state)
     stage_dirs = [v for k, v in state.items() if k.endswith("_dir") and k != "corpus_dir"]
