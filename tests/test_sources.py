@@ -319,3 +319,95 @@ def test_smollm2_answers_through_chat_template(smollm2_source):
     answer = tok.decode(new, skip_special_tokens=True)
     assert "Paris" in answer
     assert new[-1].item() == tok.eos_token_id  # stops at the end of its turn
+
+
+# ---------------------------------------------------------------- the conversion against a reference
+
+
+def _reference_whisper_logits(v: dict, mel: torch.Tensor, tokens: list[int], heads: int) -> torch.Tensor:
+    """OpenAI Whisper's forward pass written directly on the CTranslate2 variables (no HF code).
+
+    Shapes: mel (1, 80, 3000) -> logits (1, len(tokens), vocab).
+    """
+    import torch.nn.functional as F
+
+    w = {k: torch.from_numpy(a.astype(np.float32)) for k, a in v.items() if a.ndim > 0}
+
+    def ln(x, p):
+        return F.layer_norm(x, x.shape[-1:], w[p + "/gamma"], w[p + "/beta"], 1e-5)
+
+    def lin(x, p):
+        return x @ w[p + "/weight"].T + w[p + "/bias"]
+
+    def mha(q, k, v_, causal=False):
+        (b, t, d), s = q.shape, k.shape[1]
+        q, k, v_ = (z.view(b, -1, heads, d // heads).transpose(1, 2) for z in (q, k, v_))
+        scores = (q @ k.transpose(-1, -2)) * (d // heads) ** -0.5
+        if causal:
+            scores = scores + torch.full((t, s), float("-inf")).triu(1)
+        return (scores.softmax(-1) @ v_).transpose(1, 2).reshape(b, t, d)
+
+    x = F.gelu(F.conv1d(mel, w["encoder/conv1/weight"], w["encoder/conv1/bias"], padding=1))
+    x = F.gelu(F.conv1d(x, w["encoder/conv2/weight"], w["encoder/conv2/bias"], stride=2, padding=1))
+    x = x.permute(0, 2, 1) + w["encoder/position_encodings/encodings"]
+    n = sum(1 for k in w if k.startswith("encoder/layer_") and k.endswith("ffn/linear_0/weight"))
+    for i in range(n):
+        p = f"encoder/layer_{i}"
+        q, k, v_ = lin(ln(x, p + "/self_attention/layer_norm"), p + "/self_attention/linear_0").chunk(3, -1)
+        x = x + lin(mha(q, k, v_), p + "/self_attention/linear_1")
+        x = x + lin(F.gelu(lin(ln(x, p + "/ffn/layer_norm"), p + "/ffn/linear_0")), p + "/ffn/linear_1")
+    xa = ln(x, "encoder/layer_norm")
+
+    ids = torch.tensor([tokens])
+    x = w["decoder/embeddings/weight"][ids] + w["decoder/position_encodings/encodings"][: len(tokens)]
+    for i in range(n):
+        p = f"decoder/layer_{i}"
+        q, k, v_ = lin(ln(x, p + "/self_attention/layer_norm"), p + "/self_attention/linear_0").chunk(3, -1)
+        x = x + lin(mha(q, k, v_, causal=True), p + "/self_attention/linear_1")
+        q = lin(ln(x, p + "/attention/layer_norm"), p + "/attention/linear_0")
+        k, v_ = lin(xa, p + "/attention/linear_1").chunk(2, -1)
+        x = x + lin(mha(q, k, v_), p + "/attention/linear_2")
+        x = x + lin(F.gelu(lin(ln(x, p + "/ffn/layer_norm"), p + "/ffn/linear_0")), p + "/ffn/linear_1")
+    return ln(x, "decoder/layer_norm") @ w["decoder/embeddings/weight"].T
+
+
+def test_converted_whisper_matches_reference_forward_and_features(whisper_ct2, whisper_tiny_en_source):
+    """The converted model and its processor compute exactly what OpenAI Whisper computes.
+
+    Guards the whole conversion (q/k/v split, cross-attention k/v, LayerNorms, GELU, positional
+    tables, tied output) and the feature extractor (OpenAI's log-mel recipe) against one independent
+    implementation, plus the generation settings of openai/whisper-tiny.en.
+    """
+    import librosa
+
+    model, processor = load_whisper(whisper_tiny_en_source)
+    rng = np.random.default_rng(0)
+    sr = 16000
+    t = np.arange(int(2.5 * sr)) / sr
+    audio = (0.3 * np.sin(2 * np.pi * 220 * t * (1 + t)) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+    # OpenAI's log_mel_spectrogram: pad 30 s, |STFT|^2 without the last frame, Slaney mel, log10,
+    # 8-decade floor, (x + 4) / 4.
+    padded = torch.from_numpy(np.pad(audio, (0, 30 * sr)))
+    stft = torch.stft(padded, 400, 160, window=torch.hann_window(400), return_complex=True)
+    mel = torch.from_numpy(librosa.filters.mel(sr=sr, n_fft=400, n_mels=80)).float() @ stft[..., :-1].abs() ** 2
+    log_spec = torch.clamp(mel, min=1e-10).log10()
+    expected = ((torch.maximum(log_spec, log_spec.max() - 8.0) + 4.0) / 4.0)[:, :3000]
+    features = processor(audio, sampling_rate=sr, return_tensors="pt").input_features
+    assert features.shape == (1, 80, 3000)
+    torch.testing.assert_close(features[0], expected, atol=1e-5, rtol=0)
+
+    tok = processor.tokenizer
+    tokens = [tok.convert_tokens_to_ids(t) for t in ("<|startoftranscript|>", "<|notimestamps|>")]
+    tokens += tok(" The quick brown fox.", add_special_tokens=False).input_ids
+    with torch.inference_mode():
+        got = model(input_features=features, decoder_input_ids=torch.tensor([tokens])).logits
+        ref = _reference_whisper_logits(whisper_ct2.variables, features, tokens, model.config.encoder_attention_heads)
+    torch.testing.assert_close(got, ref, atol=2e-3, rtol=1e-4)
+
+    # openai/whisper-tiny.en's generation_config.json: English-only prompt, no timestamps.
+    gen = model.generation_config
+    assert (gen.decoder_start_token_id, gen.eos_token_id, gen.no_timestamps_token_id) == (50257, 50256, 50362)
+    assert gen.is_multilingual is False and not getattr(gen, "forced_decoder_ids", None)
+    assert gen.begin_suppress_tokens == [220, 50256]
+    assert len(gen.suppress_tokens) == 90 and gen.suppress_tokens[:3] == [1, 2, 7] and gen.max_length == 448
