@@ -10,6 +10,12 @@ Pitch: espeak's `-p` scales each variant's own base pitch, and female variants s
 higher and differ among themselves by 25%, so one `-p` per level would put a high male voice above a low
 female one. Each level is instead a target F0 per gender (`pitch_hz`), and the `-p` that reaches it is
 found per variant by measuring a calibration sentence, so "high" means high for that speaker's gender.
+
+Volume: espeak's `-a` is a plain gain followed by a hard clip, and some voices (en-gb-scotland, en-029)
+reach full scale already near `-a 100`, so loud `-a` levels clip. Every clip is instead spoken at one
+`-a` that never clips (`amplitude`) and scaled by a recorded, deterministic gain (`gain_db`) to its
+level's active speech level (`volume_dbfs`, measured as the `volume` attribute measures it), lowered
+where needed so that no peak exceeds `peak_max`.
 """
 
 from __future__ import annotations
@@ -151,6 +157,30 @@ def calibrate_pitch(variant: str, targets_hz: dict[str, float], voice: str = "en
     }
 
 
+def level_gain(audio: np.ndarray, target_dbfs: float, peak_max: float, sr: int = SAMPLE_RATE) -> float:
+    """The gain that brings `audio`'s active speech level to `target_dbfs`, capped so no peak exceeds `peak_max`.
+
+    The level is the `volume` attribute's: RMS over speech-active frames, in dBFS.
+
+    Args:
+        audio: float waveform. Shapes: (num_samples,).
+        target_dbfs: wanted active speech level.
+        peak_max: largest allowed absolute sample after the gain.
+        sr: sample rate of `audio`.
+
+    Returns:
+        The linear gain.
+    """
+    from speechllm.describe.features import Clip, active_mask, frame_rms
+
+    clip = Clip("level", audio, sr)
+    rms = frame_rms(clip)[active_mask(clip)].astype(np.float64)
+    level = 10 * np.log10(float(np.mean(rms**2)) + 1e-12)
+    gain = 10 ** ((target_dbfs - level) / 20)
+    peak = float(np.max(np.abs(audio))) or 1.0
+    return min(gain, peak_max / peak)
+
+
 def plan_corpus(
     size: int,
     seed: int,
@@ -213,7 +243,8 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) ->
     Args:
         out_dir: the corpus folder (`{data_dir}/{data.name}/corpus`).
         cfg: the `data` config: `size`, `seed`, `accents`, `variants`, `test_variants`, `test_fraction`,
-            `pitch_hz` (gender -> level -> Hz), `speed_wpm` (level -> -s), `amplitude` (level -> -a).
+            `pitch_hz` (gender -> level -> Hz), `speed_wpm` (level -> -s), `amplitude` (the one -a),
+            `volume_dbfs` (level -> active speech level after the gain), `peak_max` (largest peak).
         num_proc: espeak-ng processes run at once.
 
     Returns:
@@ -230,6 +261,8 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) ->
         "pitch_hz",
         "speed_wpm",
         "amplitude",
+        "volume_dbfs",
+        "peak_max",
     )
     fingerprint = {k: cfg[k] for k in keys}
     marker = out_dir / "_corpus.json"
@@ -250,7 +283,7 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) ->
     levels = {
         "pitch": sorted(next(iter(cfg["pitch_hz"].values()))),
         "speed": sorted(cfg["speed_wpm"]),
-        "volume": sorted(cfg["amplitude"]),
+        "volume": sorted(cfg["volume_dbfs"]),
     }
     plan = plan_corpus(
         cfg["size"],
@@ -273,12 +306,10 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) ->
         row["file_name"] = f"wavs/{row['clip_id']}.wav"
         row["espeak_pitch"] = calibrated[row["variant"]][row["pitch"]]
         row["espeak_speed"] = cfg["speed_wpm"][row["speed"]]
-        row["espeak_amplitude"] = cfg["amplitude"][row["volume"]]
+        row["espeak_amplitude"] = cfg["amplitude"]
 
     def synth(row: dict) -> None:
-        final = out_dir / row["file_name"]
-        if final.exists():  # finished by an earlier, interrupted run with this config
-            return
+        final = out_dir / row["file_name"]  # rewritten even when there: its gain_db is needed
         raw = final.with_suffix(".espeak.wav")
         speak(
             row["text"],
@@ -289,9 +320,11 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) ->
             row["espeak_speed"],
             row["espeak_amplitude"],
         )
-        clip = load_audio(raw)  # -> 16 kHz mono, so the corpus needs no conversion downstream
+        audio = load_audio(raw).array  # -> 16 kHz mono, so the corpus needs no conversion downstream
+        gain = level_gain(audio, cfg["volume_dbfs"][row["volume"]], cfg["peak_max"])
+        row["gain_db"] = round(20 * float(np.log10(gain)), 2)
         tmp = final.with_suffix(".tmp.wav")
-        sf.write(tmp, clip.array, SAMPLE_RATE, subtype="PCM_16")
+        sf.write(tmp, (audio * gain).astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
         os.replace(tmp, final)
         raw.unlink()
 
@@ -313,6 +346,7 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) ->
         "espeak_pitch",
         "espeak_speed",
         "espeak_amplitude",
+        "gain_db",
     ]
     tmp = out_dir / "metadata.csv.tmp"
     with open(tmp, "w", newline="") as f:
