@@ -62,13 +62,17 @@ def _fmt(value) -> str:
 
 def results_table(report: dict) -> str:
     """The report's main table: unseen-instruction accuracy per task beside ceiling, baseline, chance."""
-    rows = ["| task | n | accuracy | ceiling | baseline | chance | agreement |", "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| task | n | accuracy | ceiling | baseline | chance | agreement | baseline agreement |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for task, unseen in report.get("unseen", {}).items():
         rows.append(
             f"| {task} | {unseen.get('n', '-')} | {_fmt(unseen.get('accuracy'))} "
             f"| {_fmt(report.get('ceiling', {}).get(task, {}).get('accuracy'))} "
             f"| {_fmt(report.get('baseline', {}).get(task, {}).get('accuracy'))} "
-            f"| {_fmt(unseen.get('chance'))} | {_fmt(report.get('agreement', {}).get(task))} |"
+            f"| {_fmt(unseen.get('chance'))} | {_fmt(report.get('agreement', {}).get(task))} "
+            f"| {_fmt(report.get('baseline_agreement', {}).get(task))} |"
         )
     fmt = report.get("retention", {}).get("format", {})
     if fmt:

@@ -99,6 +99,7 @@ def test_report_keys_are_numbers(smoke_ckpt, data_dir, tmp_path):
         assert isinstance(saved["ceiling"][task]["accuracy"], num)
         assert isinstance(saved["agreement"][task], num)
         assert isinstance(saved["baseline"][task]["accuracy"], num)
+        assert isinstance(saved["baseline_agreement"][task], num)
         assert 0.0 <= saved["unseen"][task]["accuracy"] <= 1.0
     # Only the three test clips are evaluated, one question per clip and task.
     assert saved["unseen"]["gender"]["n"] == 3 and saved["meta"]["n_clips"] == 3

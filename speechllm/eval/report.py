@@ -4,6 +4,7 @@ report.json layout (every leaf listed here is a number):
     unseen.<task>.{accuracy, chance, chance_uniform, n, answered}   speech model, unseen questions
     ceiling.<task>.{accuracy, n}          text LLM reading the gold description
     agreement.<task>                      share of items where speech and text answers parse alike
+    baseline_agreement.<task>             the same for the untrained baseline
     baseline.<task>.{accuracy, n}         the adapter at initialisation
     retention.format.{speech, text, delta, baseline, n}
     summary.{target_score, retention}     the two axes of the learning-vs-forgetting plane
@@ -68,8 +69,11 @@ def render_markdown(report: dict, plots: Sequence[str] = ()) -> str:
         f"seconds: {_fmt(meta.get('seconds'), 1)}"
     )
     lines += ["", "## Unseen instructions", ""]
-    lines.append("| task | n | speech model | ceiling (text LLM + description) | agreement | untrained baseline | chance (majority) | 1/classes |")
-    lines.append("|---|---|---|---|---|---|---|---|")
+    lines.append(
+        "| task | n | speech model | ceiling (text LLM + description) | agreement | untrained baseline "
+        "| baseline agreement | chance (majority) | 1/classes |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|")
     for task, u in report.get("unseen", {}).items():
         c = report.get("ceiling", {}).get(task, {})
         b = report.get("baseline", {}).get(task, {})
@@ -77,6 +81,7 @@ def render_markdown(report: dict, plots: Sequence[str] = ()) -> str:
         lines.append(
             f"| {name} | {u.get('n')} | {_fmt(u.get('accuracy'))} | {_fmt(c.get('accuracy'))} | "
             f"{_fmt(report.get('agreement', {}).get(task))} | {_fmt(b.get('accuracy'))} | "
+            f"{_fmt(report.get('baseline_agreement', {}).get(task))} | "
             f"{_fmt(u.get('chance'))} | {_fmt(u.get('chance_uniform'))} |"
         )
     skipped = report.get("skipped", {})

@@ -360,7 +360,10 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         data.notes.append(f"untrained baseline: adapter initialised with seed {seed} (from {seed_from})")
         base_model = untrained_model(model_cfg, seed)
         base_ans = speech_answers(base_model, rows, items, **gen)
-        report["baseline"] = score(items, parse_answers(items, base_ans))
+        base_parsed = parse_answers(items, base_ans)
+        report["baseline"] = score(items, base_parsed)
+        if e.ceiling:  # what training must beat: agreement with the ceiling before any training
+            report["baseline_agreement"] = agreement(items, base_parsed, text_parsed)
         answers["baseline"] = base_ans
         base_fmt = speech_answers(base_model, rows, fmt_items, **fmt_gen) if fmt_items else []
         del base_model
