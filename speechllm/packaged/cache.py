@@ -3,7 +3,7 @@
 Layout under the cache root (``$SPEECHLLM_CACHE``, default ``~/.cache/speechllm``)::
 
     <name>/                    a plain from_pretrained folder
-    <name>/speechllm-cache.json   marker: format version, the wheel files it came from (size, mtime),
+    <name>/speechllm-cache.json   marker: format version, the wheel files it came from (size, sha256),
                                   and size + sha256 of every file in the folder; written last
     <name>.lock                serialises conversions between processes
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 MARKER = "speechllm-cache.json"
 # Bump when a converter's output changes, so old cache folders are rebuilt rather than trusted.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 
 # Folders already verified by this process, keyed by their files' (name, size, mtime); hashing a
 # 500 MB weight file costs about a second, so it is done once per process, not on every load.
@@ -53,8 +53,21 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# Wheel-file hashes already computed by this process, keyed by (path, size, mtime).
+_source_hashes: dict[tuple, str] = {}
+
+
 def _source_stamp(sources: list[Path]) -> list[dict]:
-    return [{"path": str(p), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in sources]
+    # By content, not path or mtime: every virtual environment (a CI clone, a second checkout) installs
+    # the same wheel at another path with new mtimes, and must reuse the same conversion.
+    stamps = []
+    for p in sources:
+        stat = p.stat()
+        key = (str(p), stat.st_size, stat.st_mtime_ns)
+        if key not in _source_hashes:
+            _source_hashes[key] = _sha256(p)
+        stamps.append({"name": p.name, "size": stat.st_size, "sha256": _source_hashes[key]})
+    return stamps
 
 
 def _fingerprint(folder: Path) -> tuple:
@@ -123,7 +136,7 @@ def ensure_converted(
 
     Args:
         name: folder name under the cache root (the packaged model's name).
-        sources: wheel files the conversion reads (their size/mtime are recorded in the marker).
+        sources: wheel files the conversion reads (their size and sha256 are recorded in the marker).
         convert: writes the converted model into the (empty, existing) folder it is given.
         root: cache root; defaults to ``cache_root()``.
 
