@@ -85,10 +85,14 @@ def results_table(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="runs/demo", help="folder for the run (train/, evaluate/, logs/)")
     parser.add_argument("--data-dir", default="data", help="prepared datasets (paths.data_dir)")
-    parser.add_argument("overrides", nargs="*", help="extra train.py overrides, e.g. trainer.num_train_epochs=1")
+    parser.add_argument(
+        "overrides", nargs="*", help="extra train.py overrides, e.g. trainer.num_train_epochs=1"
+    )
     args = parser.parse_args(argv)
 
     out = (REPO / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
@@ -129,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()) or "all reused")
     print(f"checkpoint:  {final}")
     print(f"report:      {eval_dir / 'report.md'}  (plots beside it)")
-    print(f"try it:      python -m speechllm.ask {final} AUDIO.wav \"What can you hear?\"")
+    print(f'try it:      python -m speechllm.ask {final} AUDIO.wav "What can you hear?"')
     print("\nUnseen speech instructions on the held-out test split:\n")
     print(results_table(report))
 

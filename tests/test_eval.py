@@ -36,10 +36,20 @@ def _tone(path: Path, hz: float, seconds: float = 0.6) -> str:
 def _model_cfg(llm: str, whisper: str, finetune: str = "frozen") -> dict:
     return {
         "encoder": {"source": whisper, "num_taps": 2},
-        "adapter": {"_target_": "speechllm.model.adapters.QFormerAdapter", "num_queries": 4, "num_layers": 1,
-                    "hidden_size": 32, "num_heads": 2, "ffn_mult": 2, "dropout": 0.0},
-        "llm": {"source": llm, "finetune": finetune, "lora": {"r": 2, "alpha": 4, "dropout": 0.0,
-                                                                "target_modules": ["q_proj", "v_proj"]}},
+        "adapter": {
+            "_target_": "speechllm.model.adapters.QFormerAdapter",
+            "num_queries": 4,
+            "num_layers": 1,
+            "hidden_size": 32,
+            "num_heads": 2,
+            "ffn_mult": 2,
+            "dropout": 0.0,
+        },
+        "llm": {
+            "source": llm,
+            "finetune": finetune,
+            "lora": {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        },
         # No transcript in the prompt: a random tiny Whisper would babble for its whole length limit.
         "prompt": {"transcript": False},
     }
@@ -70,21 +80,35 @@ def data_dir(tmp_path_factory) -> str:
     wav_dir.mkdir()
     rows = []
     for clip_id, split, gender, pitch, text, hz in CLIPS:
-        rows.append({
-            "clip_id": clip_id, "audio_path": _tone(wav_dir / f"{clip_id}.wav", hz), "split": split,
-            "label_gender": gender, "label_pitch": pitch, "label_text": text, "transcript": text,
-            "description": f'"{text}" (Gender: {gender.title()}, Pitch: {pitch})',
-        })
+        rows.append(
+            {
+                "clip_id": clip_id,
+                "audio_path": _tone(wav_dir / f"{clip_id}.wav", hz),
+                "split": split,
+                "label_gender": gender,
+                "label_pitch": pitch,
+                "label_text": text,
+                "transcript": text,
+                "description": f'"{text}" (Gender: {gender.title()}, Pitch: {pitch})',
+            }
+        )
     datasets.Dataset.from_list(rows).save_to_disk(str(root / "demo" / "described"))
     return str(root)
 
 
 def _cfg(*overrides: str):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="evaluate", overrides=[
-            "eval.max_new_tokens=6", "eval.retention.max_new_tokens=6", "eval.retention.max_clips=1",
-            "eval.retention.drift_max_new_tokens=6", "eval.samples=3", *overrides,
-        ])
+        return compose(
+            config_name="evaluate",
+            overrides=[
+                "eval.max_new_tokens=6",
+                "eval.retention.max_new_tokens=6",
+                "eval.retention.max_clips=1",
+                "eval.retention.drift_max_new_tokens=6",
+                "eval.samples=3",
+                *overrides,
+            ],
+        )
 
 
 def test_report_keys_are_numbers(smoke_ckpt, data_dir, tmp_path):
@@ -126,9 +150,17 @@ def test_lora_checkpoint_measures_drift(tiny_llm_source, tiny_whisper_source, da
             if "lora_B" in name:
                 p.add_(0.5 * torch.randn_like(p))
     ckpt = model.save_pretrained(tmp_path / "lora")
-    rep = evaluate(_cfg(f"checkpoint={ckpt}", f"paths.data_dir={data_dir}", "eval.tasks=[gender]",
-                        "eval.baseline=false", "eval.ceiling=false", "eval.retention.format=false"),
-                   out_dir=str(tmp_path / "out"))
+    rep = evaluate(
+        _cfg(
+            f"checkpoint={ckpt}",
+            f"paths.data_dir={data_dir}",
+            "eval.tasks=[gender]",
+            "eval.baseline=false",
+            "eval.ceiling=false",
+            "eval.retention.format=false",
+        ),
+        out_dir=str(tmp_path / "out"),
+    )
     drift = rep["retention"]["drift"]
     assert drift["kl"] > 0 and drift["n_tokens"] > 0 and drift["ppl_tuned"] > 0
     for who in ("base", "tuned"):
@@ -167,8 +199,15 @@ def test_partially_labelled_audiofolder_runs_only_its_tasks(smoke_ckpt, tmp_path
             w.writerow([f"{clip_id}.wav", gender, split])
     out = tmp_path / "run"
     caplog.set_level(logging.INFO, logger="speechllm.eval")
-    rep = evaluate(_cfg(f"checkpoint={smoke_ckpt}", f"eval.audiofolder={folder}", "eval.baseline=false",
-                        "describe.attributes=[gender,pitch,duration]"), out_dir=str(out))
+    rep = evaluate(
+        _cfg(
+            f"checkpoint={smoke_ckpt}",
+            f"eval.audiofolder={folder}",
+            "eval.baseline=false",
+            "describe.attributes=[gender,pitch,duration]",
+        ),
+        out_dir=str(out),
+    )
     assert set(rep["unseen"]) == {"gender"}
     assert rep["unseen"]["gender"]["n"] == 3  # the train row is not evaluated
     assert set(rep["skipped"]) == {"accent", "pitch", "speed", "volume", "emotion", "age", "content"}
@@ -181,9 +220,17 @@ def test_partially_labelled_audiofolder_runs_only_its_tasks(smoke_ckpt, tmp_path
 def test_entry_point_exits_cleanly_on_a_missing_checkpoint(tmp_path):
     """evaluate.py with a checkpoint that does not exist: exit code 2 and one clear line, no traceback."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "evaluate.py"), f"checkpoint={tmp_path / 'missing'}",
-         f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "evaluate.py"),
+            f"checkpoint={tmp_path / 'missing'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "does not exist" in proc.stdout + proc.stderr

@@ -42,7 +42,12 @@ S = ("fast", "normal", "slow")
         ("They had breakfast slowly.", S, "speed", "slow"),  # "breakfast" is not "fast"
         ("Average speed.", S, "speed", "normal"),
         ("The speaker has a Welsh accent.", ("scottish", "welsh"), "accent", "welsh"),  # unknown class
-        ("The speaker speaks English with an American accent.", ("american", "british"), "accent", "american"),
+        (
+            "The speaker speaks English with an American accent.",
+            ("american", "british"),
+            "accent",
+            "american",
+        ),
     ],
 )
 def test_parse_label(answer, classes, task, expected):
@@ -72,7 +77,9 @@ def test_unseen_questions_disjoint_from_training_instructions():
     training = {_norm(s) for s in all_training_instructions()}
     assert training, "the training instruction set must not be empty"
     unseen = tasks.all_unseen_questions() | set(retention.FORMAT_REQUESTS)
-    unseen |= {retention.format_prompt(r, c) for r in retention.FORMAT_REQUESTS for c in retention.FORMAT_CONSTRAINTS}
+    unseen |= {
+        retention.format_prompt(r, c) for r in retention.FORMAT_REQUESTS for c in retention.FORMAT_CONSTRAINTS
+    }
     clash = [q for q in unseen if _norm(q) in training]
     assert not clash, f"evaluation questions that training uses: {clash}"
     # Also with options filled in, as actually asked.
@@ -156,18 +163,36 @@ def _fake_report(target: float, speech: float) -> dict:
     r = {
         "checkpoint": "ckpt",
         "meta": {"data": "demo", "n_clips": 4},
-        "unseen": {"gender": {"accuracy": target, "chance": 0.5, "chance_uniform": 0.5, "n": 4},
-                   "content": {"accuracy": 0.8, "wer": 0.2, "chance": 0.0, "chance_uniform": 0.0, "n": 4}},
+        "unseen": {
+            "gender": {"accuracy": target, "chance": 0.5, "chance_uniform": 0.5, "n": 4},
+            "content": {"accuracy": 0.8, "wer": 0.2, "chance": 0.0, "chance_uniform": 0.0, "n": 4},
+        },
         "ceiling": {"gender": {"accuracy": 1.0, "n": 4}, "content": {"accuracy": 0.9, "n": 4}},
         "agreement": {"gender": 0.75, "content": 0.7},
         "baseline": {"gender": {"accuracy": 0.5, "n": 4}, "content": {"accuracy": 0.0, "n": 4}},
-        "retention": {"format": {"speech": speech, "text": 0.8, "delta": speech / 0.8 - 1, "baseline": 0.1,
-                                 "n": 10, "by_constraint_speech": {"lowercase": speech},
-                                 "by_constraint_text": {"lowercase": 0.8}}},
+        "retention": {
+            "format": {
+                "speech": speech,
+                "text": 0.8,
+                "delta": speech / 0.8 - 1,
+                "baseline": 0.1,
+                "n": 10,
+                "by_constraint_speech": {"lowercase": speech},
+                "by_constraint_text": {"lowercase": 0.8},
+            }
+        },
         "summary": {"target_score": target, "retention": speech / 0.8, "baseline_target_score": 0.5},
         "skipped": {"accent": "no label_accent column"},
-        "samples": [{"task": "gender", "question": "Q?", "gold": "female", "speech": "A | woman", "text": "female",
-                     "baseline": "?"}],
+        "samples": [
+            {
+                "task": "gender",
+                "question": "Q?",
+                "gold": "female",
+                "speech": "A | woman",
+                "text": "female",
+                "baseline": "?",
+            }
+        ],
     }
     return r
 

@@ -344,7 +344,8 @@ def test_cached_features_give_the_same_logits(model):
         (model.encoder.num_taps, 115, model.encoder.hidden_size)
     ]
     cached = [
-        {**{k: v for k, v in r.items() if k != "audio"}, "encoder_features": f} for r, f in zip(rows, feats, strict=True)
+        {**{k: v for k, v in r.items() if k != "audio"}, "encoder_features": f}
+        for r, f in zip(rows, feats, strict=True)
     ]
     model.eval()
     with torch.no_grad():

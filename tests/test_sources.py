@@ -384,13 +384,17 @@ def test_converted_whisper_matches_reference_forward_and_features(whisper_ct2, w
     rng = np.random.default_rng(0)
     sr = 16000
     t = np.arange(int(2.5 * sr)) / sr
-    audio = (0.3 * np.sin(2 * np.pi * 220 * t * (1 + t)) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+    audio = (0.3 * np.sin(2 * np.pi * 220 * t * (1 + t)) + 0.01 * rng.standard_normal(t.size)).astype(
+        np.float32
+    )
 
     # OpenAI's log_mel_spectrogram: pad 30 s, |STFT|^2 without the last frame, Slaney mel, log10,
     # 8-decade floor, (x + 4) / 4.
     padded = torch.from_numpy(np.pad(audio, (0, 30 * sr)))
     stft = torch.stft(padded, 400, 160, window=torch.hann_window(400), return_complex=True)
-    mel = torch.from_numpy(librosa.filters.mel(sr=sr, n_fft=400, n_mels=80)).float() @ stft[..., :-1].abs() ** 2
+    mel = (
+        torch.from_numpy(librosa.filters.mel(sr=sr, n_fft=400, n_mels=80)).float() @ stft[..., :-1].abs() ** 2
+    )
     log_spec = torch.clamp(mel, min=1e-10).log10()
     expected = ((torch.maximum(log_spec, log_spec.max() - 8.0) + 4.0) / 4.0)[:, :3000]
     features = processor(audio, sampling_rate=sr, return_tensors="pt").input_features
@@ -402,7 +406,9 @@ def test_converted_whisper_matches_reference_forward_and_features(whisper_ct2, w
     tokens += tok(" The quick brown fox.", add_special_tokens=False).input_ids
     with torch.inference_mode():
         got = model(input_features=features, decoder_input_ids=torch.tensor([tokens])).logits
-        ref = _reference_whisper_logits(whisper_ct2.variables, features, tokens, model.config.encoder_attention_heads)
+        ref = _reference_whisper_logits(
+            whisper_ct2.variables, features, tokens, model.config.encoder_attention_heads
+        )
     torch.testing.assert_close(got, ref, atol=2e-3, rtol=1e-4)
 
     # openai/whisper-tiny.en's generation_config.json: English-only prompt, no timestamps.

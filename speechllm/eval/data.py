@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
+
 class EvalDataError(ValueError):
     """Evaluation data that cannot be used; the message names the path and what to do."""
 
@@ -86,7 +87,9 @@ def load_described(
     return EvalData(rows=rows, name=f"{name}/described[{split}]")
 
 
-def load_audiofolder(folder: str, split: str = "test", max_clips: int | None = None, seed: int = 0) -> EvalData:
+def load_audiofolder(
+    folder: str, split: str = "test", max_clips: int | None = None, seed: int = 0
+) -> EvalData:
     """Rows of a labelled audiofolder (``metadata.csv`` + audio files), read as the prepare stage reads it.
 
     Every metadata column other than ``file_name``/``split``/``clip_id`` is a label: ``gender``
@@ -122,10 +125,12 @@ def load_audiofolder(folder: str, split: str = "test", max_clips: int | None = N
             missing.append(os.path.basename(rec["audio_path"]))
             continue
         # A metadata column already called label_x comes back as label_label_x.
-        rows.append({(k[len("label_"):] if k.startswith("label_label_") else k): v for k, v in rec.items()})
+        rows.append({(k[len("label_") :] if k.startswith("label_label_") else k): v for k, v in rec.items()})
     notes: list[str] = []
     if missing:
-        notes.append(f"{len(missing)} file(s) listed in metadata.csv are missing and were skipped: {missing[:5]}")
+        notes.append(
+            f"{len(missing)} file(s) listed in metadata.csv are missing and were skipped: {missing[:5]}"
+        )
     if not rows:
         raise EvalDataError(f"{folder!r}: none of the listed audio files exists (e.g. {missing[:3]})")
     return EvalData(rows=subsample(rows, max_clips, seed), name=os.path.abspath(folder), notes=notes)
@@ -146,8 +151,12 @@ def describe_rows(rows: list[dict], describe_cfg: dict) -> tuple[list[dict], lis
     from speechllm.describe import load_configs
 
     attributes = list(describe_cfg["attributes"])
-    configs, order = load_configs(attributes, describe_cfg.get("attributes_dir"), describe_cfg.get("overrides"))
-    process = DescribeProcessor(attributes, configs, order, describe_cfg["renderer"], describe_cfg.get("max_seconds"))
+    configs, order = load_configs(
+        attributes, describe_cfg.get("attributes_dir"), describe_cfg.get("overrides")
+    )
+    process = DescribeProcessor(
+        attributes, configs, order, describe_cfg["renderer"], describe_cfg.get("max_seconds")
+    )
     result = process(rows)
     return result.rows, result.rejects
 
@@ -163,7 +172,7 @@ def label_description(row: dict) -> str:
     """
     text = row.get("transcript") or row.get("label_text") or ""
     attrs = [
-        f"{k[len('label_'):].replace('_', ' ').title()}: {str(v).strip().title()}"
+        f"{k[len('label_') :].replace('_', ' ').title()}: {str(v).strip().title()}"
         for k, v in row.items()
         if k.startswith("label_") and k not in ("label_text", "label_transcript") and str(v).strip()
     ]
@@ -186,18 +195,31 @@ def add_descriptions(data: EvalData, describe_cfg: dict | None) -> EvalData:
         try:
             described, rejects = describe_rows(data.rows, describe_cfg)
         except Exception as e:  # noqa: BLE001 - any describer failure falls back, and the report says so
-            log.warning("describing the audiofolder failed (%s: %s); using label descriptions", type(e).__name__, e)
-            data.notes.append(f"descriptions: rendered from gold labels (describe failed: {type(e).__name__}: {e})")
+            log.warning(
+                "describing the audiofolder failed (%s: %s); using label descriptions", type(e).__name__, e
+            )
+            data.notes.append(
+                f"descriptions: rendered from gold labels (describe failed: {type(e).__name__}: {e})"
+            )
         else:
             by_id = {r["clip_id"]: r for r in described}
             for rej in rejects:
                 data.notes.append(f"clip {rej['clip_id']} rejected by describe: {rej['reason']}")
             data.rows = [
-                {**row, **{k: by_id[row["clip_id"]][k] for k in ("description", "transcript")
-                           if by_id[row["clip_id"]].get(k)}}
-                for row in data.rows if row["clip_id"] in by_id
+                {
+                    **row,
+                    **{
+                        k: by_id[row["clip_id"]][k]
+                        for k in ("description", "transcript")
+                        if by_id[row["clip_id"]].get(k)
+                    },
+                }
+                for row in data.rows
+                if row["clip_id"] in by_id
             ]
-            data.notes.append(f"descriptions: the describe pipeline on the audio (renderer {describe_cfg['renderer']})")
+            data.notes.append(
+                f"descriptions: the describe pipeline on the audio (renderer {describe_cfg['renderer']})"
+            )
     else:
         data.notes.append("descriptions: rendered from gold labels")
     for row in data.rows:

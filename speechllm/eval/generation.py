@@ -58,7 +58,7 @@ def generate_chat_ids(
     model.eval()
     with left_padding(tokenizer):
         for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start:start + batch_size]
+            chunk = prompts[start : start + batch_size]
             # The chat template already holds the BOS/special tokens it wants.
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
             # Only ids and mask: some tokenizers add token_type_ids, which causal LMs reject.
@@ -69,7 +69,7 @@ def generate_chat_ids(
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
             )
-            for row in gen[:, enc["input_ids"].shape[1]:].tolist():
+            for row in gen[:, enc["input_ids"].shape[1] :].tolist():
                 ids: list[int] = []
                 for t in row:
                     if t in eos:
@@ -97,13 +97,19 @@ def generate_chat(
     Returns:
         The decoded answers (special tokens removed, stripped), one per conversation.
     """
-    ids = generate_chat_ids(model, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    ids = generate_chat_ids(
+        model, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
     return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
 @torch.no_grad()
 def answer_logprobs(
-    model, tokenizer, conversations: Sequence[list[dict]], answers: Sequence[str | list[int]], *,
+    model,
+    tokenizer,
+    conversations: Sequence[list[dict]],
+    answers: Sequence[str | list[int]],
+    *,
     batch_size: int = 8,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Next-token log-probabilities of a model over given answers to chat prompts.
@@ -124,11 +130,13 @@ def answer_logprobs(
     results: list[tuple[torch.Tensor, torch.Tensor]] = []
     model.eval()
     for start in range(0, len(prompts), batch_size):
-        chunk_p = prompts[start:start + batch_size]
-        chunk_a = answers[start:start + batch_size]
+        chunk_p = prompts[start : start + batch_size]
+        chunk_a = answers[start : start + batch_size]
         p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in chunk_p]
-        a_ids = [list(a) if not isinstance(a, str) else tokenizer(a, add_special_tokens=False)["input_ids"]
-                 for a in chunk_a]
+        a_ids = [
+            list(a) if not isinstance(a, str) else tokenizer(a, add_special_tokens=False)["input_ids"]
+            for a in chunk_a
+        ]
         seqs = [p + a for p, a in zip(p_ids, a_ids, strict=True)]
         width = max(len(s) for s in seqs)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -143,5 +151,5 @@ def answer_logprobs(
         for i, (p, a) in enumerate(zip(p_ids, a_ids, strict=True)):
             # Logits at position t predict token t+1: answer tokens sit at len(p)..len(p)+len(a)-1.
             lo = len(p) - 1
-            results.append((logp[i, lo:lo + len(a)], torch.tensor(a, dtype=torch.long)))
+            results.append((logp[i, lo : lo + len(a)], torch.tensor(a, dtype=torch.long)))
     return results

@@ -88,12 +88,25 @@ SYNONYMS: dict[str, dict[str, list[str]]] = {
 # Words that decide only when no stronger class word is present (see module docstring, rule 6).
 WEAK_SYNONYMS: dict[str, set[str]] = {"gender": {"she", "her", "he", "him", "his"}}
 
-_NEGATORS = {"not", "no", "never", "neither", "nor", "isn't", "isnt", "wasn't", "aren't", "doesn't",
-             "without", "hardly", "n't"}
+_NEGATORS = {
+    "not",
+    "no",
+    "never",
+    "neither",
+    "nor",
+    "isn't",
+    "isnt",
+    "wasn't",
+    "aren't",
+    "doesn't",
+    "without",
+    "hardly",
+    "n't",
+}
 _NEGATOR_PHRASES = ("rather than", "instead of", "as opposed to", "other than")
 NEGATION_WINDOW = 3  # words before a mention that a negator may occupy
 _TOKEN = re.compile(r"[a-z0-9]+(?:[.'’][a-z0-9]+)*|[.,;:!?()\"]")
-_CLAUSE_BREAK = set(".,;:!?()\"")
+_CLAUSE_BREAK = set('.,;:!?()"')
 
 
 def _tokens(text: str) -> list[str]:
@@ -172,7 +185,7 @@ def find_mentions(text: str, task: str, classes: Sequence[str]) -> list[Mention]
             n = len(ptoks)
             if matched and n != matched[0][1] - i:
                 break
-            if toks[i:i + n] == ptoks and not any(j in taken for j in range(i, i + n)):
+            if toks[i : i + n] == ptoks and not any(j in taken for j in range(i, i + n)):
                 matched.append((i, i + n, cls, weak))
         if matched:
             taken.update(range(matched[0][0], matched[0][1]))
@@ -190,7 +203,7 @@ def _listed_spans(spans: list[tuple[int, int]], toks: list[str]) -> set[tuple[in
         between = [t for t in toks[b1:a2] if t not in {",", "a", "an", "the"}]
         if between == ["or"]:
             listed.update({(a1, b1), (a2, b2)})
-        elif between == ["and"] and "between" in toks[max(0, a1 - 2):a1]:
+        elif between == ["and"] and "between" in toks[max(0, a1 - 2) : a1]:
             listed.update({(a1, b1), (a2, b2)})
     return listed
 

@@ -81,8 +81,12 @@ def plot_plane(run_dirs: Sequence[str], out_path: str, labels: Sequence[str] | N
     for i, (rep, label) in enumerate(zip(reports, labels, strict=True)):
         p = plane_points(rep)
         color = f"C{i % 10}"
-        ax.annotate("", xy=(p["x"], p["y"]), xytext=(p["x_base"], p["y_base"]),
-                    arrowprops={"arrowstyle": "->", "color": color, "alpha": 0.5})
+        ax.annotate(
+            "",
+            xy=(p["x"], p["y"]),
+            xytext=(p["x_base"], p["y_base"]),
+            arrowprops={"arrowstyle": "->", "color": color, "alpha": 0.5},
+        )
         ax.scatter([p["x_base"]], [p["y_base"]], facecolors="none", edgecolors=color, s=40)
         ax.scatter([p["x"]], [p["y"]], color=color, s=50, label=label)
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
@@ -112,7 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for d in args.runs:
         p = plane_points(load_report(d))
-        print(f"{d}: target={p['x']:.3f} retention={p['y']:.3f} (untrained: {p['x_base']:.3f}, {p['y_base']:.3f})")
+        print(
+            f"{d}: target={p['x']:.3f} retention={p['y']:.3f} (untrained: {p['x_base']:.3f}, {p['y_base']:.3f})"
+        )
     print(f"wrote {path}")
     return 0
 

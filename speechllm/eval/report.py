@@ -111,7 +111,11 @@ def render_markdown(report: dict, plots: Sequence[str] = ()) -> str:
                 f"perplexity tuned {_fmt(drift['ppl_tuned'])} vs base {_fmt(drift['ppl_base'])} "
                 f"({drift['n_tokens']} tokens)."
             )
-            lines += ["", "| | JSON valid | refusal (harmful) | refusal (safe look-alikes) |", "|---|---|---|---|"]
+            lines += [
+                "",
+                "| | JSON valid | refusal (harmful) | refusal (safe look-alikes) |",
+                "|---|---|---|---|",
+            ]
             for who in ("base", "tuned"):
                 d = drift.get(who, {})
                 lines.append(
@@ -158,8 +162,14 @@ def plot_tasks(report: dict, path: str) -> str:
         xs = [i - 0.4 + width * (k + 0.5) for i in range(len(tasks))]
         ax.bar(xs, vals, width, label=name)
     for i, t in enumerate(tasks):
-        ax.hlines(report["unseen"][t].get("chance", 0.0), i - 0.45, i + 0.45, colors="k", linestyles="--",
-                  label="chance (majority)" if i == 0 else None)
+        ax.hlines(
+            report["unseen"][t].get("chance", 0.0),
+            i - 0.45,
+            i + 0.45,
+            colors="k",
+            linestyles="--",
+            label="chance (majority)" if i == 0 else None,
+        )
     ax.set_xticks(range(len(tasks)))
     ax.set_xticklabels([f"{t}\n(word acc.)" if "wer" in report["unseen"][t] else t for t in tasks])
     ax.set_ylim(0, 1.05)
@@ -177,7 +187,9 @@ def plot_retention(report: dict, path: str) -> str:
     fmt = report["retention"]["format"]
     names = list(fmt.get("by_constraint_speech", {}))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(names) + 2), 3.4))
-    for k, (label, key) in enumerate((("audio input", "by_constraint_speech"), ("text + description", "by_constraint_text"))):
+    for k, (label, key) in enumerate(
+        (("audio input", "by_constraint_speech"), ("text + description", "by_constraint_text"))
+    ):
         vals = [fmt.get(key, {}).get(n, 0.0) for n in names]
         ax.bar([i - 0.2 + 0.4 * k for i in range(len(names))], vals, 0.4, label=label)
     ax.set_xticks(range(len(names)))

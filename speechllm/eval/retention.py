@@ -124,7 +124,7 @@ def check_includes_word(text: str, word: str) -> bool:
 def check_quoted(text: str) -> bool:
     """The whole answer is wrapped in double quotation marks."""
     t = text.strip()
-    return len(t) >= 2 and t[0] in "\"“" and t[-1] in "\"”"
+    return len(t) >= 2 and t[0] in '"“' and t[-1] in '"”'
 
 
 def check_one_sentence(text: str) -> bool:
@@ -145,20 +145,24 @@ FORMAT_CONSTRAINTS: list[FormatConstraint] = [
     FormatConstraint("uppercase", "Write your whole reply in capital letters only.", check_uppercase),
     FormatConstraint("max_words", "Use at most 12 words.", lambda t: check_max_words(t, 12)),
     FormatConstraint(
-        "starts_with", 'Start your reply with the words "In this clip".',
+        "starts_with",
+        'Start your reply with the words "In this clip".',
         lambda t: check_starts_with(t, "In this clip"),
     ),
     FormatConstraint(
-        "ends_with", 'Finish your reply with the exact phrase "That is all."',
+        "ends_with",
+        'Finish your reply with the exact phrase "That is all."',
         lambda t: check_ends_with(t, "That is all."),
     ),
     FormatConstraint(
-        "bullets", "Reply with exactly 3 bullet points, each line starting with \"- \".",
+        "bullets",
+        'Reply with exactly 3 bullet points, each line starting with "- ".',
         lambda t: check_bullets(t, 3),
     ),
     FormatConstraint("no_commas", "Do not use any commas in your reply.", check_no_commas),
     FormatConstraint(
-        "include_word", 'Use the word "voice" somewhere in your reply.',
+        "include_word",
+        'Use the word "voice" somewhere in your reply.',
         lambda t: check_includes_word(t, "voice"),
     ),
     FormatConstraint("quoted", "Wrap your entire reply in double quotation marks.", check_quoted),
@@ -294,10 +298,12 @@ def text_behaviour(model, tokenizer, *, max_new_tokens: int, batch_size: int) ->
     Returns:
         {"json_valid", "refusal_harmful", "refusal_safe"} rates and the answers under "samples".
     """
-    convs = [[{"role": "user", "content": p}] for p in JSON_PROMPTS + HARMFUL_PROMPTS + SAFE_LOOKALIKE_PROMPTS]
+    convs = [
+        [{"role": "user", "content": p}] for p in JSON_PROMPTS + HARMFUL_PROMPTS + SAFE_LOOKALIKE_PROMPTS
+    ]
     answers = generate_chat(model, tokenizer, convs, max_new_tokens=max_new_tokens, batch_size=batch_size)
     nj, nh = len(JSON_PROMPTS), len(HARMFUL_PROMPTS)
-    js, harm, safe = answers[:nj], answers[nj:nj + nh], answers[nj + nh:]
+    js, harm, safe = answers[:nj], answers[nj : nj + nh], answers[nj + nh :]
     return {
         "json_valid": _rate([parse_json_object(a) is not None for a in js]),
         "refusal_harmful": _rate([is_refusal(a) for a in harm]),

@@ -112,8 +112,9 @@ def untrained_model(model_cfg: dict, seed: int):
 # ----- answering -------------------------------------------------------------------------------------
 
 
-def speech_answers(model, rows: Sequence[dict], items: Sequence[Item], *, max_new_tokens: int,
-                   batch_size: int) -> list[str]:
+def speech_answers(
+    model, rows: Sequence[dict], items: Sequence[Item], *, max_new_tokens: int, batch_size: int
+) -> list[str]:
     """The speech model's answers: audio + transcript + question per item, batched.
 
     Args:
@@ -138,12 +139,13 @@ def speech_answers(model, rows: Sequence[dict], items: Sequence[Item], *, max_ne
     out: list[str] = []
     with torch.no_grad():
         for start in range(0, len(reqs), batch_size):
-            out.extend(model.generate(reqs[start:start + batch_size], max_new_tokens=max_new_tokens))
+            out.extend(model.generate(reqs[start : start + batch_size], max_new_tokens=max_new_tokens))
     return [a.strip() for a in out]
 
 
-def text_answers(llm, tokenizer, rows: Sequence[dict], items: Sequence[Item], *, max_new_tokens: int,
-                 batch_size: int) -> list[str]:
+def text_answers(
+    llm, tokenizer, rows: Sequence[dict], items: Sequence[Item], *, max_new_tokens: int, batch_size: int
+) -> list[str]:
     """The text LLM's answers reading each clip's gold description (the ceiling)."""
     from speechllm.data.targets import description_messages
 
@@ -158,7 +160,9 @@ def parse_answers(items: Sequence[Item], answers: Sequence[str]) -> list[str | N
     """Parsed label (label tasks) or extracted transcript (content) per item."""
     out: list[str | None] = []
     for it, a in zip(items, answers, strict=True):
-        out.append(parsing.extract_transcript(a) if not it.classes else parsing.parse_label(a, it.task, it.classes))
+        out.append(
+            parsing.extract_transcript(a) if not it.classes else parsing.parse_label(a, it.task, it.classes)
+        )
     return out
 
 
@@ -190,9 +194,14 @@ def score(items: Sequence[Item], parsed: Sequence[str | None]) -> dict[str, dict
             }
         else:
             wer = parsing.word_error_rate(golds, [p or "" for _, p in pairs])
-            out[task] = {"accuracy": max(0.0, 1.0 - wer), "wer": wer, "n": len(pairs),
-                         "answered": sum(bool(p) for _, p in pairs) / len(pairs),
-                         "chance": 0.0, "chance_uniform": 0.0}
+            out[task] = {
+                "accuracy": max(0.0, 1.0 - wer),
+                "wer": wer,
+                "n": len(pairs),
+                "answered": sum(bool(p) for _, p in pairs) / len(pairs),
+                "chance": 0.0,
+                "chance_uniform": 0.0,
+            }
     return out
 
 
@@ -210,8 +219,11 @@ def agreement(items: Sequence[Item], a: Sequence[str | None], b: Sequence[str | 
         if triples[0][0].classes:
             out[task] = sum(x is not None and x == y for _, x, y in triples) / len(triples)
         else:
-            out[task] = max(0.0, 1.0 - parsing.word_error_rate([y or "" for *_, y in triples],
-                                                               [x or "" for _, x, _ in triples]))
+            out[task] = max(
+                0.0,
+                1.0
+                - parsing.word_error_rate([y or "" for *_, y in triples], [x or "" for _, x, _ in triples]),
+            )
     return out
 
 
@@ -228,8 +240,12 @@ def _samples(items: Sequence[Item], answers: dict[str, list[str]], k: int) -> li
                 picked.append(idxs[depth])
         depth += 1
     return [
-        {"task": items[i].task, "question": items[i].question, "gold": items[i].gold,
-         **{name: ans[i] for name, ans in answers.items()}}
+        {
+            "task": items[i].task,
+            "question": items[i].question,
+            "gold": items[i].gold,
+            **{name: ans[i] for name, ans in answers.items()},
+        }
         for i in picked
     ]
 
@@ -259,8 +275,9 @@ def load_data(cfg: DictConfig) -> EvalData:
         data = load_audiofolder(str(e.audiofolder), split=e.split, max_clips=e.max_clips, seed=e.seed)
         describe_cfg = OmegaConf.to_container(cfg.describe, resolve=True) if e.describe_audiofolder else None
         return add_descriptions(data, describe_cfg)
-    return load_described(str(cfg.paths.data_dir), str(e.data), split=e.split, max_clips=e.max_clips,
-                          seed=e.seed)
+    return load_described(
+        str(cfg.paths.data_dir), str(e.data), split=e.split, max_clips=e.max_clips, seed=e.seed
+    )
 
 
 def ensure_transcripts(model, rows: list[dict]) -> int:
@@ -322,10 +339,16 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         log.info("skipping task %s: %s", name, why)
     if not items:
         raise EvalDataError(f"nothing to evaluate in {data.name}: every task was skipped ({skipped})")
-    log.info("evaluating %d clips, %d questions over tasks %s", len(rows), len(items),
-             sorted({it.task for it in items}))
+    log.info(
+        "evaluating %d clips, %d questions over tasks %s",
+        len(rows),
+        len(items),
+        sorted({it.task for it in items}),
+    )
     gen = {"max_new_tokens": int(e.max_new_tokens), "batch_size": int(e.batch_size)}
-    fmt_items, constraints = format_items(rows, int(e.retention.max_clips)) if e.retention.format else ([], [])
+    fmt_items, constraints = (
+        format_items(rows, int(e.retention.max_clips)) if e.retention.format else ([], [])
+    )
     fmt_gen = {"max_new_tokens": int(e.retention.max_new_tokens), "batch_size": int(e.batch_size)}
 
     # 3. speech model
@@ -376,10 +399,13 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         t = retention.format_rate(text_fmt, constraints)
         b = retention.format_rate(base_fmt, constraints) if base_fmt else {"rate": 0.0}
         report["retention"]["format"] = {
-            "speech": s["rate"], "text": t["rate"],
+            "speech": s["rate"],
+            "text": t["rate"],
             "delta": retention.forgetting_delta(s["rate"], t["rate"], s["n"]),
-            "baseline": b["rate"], "n": s["n"],
-            "by_constraint_speech": s["by_constraint"], "by_constraint_text": t["by_constraint"],
+            "baseline": b["rate"],
+            "n": s["n"],
+            "by_constraint_speech": s["by_constraint"],
+            "by_constraint_text": t["by_constraint"],
         }
     report["retention"]["drift"] = _drift(model, llm, tok, e)
 
@@ -389,8 +415,11 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     report["summary"] = {
         "target_score": sum(v["accuracy"] for v in unseen.values()) / len(unseen),
         "retention": 1.0 + fmt["delta"] if fmt else 0.0,
-        "baseline_target_score": (sum(v["accuracy"] for v in report["baseline"].values()) / len(report["baseline"])
-                                  if "baseline" in report else 0.0),
+        "baseline_target_score": (
+            sum(v["accuracy"] for v in report["baseline"].values()) / len(report["baseline"])
+            if "baseline" in report
+            else 0.0
+        ),
     }
     report["skipped"] = skipped
     report["samples"] = _samples(items, answers, int(e.samples))
@@ -404,9 +433,13 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         "answers mentioning several classes count as the first asserted one; unparseable answers are wrong",
     ]
     report["meta"] = {
-        "data": data.name, "n_clips": len(rows), "n_questions": len(items),
-        "questions_per_task": int(e.questions_per_task), "max_new_tokens": int(e.max_new_tokens),
-        "llm": source, "seconds": time.time() - t0,
+        "data": data.name,
+        "n_clips": len(rows),
+        "n_questions": len(items),
+        "questions_per_task": int(e.questions_per_task),
+        "max_new_tokens": int(e.max_new_tokens),
+        "llm": source,
+        "seconds": time.time() - t0,
     }
     if e.plots:
         paths = write_report(report, out_dir)

@@ -119,7 +119,9 @@ def all_unseen_questions() -> set[str]:
     return {q for qs in UNSEEN_QUESTIONS.values() for q in qs}
 
 
-def select_tasks(columns: Sequence[str], names: Sequence[str] | None = None) -> tuple[list[Task], dict[str, str]]:
+def select_tasks(
+    columns: Sequence[str], names: Sequence[str] | None = None
+) -> tuple[list[Task], dict[str, str]]:
     """The tasks the data has labels for.
 
     Args:
@@ -172,7 +174,7 @@ def task_classes(rows: Sequence[dict], task: Task) -> tuple[str, ...]:
 
 
 def format_options(classes: Sequence[str]) -> str:
-    """"a, b or c" for a question's ``{options}``."""
+    """ "a, b or c" for a question's ``{options}``."""
     classes = list(classes)
     if len(classes) <= 1:
         return "".join(classes)
