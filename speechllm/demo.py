@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
 
     report = json.loads((eval_dir / "report.json").read_text())
     print("\n" + "=" * 72)
-    print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()) or "all reused")
+    print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))  # prepare always runs
     print(f"checkpoint:  {final}")
     print(f"report:      {eval_dir / 'report.md'}  (plots beside it)")
     print(f'try it:      python -m speechllm.ask {final} AUDIO.wav "What can you hear?"')
