@@ -6,8 +6,9 @@
 Prints, from one run:
 - real-time factor of the signal attributes (duration, pitch, gender by pitch, volume, speaking rate,
   SNR): audio seconds described per wall second on one core (torch and BLAS limited to one thread);
-- Whisper ASR clips per second with `batch_size` clips per `generate` call vs one clip per call, and the
-  ratio.
+- Whisper ASR clips per second and WER, one clip per `generate` call vs `batch_size` clips, each on
+  Whisper's 30-s input and trimmed to the audio (`transcript.trim`), and the ratio of ours (batched,
+  trimmed) to the plain way (one clip at a time, 30 s).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from speechllm.corpus import generate_corpus, read_audiofolder  # noqa: E402
 from speechllm.describe import Clip, describe_clips, load_configs  # noqa: E402
 from speechllm.describe.registry import ATTRIBUTES_DIR  # noqa: E402
 from speechllm.describe.transcript import transcribe  # noqa: E402
+from speechllm.eval.parsing import word_error_rate  # noqa: E402
 
 SIGNAL = ["duration", "gender", "pitch", "volume", "speaking_rate", "snr"]
 
@@ -59,6 +61,7 @@ def main() -> None:
         rows = read_audiofolder(generate_corpus(os.path.join(tmp, "corpus"), demo, num_proc=2))
         clips = _clips(rows[: args.clips])
         asr_arrays = [c.audio for c in _clips(rows[: args.asr_clips])]
+        asr_texts = [r["label_text"] for r in rows[: args.asr_clips]]
 
     # Signal attributes; transcript from the label so only signal work is timed. A warm-up clip first
     # (librosa's YIN is JIT-compiled on first use).
@@ -75,28 +78,32 @@ def main() -> None:
     signal_wall = time.perf_counter() - start
 
     transcribe(asr_arrays[:1], args.whisper, batch_size=1)  # load + warm up
-    start = time.perf_counter()
-    transcribe(asr_arrays, args.whisper, batch_size=1)
-    single = time.perf_counter() - start
-    start = time.perf_counter()
-    transcribe(asr_arrays, args.whisper, batch_size=args.batch_size)
-    batched = time.perf_counter() - start
-    start = time.perf_counter()
-    transcribe(asr_arrays, args.whisper, batch_size=args.batch_size, trim=True)
-    trimmed = time.perf_counter() - start
+    runs = {  # name -> (batch size, trim)
+        "one at a time, 30 s (the plain way)": (1, False),
+        "one at a time, trimmed": (1, True),
+        f"batch of {args.batch_size}, 30 s": (args.batch_size, False),
+        f"batch of {args.batch_size}, trimmed (ours, the default)": (args.batch_size, True),
+    }
+    seconds, wers = {}, {}
+    for name, (batch_size, trim) in runs.items():
+        start = time.perf_counter()
+        heard = transcribe(asr_arrays, args.whisper, batch_size=batch_size, trim=trim)
+        seconds[name] = time.perf_counter() - start
+        wers[name] = word_error_rate(asr_texts, heard)
 
     print(
         f"signal attributes {SIGNAL}: {len(clips)} clips, {audio_seconds:.1f} s of audio in {signal_wall:.2f} s"
     )
     print(f"  real-time factor (audio s per wall s, 1 core): {audio_seconds / signal_wall:.0f}x")
     print(f"whisper ASR ({args.whisper}), {len(asr_arrays)} clips, 1 thread:")
-    print(f"  one at a time: {len(asr_arrays) / single:.2f} clips/s")
-    print(f"  batch of {args.batch_size}:   {len(asr_arrays) / batched:.2f} clips/s")
+    for name in runs:
+        print(f"  {name:45s} {len(asr_arrays) / seconds[name]:6.2f} clips/s   WER {wers[name]:.3f}")
+    plain, ours = list(runs)[0], list(runs)[3]
+    print(f"  ours / one-at-a-time throughput: {seconds[plain] / seconds[ours]:.2f}x")
     print(
-        f"  batch of {args.batch_size}, trimmed to the audio (transcript.trim=true): {len(asr_arrays) / trimmed:.2f} clips/s"
+        f"  batching alone: {seconds[list(runs)[1]] / seconds[ours]:.2f}x trimmed, "
+        f"{seconds[plain] / seconds[list(runs)[2]]:.2f}x on 30 s"
     )
-    print(f"  batched / one-at-a-time throughput: {single / batched:.2f}x (trimmed: {single / trimmed:.2f}x)")
-
 
 if __name__ == "__main__":
     main()

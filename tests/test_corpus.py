@@ -1,6 +1,7 @@
 """The espeak-ng demo corpus and the audiofolder reader."""
 
 import csv
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,15 @@ def test_plan_is_deterministic_and_the_test_split_is_unseen():
         assert row["variant"] in DEMO["variants"][row["gender"]]
         assert row["voice"] == DEMO["accents"][row["accent"]]
     assert {r["accent"] for r in plan} == set(DEMO["accents"])
+
+
+def test_every_label_is_balanced_within_each_split():
+    plan = _plan(size=120)
+    for split in ("train", "test"):
+        rows = [r for r in plan if r["split"] == split]
+        for name in ("gender", "accent", *LEVELS):
+            counts = Counter(r[name] for r in rows).values()
+            assert max(counts) - min(counts) <= 1, (split, name, counts)
 
 
 def test_speak_writes_audio_and_reports_failures(tmp_path):

@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 _VOICE_ALIASES = {"en-gb": "en"}
 CALIBRATION_TEXT = "She asked whether the library would be open on Sunday morning."
 _CALIBRATION_P = (0, 25, 50, 75, 99)
+# Part of the corpus fingerprint: raised whenever plan_corpus draws differently for the same config,
+# so an existing corpus is rebuilt instead of silently kept.
+PLAN_VERSION = 2
 
 
 class EspeakError(RuntimeError):
@@ -195,7 +198,8 @@ def plan_corpus(
 
     The test split holds `test_fraction` of the sentences (never spoken in train) and is the only split
     that uses `test_variants`; test clips draw their variant from all variants, so part of the test set
-    is an unseen voice and part a seen voice saying unseen words.
+    is an unseen voice and part a seen voice saying unseen words. Within each split every label
+    (gender, accent, each level) takes each of its values equally often, to within one.
 
     Args:
         size: number of clips.
@@ -217,24 +221,38 @@ def plan_corpus(
     test_sentences, train_sentences = pool[:n_test_sentences], pool[n_test_sentences:]
     n_test = round(size * test_fraction)
     plan = []
-    for i in range(size):
-        split = "test" if i >= size - n_test else "train"
-        gender = rng.choice(sorted(variants))
-        allowed = [v for v in variants[gender] if split == "test" or v not in test_variants]
-        accent = rng.choice(sorted(accents))
-        plan.append(
-            {
-                "clip_id": f"{i:05d}",
-                "split": split,
-                "text": rng.choice(test_sentences if split == "test" else train_sentences),
-                "gender": gender,
-                "variant": rng.choice(allowed),
-                "accent": accent,
-                "voice": accents[accent],
-                **{name: rng.choice(words) for name, words in levels.items()},
-            }
-        )
+    for split, n in (("train", size - n_test), ("test", n_test)):
+        # Every label is balanced within a split (each value drawn equally often, in shuffled order), so a
+        # task's majority-class chance is 1/classes rather than whatever a random draw happened to favour.
+        genders = _balanced(sorted(variants), n, rng)
+        accent_words = _balanced(sorted(accents), n, rng)
+        drawn = {name: _balanced(words, n, rng) for name, words in levels.items()}
+        texts = _balanced(test_sentences if split == "test" else train_sentences, n, rng)
+        for j in range(n):
+            gender, accent = genders[j], accent_words[j]
+            allowed = [v for v in variants[gender] if split == "test" or v not in test_variants]
+            plan.append(
+                {
+                    "clip_id": f"{len(plan):05d}",
+                    "split": split,
+                    "text": texts[j],
+                    "gender": gender,
+                    "variant": rng.choice(allowed),
+                    "accent": accent,
+                    "voice": accents[accent],
+                    **{name: values[j] for name, values in drawn.items()},
+                }
+            )
     return plan
+
+
+def _balanced(values: list[str], n: int, rng: random.Random) -> list[str]:
+    """`n` draws from `values` with every value used equally often (to within one), in shuffled order."""
+    values = list(values)
+    rng.shuffle(values)  # which values get the extra draws when n is not a multiple
+    out = [values[i % len(values)] for i in range(n)]
+    rng.shuffle(out)
+    return out
 
 
 def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) -> Path:
@@ -264,7 +282,7 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) ->
         "volume_dbfs",
         "peak_max",
     )
-    fingerprint = {k: cfg[k] for k in keys}
+    fingerprint = {"plan_version": PLAN_VERSION, **{k: cfg[k] for k in keys}}
     marker = out_dir / "_corpus.json"
     if (
         (out_dir / "metadata.csv").exists()

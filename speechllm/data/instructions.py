@@ -9,6 +9,9 @@ Pools:
     ``desta2``: DeSTA2's single instruction.
     ``desta25``: a DeSTA2.5-style pool of open, description-style requests; one is drawn per clip,
     deterministically from the seed and the clip id (:func:`pick_instruction`).
+    ``speaker``: description requests that name the speaker's attributes (gender, accent, pitch, pace,
+    loudness). A small LLM asked an open "Describe the audio" mostly ignores the attribute tags it
+    reads; asked this way its answers state them, so its self-output targets carry them.
 """
 
 from __future__ import annotations
@@ -30,6 +33,16 @@ INSTRUCTION_POOLS: dict[str, list[str]] = {
         "Characterize the voice in this recording.",
         "Write a brief caption for this audio.",
         "Describe how the person in the recording speaks.",
+    ],
+    "speaker": [
+        "Describe the speaker's voice: their gender, accent, pitch, speaking pace and loudness.",
+        "Who is speaking, with what accent, and how (pitch, pace, volume)?",
+        "Describe the speaker (gender and accent) and how they sound (pitch, speed, volume).",
+        "List what you can tell about the speaker: gender, accent, pitch, speed and volume.",
+        "Give a profile of the speaker: gender, accent, voice pitch, pace and loudness.",
+        "Summarize the speaker's characteristics: gender, accent, pitch, speed and volume.",
+        "Describe the person talking and their way of speaking (accent, pitch, pace, volume).",
+        "Sketch the talker for me: man or woman, accent, and how high, fast and loud they speak.",
     ],
 }
 
