@@ -105,5 +105,6 @@ def main() -> None:
         f"{seconds[plain] / seconds[list(runs)[2]]:.2f}x on 30 s"
     )
 
+
 if __name__ == "__main__":
     main()

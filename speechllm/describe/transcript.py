@@ -91,7 +91,9 @@ def transcribe(
             texts[i] = text.strip()
     if unfinished:
         logger.info("transcript: %d clip(s) ran to the token limit trimmed; redone on 30 s", len(unfinished))
-        redone = transcribe([arrays[i] for i in unfinished], source, batch_size, max_new_tokens, sr, trim=False)
+        redone = transcribe(
+            [arrays[i] for i in unfinished], source, batch_size, max_new_tokens, sr, trim=False
+        )
         for i, text in zip(unfinished, redone, strict=True):
             texts[i] = text
     return texts
