@@ -78,11 +78,16 @@ def main() -> None:
     signal_wall = time.perf_counter() - start
 
     transcribe(asr_arrays[:1], args.whisper, batch_size=1)  # load + warm up
+    plain, single_trimmed = "one at a time, 30 s (the plain way)", "one at a time, trimmed"
+    batched, ours = (
+        f"batch of {args.batch_size}, 30 s",
+        f"batch of {args.batch_size}, trimmed (ours, the default)",
+    )
     runs = {  # name -> (batch size, trim)
-        "one at a time, 30 s (the plain way)": (1, False),
-        "one at a time, trimmed": (1, True),
-        f"batch of {args.batch_size}, 30 s": (args.batch_size, False),
-        f"batch of {args.batch_size}, trimmed (ours, the default)": (args.batch_size, True),
+        plain: (1, False),
+        single_trimmed: (1, True),
+        batched: (args.batch_size, False),
+        ours: (args.batch_size, True),
     }
     seconds, wers = {}, {}
     for name, (batch_size, trim) in runs.items():
@@ -98,11 +103,10 @@ def main() -> None:
     print(f"whisper ASR ({args.whisper}), {len(asr_arrays)} clips, 1 thread:")
     for name in runs:
         print(f"  {name:45s} {len(asr_arrays) / seconds[name]:6.2f} clips/s   WER {wers[name]:.3f}")
-    plain, ours = list(runs)[0], list(runs)[3]
     print(f"  ours / one-at-a-time throughput: {seconds[plain] / seconds[ours]:.2f}x")
     print(
-        f"  batching alone: {seconds[list(runs)[1]] / seconds[ours]:.2f}x trimmed, "
-        f"{seconds[plain] / seconds[list(runs)[2]]:.2f}x on 30 s"
+        f"  batching alone: {seconds[single_trimmed] / seconds[ours]:.2f}x trimmed, "
+        f"{seconds[plain] / seconds[batched]:.2f}x on 30 s"
     )
 
 

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -100,8 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     python = sys.executable
     times: dict[str, float] = {}
 
-    # The same instruction pool as conf/experiment/default.yaml, which training reads.
-    prepare = [python, "data_prep/prepare.py", f"paths.data_dir={data_dir}", "target.instructions=speaker"]
+    # Targets are built with the instruction pool that training reads from the default experiment.
+    pool = OmegaConf.load(REPO / "conf" / "experiment" / "default.yaml").target.instructions
+    prepare = [python, "data_prep/prepare.py", f"paths.data_dir={data_dir}", f"target.instructions={pool}"]
     times["prepare"] = _run("prepare", prepare, out / "logs")
 
     train_dir = out / "train"

@@ -135,8 +135,8 @@ def transcript(clips: list[Clip], cfg: dict) -> list[dict]:
                 cfg["source"],
                 cfg["batch_size"],
                 cfg["max_new_tokens"],
-                trim=cfg.get("trim", True),
-                trim_margin_seconds=cfg.get("trim_margin_seconds", 5.0),
+                trim=cfg["trim"],
+                trim_margin_seconds=cfg["trim_margin_seconds"],
             )
             for i, text in zip(todo, heard, strict=True):
                 texts[i] = text
