@@ -105,6 +105,26 @@ def test_adapter_shapes_and_batch_independence(name):
     torch.testing.assert_close(alone[0], embeds[1, : expected[1]], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["qformer", "stack_mlp", "conv"])
+def test_adapter_output_starts_at_the_llm_embedding_scale(name, tiny_whisper_source, tiny_llm_source):
+    node = OmegaConf.load(CONF / "model" / "adapter" / f"{name}.yaml")
+    assert node.output_norm is True  # every shipped adapter matches the LLM's scale
+    model = make_model(tiny_whisper_source, tiny_llm_source, adapter=node).eval()
+    batch = model.collator()(mixed_rows()[:1])
+    with torch.no_grad():
+        embeds, mask = model.audio_embeddings(
+            input_features=batch["input_features"],
+            window_frames=batch["window_frames"],
+            windows_per_clip=batch["windows_per_clip"],
+        )
+    token_rms = model.llm.get_input_embeddings().weight.pow(2).mean().sqrt()
+    audio_rms = embeds[mask].pow(2).mean(-1).sqrt()
+    torch.testing.assert_close(audio_rms, torch.full_like(audio_rms, float(token_rms)), rtol=1e-3, atol=1e-5)
+    # Without it the output keeps the projection's own scale (how checkpoints made before it still load).
+    plain = make_model(tiny_whisper_source, tiny_llm_source, adapter={**node, "output_norm": False}).eval()
+    assert isinstance(plain.adapter.out_norm, torch.nn.Identity)
+
+
 def test_qformer_preset_matches_desta2():
     node = OmegaConf.load(CONF / "model" / "adapter" / "qformer_desta2.yaml")
     assert node.num_queries == 64 and node.num_layers == 4

@@ -7,7 +7,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from speechllm.data.instructions import INSTRUCTION_POOLS, all_training_instructions, pick_instruction
+from speechllm.data.instructions import (
+    INSTRUCTION_POOLS,
+    all_training_instructions,
+    pick_instruction,
+    pick_instructions,
+)
 from speechllm.data.stage import load_stage, read_rejects
 from speechllm.data.targets import (
     DEFAULT_SYSTEM,
@@ -104,6 +109,39 @@ def test_instruction_pools_and_training_set():
     assert picks != [pick_instruction("desta25", f"c{i}", seed=4) for i in range(60)]
     with pytest.raises(ValueError, match="unknown instruction pool"):
         pick_instruction("nope", "c0")
+
+
+def test_several_instructions_per_clip_are_distinct_and_stable():
+    pool = INSTRUCTION_POOLS["attributes"]
+    picks = pick_instructions("attributes", "c7", seed=1, count=4)
+    assert len(set(picks)) == 4 and set(picks) <= set(pool)
+    assert picks == pick_instructions("attributes", "c7", seed=1, count=4)
+    # The first is the single-instruction choice, so count=1 keeps the old assignment.
+    assert picks[0] == pick_instruction("attributes", "c7", seed=1)
+    assert pick_instructions("attributes", "c7", seed=1, count=len(pool)) != pick_instructions(
+        "attributes", "c8", seed=1, count=len(pool)
+    )
+    with pytest.raises(ValueError, match="distinct instructions"):
+        pick_instructions("desta2", "c0", count=2)
+    with pytest.raises(ValueError, match="instructions_per_clip"):
+        target_config({"instructions": "desta25", "instructions_per_clip": 0})
+
+
+def test_each_instruction_of_a_clip_gets_its_own_target(talky, tmp_path):
+    _, model, tok = talky
+    rows = described_rows(6)
+    cfg = target_config({**CFG, "instructions": "attributes", "instructions_per_clip": 3, "split": None})
+    ds = build_targets(rows, tmp_path / "multi", cfg, model=model, tokenizer=tok)
+    rejected = [r["target_id"] for r in read_rejects(tmp_path / "multi")]
+    # Every (clip, instruction) pair is kept or rejected with a reason: nothing is lost.
+    assert sorted(list(ds["target_id"]) + rejected) == sorted(
+        f"{r['clip_id']}/{i}" for r in rows for i in range(3)
+    )
+    for clip in {r["clip_id"] for r in ds}:
+        mine = [r for r in ds if r["clip_id"] == clip]
+        assert len({r["instruction"] for r in mine}) == len(mine)
+        expected = pick_instructions("attributes", clip, 0, 3)
+        assert all(r["instruction"] == expected[int(r["target_id"].split("/")[1])] for r in mine)
 
 
 def test_description_messages():

@@ -12,6 +12,9 @@ Pools:
     ``speaker``: description requests that name the speaker's attributes (gender, accent, pitch, pace,
     loudness). A small LLM asked an open "Describe the audio" mostly ignores the attribute tags it
     reads; asked this way its answers state them, so its self-output targets carry them.
+    ``attributes``: short questions about one attribute each (gender, accent, pitch, pace, loudness)
+    or the words spoken. Their answers are a sentence, so the attribute is a large share of the
+    target's tokens; draw several per clip with ``target.instructions_per_clip``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,25 @@ INSTRUCTION_POOLS: dict[str, list[str]] = {
         "Summarize the speaker's characteristics: gender, accent, pitch, speed and volume.",
         "Describe the person talking and their way of speaking (accent, pitch, pace, volume).",
         "Sketch the talker for me: man or woman, accent, and how high, fast and loud they speak.",
+    ],
+    "attributes": [
+        "Is the speaker a man or a woman?",
+        "What is the gender of the person speaking?",
+        "Tell me whether you hear a male or a female voice.",
+        "What accent does the speaker have?",
+        "Which English accent do you hear in this voice?",
+        "Name the speaker's accent.",
+        "How high or low is the speaker's voice?",
+        "Describe the pitch of the voice.",
+        "What pitch does the person speak at?",
+        "How fast does the speaker talk?",
+        "Describe the speaking pace in this recording.",
+        "What is the speaking rate of this person?",
+        "How loud is the voice in this recording?",
+        "Describe the loudness of the speech.",
+        "What is the volume of the speaker's voice?",
+        "What does the speaker say?",
+        "What words are spoken in this clip?",
     ],
 }
 
@@ -87,6 +109,34 @@ def pick_instruction(pool: str | list[str], clip_id: str, seed: int = 0) -> str:
         return items[0]
     digest = hashlib.sha256(f"{seed}:{clip_id}".encode()).digest()
     return items[int.from_bytes(digest[:8], "big") % len(items)]
+
+
+def pick_instructions(pool: str | list[str], clip_id: str, seed: int = 0, count: int = 1) -> list[str]:
+    """Choose `count` distinct instructions for a clip, deterministically.
+
+    The first is :func:`pick_instruction`'s choice, so `count=1` keeps the single-instruction
+    assignment; the others follow in an order hashed from (seed, clip_id, instruction).
+
+    Args:
+        pool: a pool name from :data:`INSTRUCTION_POOLS` or an explicit list of instructions.
+        clip_id: the clip's identifier.
+        seed: changes the assignment of instructions to clips.
+        count: how many, at most the pool's size.
+
+    Returns:
+        `count` distinct instructions.
+
+    Raises:
+        ValueError: `count` is below 1 or above the pool's size.
+    """
+    items = resolve_pool(pool)
+    if not 1 <= count <= len(set(items)):
+        raise ValueError(f"cannot draw {count} distinct instructions from a pool of {len(set(items))}")
+    first = pick_instruction(items, clip_id, seed)
+    rest = sorted(
+        set(items) - {first}, key=lambda text: hashlib.sha256(f"{seed}:{clip_id}:{text}".encode()).digest()
+    )
+    return [first, *rest[: count - 1]]
 
 
 def resolve_pool(pool: str | list[str]) -> list[str]:

@@ -33,7 +33,7 @@ from speechllm.data.instructions import (
     LABEL_CLAUSES,
     LABEL_TRANSCRIPT_TEMPLATE,
     PARAPHRASE_TEMPLATE,
-    pick_instruction,
+    pick_instructions,
     resolve_pool,
 )
 
@@ -347,6 +347,7 @@ class TargetConfig:
         split: which described split gets targets (None: all rows).
         limit: keep at most this many clips (the first, by clip_id), or None.
         instructions: instruction pool name or a list of instructions.
+        instructions_per_clip: distinct instructions drawn per clip, each giving its own target row.
         system: system prompt for the LLM; None uses DEFAULT_SYSTEM, "" none.
         on_truncated: what to do with an answer that hit max_new_tokens: ``trim`` (cut back to its
             last complete sentence, reject if none), ``drop`` (reject) or ``keep``.
@@ -362,6 +363,7 @@ class TargetConfig:
     split: str | None = "train"
     limit: int | None = None
     instructions: Any = "desta2"
+    instructions_per_clip: int = 1
     system: str | None = None
     on_truncated: str = "trim"
     chunk_size: int = 64
@@ -402,6 +404,11 @@ def target_config(node: DictConfig | dict | None) -> TargetConfig:
     if cfg.generation.max_new_tokens < 1 or cfg.generation.batch_size < 1 or cfg.chunk_size < 1:
         raise ValueError("target: max_new_tokens, batch_size and chunk_size must be >= 1")
     cfg.instructions = resolve_pool(cfg.instructions)
+    if not 1 <= cfg.instructions_per_clip <= len(set(cfg.instructions)):
+        raise ValueError(
+            f"target.instructions_per_clip={cfg.instructions_per_clip} must be between 1 and the pool's "
+            f"{len(set(cfg.instructions))} distinct instructions"
+        )
     return cfg
 
 
@@ -516,15 +523,14 @@ class TargetWriter:
         rows, rejects, pending = [], [], []
         record = self.generation_record()
         for row in chunk:
-            key = {"clip_id": row["clip_id"], "file": row.get("audio_path")}
+            key = {"target_id": row["target_id"], "clip_id": row["clip_id"], "file": row.get("audio_path")}
             description = row.get("description")
             if not isinstance(description, str) or not description.strip():
                 rejects.append({**key, "reason": "empty description"})
                 continue
-            instruction = pick_instruction(self.cfg.instructions, row["clip_id"], self.seed)
+            instruction = row["instruction"]
             out = {
                 **row,
-                "instruction": instruction,
                 "target_mode": self.cfg.mode,
                 "target_generation": record,
             }
@@ -567,7 +573,7 @@ class TargetWriter:
             model, tokenizer = self._llm()
             prompts = [chat_prompt(tokenizer, m) for _, _, m in pending]
             gens = generate_texts(
-                model, tokenizer, prompts, self.cfg.generation, salt=str(pending[0][1]["clip_id"])
+                model, tokenizer, prompts, self.cfg.generation, salt=str(pending[0][1]["target_id"])
             )
         rows = []
         for (out, key, _), prompt, g in zip(pending, prompts, gens, strict=True):
@@ -587,14 +593,21 @@ class TargetWriter:
         return rows
 
 
-def _described_inputs(described, cfg: TargetConfig) -> list[dict]:
+def _described_inputs(described, cfg: TargetConfig, seed: int) -> list[dict]:
+    """One input per (clip, instruction): `target_id` is `<clip_id>/<i>` for the clip's i-th instruction."""
     rows = [dict(r) for r in described]
     if cfg.split is not None:
         rows = [r for r in rows if r.get("split") == cfg.split]
     rows.sort(key=lambda r: str(r["clip_id"]))
     if cfg.limit is not None:
         rows = rows[: cfg.limit]
-    return rows
+    return [
+        {**r, "target_id": f"{r['clip_id']}/{i}", "instruction": instruction}
+        for r in rows
+        for i, instruction in enumerate(
+            pick_instructions(cfg.instructions, str(r["clip_id"]), seed, cfg.instructions_per_clip)
+        )
+    ]
 
 
 def targets_dir(data_dir: str | Path, data_name: str, mode: str) -> Path:
@@ -628,7 +641,7 @@ def build_targets(
     """
     from speechllm.data.stage import run_stage
 
-    inputs = _described_inputs(described, cfg)
+    inputs = _described_inputs(described, cfg, seed)
     # clip ids alone key the parts; the text the LLM reads must invalidate them too.
     content = hashlib.sha256(
         "\n".join(f"{r['clip_id']}\t{r.get('description')}\t{label_answer(r)}" for r in inputs).encode()
@@ -643,7 +656,7 @@ def build_targets(
         fingerprint,
         inputs,
         writer,
-        key="clip_id",
+        key="target_id",
         chunk_size=cfg.chunk_size,
         shard=shard,
         desc=f"targets/{cfg.mode}",

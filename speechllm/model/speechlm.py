@@ -162,9 +162,13 @@ class SpeechLM(nn.Module):
             raise ValueError(f"the tokenizer of {llm_cfg.source} has no pad token")
         llm = _apply_finetune(llm, llm_cfg)
 
-        llm_width = llm.get_input_embeddings().embedding_dim
+        token_embeddings = llm.get_input_embeddings().weight
         adapter = instantiate(
-            adapter_cfg, in_dim=encoder.hidden_size, out_dim=llm_width, num_taps=encoder.num_taps
+            adapter_cfg,
+            in_dim=encoder.hidden_size,
+            out_dim=token_embeddings.shape[1],
+            num_taps=encoder.num_taps,
+            embed_rms=float(token_embeddings.detach().float().pow(2).mean().sqrt()),
         )
         config = {
             "encoder": asdict(enc_cfg),
