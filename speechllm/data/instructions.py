@@ -130,11 +130,12 @@ def pick_instructions(pool: str | list[str], clip_id: str, seed: int = 0, count:
         ValueError: `count` is below 1 or above the pool's size.
     """
     items = resolve_pool(pool)
-    if not 1 <= count <= len(set(items)):
-        raise ValueError(f"cannot draw {count} distinct instructions from a pool of {len(set(items))}")
+    distinct = set(items)
+    if not 1 <= count <= len(distinct):
+        raise ValueError(f"cannot draw {count} distinct instructions from a pool of {len(distinct)}")
     first = pick_instruction(items, clip_id, seed)
     rest = sorted(
-        set(items) - {first}, key=lambda text: hashlib.sha256(f"{seed}:{clip_id}:{text}".encode()).digest()
+        distinct - {first}, key=lambda text: hashlib.sha256(f"{seed}:{clip_id}:{text}".encode()).digest()
     )
     return [first, *rest[: count - 1]]
 

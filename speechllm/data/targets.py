@@ -642,7 +642,7 @@ def build_targets(
     from speechllm.data.stage import run_stage
 
     inputs = _described_inputs(described, cfg, seed)
-    # clip ids alone key the parts; the text the LLM reads must invalidate them too.
+    # target ids alone key the parts; the text the LLM reads must invalidate them too.
     content = hashlib.sha256(
         "\n".join(f"{r['clip_id']}\t{r.get('description')}\t{label_answer(r)}" for r in inputs).encode()
     ).hexdigest()
