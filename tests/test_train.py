@@ -333,14 +333,18 @@ def test_hydra_multirun_of_two_smoke_runs(smoke_dirs, tmp_path):
 def test_torchrun_two_gloo_processes_share_one_run_dir(smoke_dirs, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py"),
            "experiment=smoke", f"paths.data_dir={smoke_dirs['data']}", f"paths.cache_dir={smoke_dirs['cache']}",
-           "trainer.save_steps=0", "trainer.report_to=[]"]  # fmt: skip
+           "trainer.save_steps=0", "trainer.report_to=[]", f"trainer.feature_cache_dir={tmp_path / 'features'}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert log.count("10 clips, 5 encoded now") == 2, log[-3000:]  # the ranks split the encoder-feature cache
     runs = list((tmp_path / "outputs" / "train").iterdir())
     assert len(runs) == 1, runs  # not one folder per rank
     assert (runs[0] / "checkpoints/final/model.safetensors").is_file()
     assert not list((runs[0] / "checkpoints").glob("step-*"))
     metrics = json.loads((runs[0] / "train_metrics.json").read_text())
     assert sorted(step_losses(metrics)) == [1, 2, 3, 4]
-    # Each rank read half the rows: 10 rows, batch 4 per rank -> 4 steps run over 2 epochs' worth of data.
-    assert metrics["summary"]["train/epoch"] > 1
+    # Each rank read half the rows: 5 rows per rank, batch 4 -> 2 steps an epoch, so 4 steps are 2 epochs
+    # (a rank training alone on all 10 rows would be at 1.33).
+    assert metrics["summary"]["train/epoch"] == 2.0
+    assert log.count("starting fresh") == 1  # only rank 0 writes the run folder

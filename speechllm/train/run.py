@@ -159,6 +159,12 @@ def row_lengths(model, dataset: datasets.Dataset) -> list[int]:
     return lengths
 
 
+def _cpu_only() -> bool:
+    """No accelerator here. accelerate sets up multi-process (gloo) training only when told the run is
+    on CPU; otherwise every torchrun rank would train alone on all the data as if it were rank 0."""
+    return not torch.accelerator.is_available()
+
+
 def training_arguments(tr: TrainerConfig, run_dir: Path, seed: int, has_replay: bool):
     """`transformers.TrainingArguments` from the trainer settings.
 
@@ -181,6 +187,7 @@ def training_arguments(tr: TrainerConfig, run_dir: Path, seed: int, has_replay: 
     extra = dict(tr.extra_args)
     extra.setdefault("ddp_find_unused_parameters", has_replay)
     extra.setdefault("dataloader_pin_memory", cuda)
+    extra.setdefault("use_cpu", _cpu_only())
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         logging_dir=str(run_dir / "tensorboard"),
@@ -324,7 +331,7 @@ def _fill_feature_cache(model, dataset: datasets.Dataset, cfg: DictConfig, tr: T
     cache = FeatureCache(root, encoder_fingerprint(model.encoder))
     speech = dataset.filter(lambda k: k == "speech", input_columns="kind")
     clips = list(zip(speech["clip_id"], speech["audio_path"], strict=True))
-    state = PartialState()
+    state = PartialState(cpu=_cpu_only())
     device = state.device
     encoder_device = next(model.encoder.parameters()).device
     model.encoder.to(device)
