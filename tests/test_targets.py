@@ -24,6 +24,7 @@ from speechllm.data.targets import (
     generate_texts,
     label_answer,
     run_targets,
+    stop_token_ids,
     target_config,
     trim_to_sentence,
 )
@@ -176,6 +177,25 @@ def test_batched_generation_matches_one_at_a_time(talky):
     a = generate_texts(model, tok, prompts, sgen)
     assert a == generate_texts(model, tok, prompts, sgen)
     assert a != generate_texts(model, tok, prompts, GenerationConfig(**{**sgen.__dict__, "seed": 8}))
+
+
+def test_greedy_ids_are_the_argmax_of_their_own_scores(talky):
+    # The drift check scores the base model's greedy answer under both models; generation and scoring
+    # must agree on which positions hold the answer.
+    from speechllm.eval.generation import answer_logprobs, generate_chat, generate_chat_ids
+
+    _, model, tok = talky
+    convs = [description_messages(r["description"], "Describe it.") for r in described_rows(4)]
+    ids = generate_chat_ids(model, tok, convs, max_new_tokens=12, batch_size=4)
+    assert generate_chat(model, tok, convs, max_new_tokens=12, batch_size=4) == [
+        tok.decode(a, skip_special_tokens=True).strip() for a in ids
+    ]
+    stops = set(stop_token_ids(tok))
+    for answer, (logp, scored) in zip(ids, answer_logprobs(model, tok, convs, ids), strict=True):
+        assert scored.tolist() == answer
+        assert logp.argmax(-1).tolist() == answer
+        assert len(answer) == 12 or (answer[-1] in stops and not stops & set(answer[:-1]))
+    assert any(len(a) < 12 for a in ids)  # some answers end at a stop token
 
 
 def test_self_output_targets_are_the_llms_greedy_answers(talky, reference):

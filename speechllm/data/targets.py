@@ -106,11 +106,14 @@ class Generation:
         text: decoded new text, special tokens removed, stripped.
         num_tokens: new tokens up to (not including) the stop token.
         truncated: True when no stop token came within ``max_new_tokens``.
+        token_ids: the new token ids up to and including the stop token (the exact continuation,
+            for scoring it under another model).
     """
 
     text: str
     num_tokens: int
     truncated: bool
+    token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -249,7 +252,10 @@ def generate_texts(
             end = next((k for k, t in enumerate(tokens) if t in stop_set), None)
             kept = tokens if end is None else tokens[:end]
             text = tokenizer.decode(kept, skip_special_tokens=True).strip()
-            results[i] = Generation(text=text, num_tokens=len(kept), truncated=end is None)
+            with_stop = tokens if end is None else tokens[: end + 1]
+            results[i] = Generation(
+                text=text, num_tokens=len(kept), truncated=end is None, token_ids=with_stop
+            )
     return results  # type: ignore[return-value]
 
 
@@ -312,7 +318,7 @@ def generate_vllm(llm, prompts: list[str], gen: GenerationConfig) -> list[Genera
     for o in llm.generate(inputs, params):
         out = o.outputs[0]
         n = len([t for t in out.token_ids if t not in stops])
-        results.append(Generation(out.text.strip(), n, out.finish_reason == "length"))
+        results.append(Generation(out.text.strip(), n, out.finish_reason == "length", list(out.token_ids)))
     return results
 
 

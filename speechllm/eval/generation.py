@@ -1,27 +1,16 @@
-"""Batched greedy generation and scoring for plain text LLMs (the ceiling and the drift checks).
+"""Greedy generation and scoring for plain text LLMs (the ceiling and the drift checks).
 
-Decoder-only models must be left-padded for batched generation, so the new tokens of every row start
-at the same position; the tokenizer's own `padding_side` is restored afterwards because other code
-(training collators) relies on right padding.
+Generation is the left-padded, length-sorted batching that target generation uses
+(`speechllm.data.targets.generate_texts`); this module renders the chats and scores answers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
 
 import torch
 
-
-@contextmanager
-def left_padding(tokenizer):
-    """Temporarily set ``tokenizer.padding_side = "left"``."""
-    old = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        yield tokenizer
-    finally:
-        tokenizer.padding_side = old
+from speechllm.data.targets import GenerationConfig, generate_texts
 
 
 def chat_prompts(tokenizer, conversations: Sequence[list[dict]]) -> list[str]:
@@ -32,64 +21,38 @@ def chat_prompts(tokenizer, conversations: Sequence[list[dict]]) -> list[str]:
     ]
 
 
-@torch.no_grad()
+def _greedy(model, tokenizer, conversations, max_new_tokens: int, batch_size: int):
+    model.eval()
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, batch_size=batch_size)
+    return generate_texts(model, tokenizer, chat_prompts(tokenizer, conversations), gen)
+
+
 def generate_chat_ids(
     model, tokenizer, conversations: Sequence[list[dict]], *, max_new_tokens: int = 64, batch_size: int = 16
 ) -> list[list[int]]:
-    """Greedy answer token ids of a text LLM to chat conversations, batched with left padding.
+    """Greedy answer token ids of a text LLM to chat conversations.
 
     Args:
         model: an ``AutoModelForCausalLM``-like model.
-        tokenizer: its tokenizer (with a chat template and a pad token).
+        tokenizer: its tokenizer (with a chat template).
         conversations: lists of {"role", "content"} messages, each ending with a user turn.
         max_new_tokens: generation length limit.
         batch_size: rows per generate call.
 
     Returns:
-        Per conversation, the new token ids up to and including the first end-of-sequence token
-        (padding after it removed).
+        Per conversation, the new token ids up to and including the end-of-turn token.
     """
-    prompts = chat_prompts(tokenizer, conversations)
-    eos = model.generation_config.eos_token_id
-    eos = set() if eos is None else ({eos} if isinstance(eos, int) else set(eos))
-    if tokenizer.eos_token_id is not None:
-        eos.add(tokenizer.eos_token_id)
-    out: list[list[int]] = []
-    model.eval()
-    with left_padding(tokenizer):
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start : start + batch_size]
-            # The chat template already holds the BOS/special tokens it wants.
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-            # Only ids and mask: some tokenizers add token_type_ids, which causal LMs reject.
-            enc = {k: enc[k].to(model.device) for k in ("input_ids", "attention_mask")}
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            for row in gen[:, enc["input_ids"].shape[1] :].tolist():
-                ids: list[int] = []
-                for t in row:
-                    if t in eos:
-                        ids.append(t)
-                        break
-                    if t == tokenizer.pad_token_id:
-                        break
-                    ids.append(t)
-                out.append(ids)
-    return out
+    return [g.token_ids for g in _greedy(model, tokenizer, conversations, max_new_tokens, batch_size)]
 
 
 def generate_chat(
     model, tokenizer, conversations: Sequence[list[dict]], *, max_new_tokens: int = 64, batch_size: int = 16
 ) -> list[str]:
-    """Greedy answers of a text LLM to chat conversations, batched with left padding.
+    """Greedy answers of a text LLM to chat conversations.
 
     Args:
         model: an ``AutoModelForCausalLM``-like model.
-        tokenizer: its tokenizer (with a chat template and a pad token).
+        tokenizer: its tokenizer (with a chat template).
         conversations: lists of {"role", "content"} messages, each ending with a user turn.
         max_new_tokens: generation length limit.
         batch_size: rows per generate call.
@@ -97,10 +60,7 @@ def generate_chat(
     Returns:
         The decoded answers (special tokens removed, stripped), one per conversation.
     """
-    ids = generate_chat_ids(
-        model, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size
-    )
-    return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    return [g.text for g in _greedy(model, tokenizer, conversations, max_new_tokens, batch_size)]
 
 
 @torch.no_grad()
