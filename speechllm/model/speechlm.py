@@ -472,10 +472,21 @@ class SpeechLM(nn.Module):
             raise CheckpointError(f"{cfg_path}: not a SpeechLM checkpoint of format version {FORMAT_VERSION}")
         merged = OmegaConf.merge(OmegaConf.create(config), OmegaConf.create(overrides))
         model = cls.from_config(merged, pretrained_dir=ckpt_dir)
-        model._load_weights(ckpt_dir)
+        model.load_weights(ckpt_dir)  # a fully fine-tuned LLM was already built from ckpt_dir/llm
         return model.eval()
 
-    def _load_weights(self, ckpt_dir: Path) -> None:
+    def load_weights(self, ckpt_dir: str | Path, *, full_llm: bool = False) -> None:
+        """Load a checkpoint's trained weights into this already built model, strictly.
+
+        Args:
+            ckpt_dir: a folder written by `save_pretrained` (or a training `step-N` checkpoint).
+            full_llm: also load `llm/` when the LLM is fully fine-tuned (resuming training; a model built
+                by `from_pretrained` already has it).
+
+        Raises:
+            CheckpointError: missing files, or weights whose names or shapes do not match this model.
+        """
+        ckpt_dir = Path(ckpt_dir)
         weights = ckpt_dir / "model.safetensors"
         if not weights.is_file():
             raise CheckpointError(f"{ckpt_dir}: model.safetensors is missing")
@@ -490,6 +501,19 @@ class SpeechLM(nn.Module):
             expected = get_peft_model_state_dict(self.llm)
             _check_names(expected, saved, lora_file)
             set_peft_model_state_dict(self.llm, saved)
+        elif self.finetune == "full" and full_llm:
+            files = sorted((ckpt_dir / "llm").glob("*.safetensors"))
+            if not files:
+                raise CheckpointError(f"{ckpt_dir}/llm has no safetensors weights (finetune=full)")
+            state = {}
+            for f in files:
+                state.update(load_file(str(f)))
+            missing, unexpected = self.llm.load_state_dict(state, strict=False)
+            tied = {"lm_head.weight"} if getattr(self.llm.config, "tie_word_embeddings", False) else set()
+            if set(missing) - tied or unexpected:
+                raise CheckpointError(
+                    f"{ckpt_dir}/llm does not match the LLM: missing {missing}, unexpected {unexpected}"
+                )
 
 
 def _check_names(expected: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], path: Path) -> None:

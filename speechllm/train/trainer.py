@@ -226,29 +226,4 @@ class SpeechTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         speechlm = self.accelerator.unwrap_model(model if model is not None else self.model)
-        load_trainable(speechlm, Path(resume_from_checkpoint))
-
-
-def load_trainable(speechlm, ckpt_dir: Path) -> None:
-    """Load a checkpoint's trained weights into an already built SpeechLM (strict, as from_pretrained).
-
-    Args:
-        speechlm: the model being trained.
-        ckpt_dir: a `step-N` folder written by this trainer.
-    """
-    speechlm._load_weights(ckpt_dir)
-    if speechlm.finetune == "full":
-        from safetensors.torch import load_file
-
-        files = sorted((ckpt_dir / "llm").glob("*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"{ckpt_dir}/llm has no safetensors weights (finetune=full)")
-        state = {}
-        for f in files:
-            state.update(load_file(str(f)))
-        missing, unexpected = speechlm.llm.load_state_dict(state, strict=False)
-        tied = {"lm_head.weight"} if getattr(speechlm.llm.config, "tie_word_embeddings", False) else set()
-        if set(missing) - tied or unexpected:
-            raise ValueError(
-                f"{ckpt_dir}/llm does not match the LLM: missing {missing}, unexpected {unexpected}"
-            )
+        speechlm.load_weights(resume_from_checkpoint, full_llm=True)
