@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 from hydra import compose, initialize_config_dir
 
+from speechllm.eval import plane
 from speechllm.eval.data import EvalDataError
 from speechllm.eval.runner import CheckpointError, evaluate
 
@@ -213,8 +214,30 @@ def test_partially_labelled_audiofolder_runs_only_its_tasks(smoke_ckpt, tmp_path
     assert set(rep["skipped"]) == {"accent", "pitch", "speed", "volume", "emotion", "age", "content"}
     assert "skipping task accent: no label_accent column" in caplog.text
     assert "Skipped tasks" in (out / "report.md").read_text()
+    # No baseline ran: nothing pretends it scored 0.
+    assert rep["summary"]["baseline_target_score"] is None
+    assert plane.plane_points(rep)["x_base"] is None
     # The ceiling read descriptions made by the describe pipeline from the audio.
     assert any("describe pipeline" in n for n in rep["notes"])
+
+
+def test_audiofolder_rows_without_a_split_are_not_held_out(tmp_path):
+    # Data preparation trains on rows without a split value, so evaluation must not score them.
+    from speechllm.eval.data import load_audiofolder
+
+    folder = tmp_path / "af"
+    folder.mkdir()
+    with open(folder / "metadata.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file_name", "gender", "split"])
+        for clip_id, split, gender, _, _, hz in CLIPS:
+            _tone(folder / f"{clip_id}.wav", hz)
+            w.writerow([f"{clip_id}.wav", gender, "" if clip_id == "c0" else split])
+    data = load_audiofolder(str(folder), "test")
+    assert sorted(r["clip_id"] for r in data.rows) == ["c1", "c2"]
+    (folder / "metadata.csv").write_text("file_name,gender\nc0.wav,female\n")
+    with pytest.raises(EvalDataError, match="count as 'train'"):
+        load_audiofolder(str(folder), "test")
 
 
 def test_entry_point_exits_cleanly_on_a_missing_checkpoint(tmp_path):

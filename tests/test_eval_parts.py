@@ -37,11 +37,24 @@ S = ("fast", "normal", "slow")
         ("They speak slowly.", P, "pitch", None),  # "slowly" is not "low"
         ("A deep voice, lower than normal.", P, "pitch", "low"),  # first asserted mention wins
         ("Between high and low, I'd say low.", P, "pitch", "low"),
+        ("How would you rate the pitch: high, low or normal?", P, "pitch", None),  # the question echoed
+        ("It is low, normal, or high.", P, "pitch", None),
+        ("male/female", G, "gender", None),  # a hedge, not an answer
+        ("Male and female.", G, "gender", None),
+        ("I can't tell if it's a man.", G, "gender", None),
+        ("Hard to tell, but it sounds like a man.", G, "gender", "male"),  # the hedge is its own clause
+        ("A deep, low voice.", P, "pitch", "low"),  # two words for one class are not a list
         ("The talker is quick.", S, "speed", "fast"),
         ("The pace is rapid.", S, "speed", "fast"),
         ("They had breakfast slowly.", S, "speed", "slow"),  # "breakfast" is not "fast"
         ("Average speed.", S, "speed", "normal"),
         ("The speaker has a Welsh accent.", ("scottish", "welsh"), "accent", "welsh"),  # unknown class
+        (
+            "An American, British, Caribbean or Scottish accent.",
+            ("american", "british", "caribbean", "scottish"),
+            "accent",
+            None,
+        ),  # fmt: skip
         (
             "The speaker speaks English with an American accent.",
             ("american", "british"),
@@ -224,3 +237,26 @@ def test_subsample_is_seeded_spread_and_ordered():
     assert a == b and len(a) == 10 and a == sorted(a, key=lambda r: r["clip_id"])
     assert a != rows[:10]  # not the first N (corpora are often ordered by voice)
     assert subsample(rows, None) == rows and subsample(rows[:3], 10) == rows[:3]
+
+
+def test_agreement_gives_no_credit_for_missing_answers():
+    from speechllm.eval.runner import agreement
+
+    items = [tasks.Item(i, "content", "What was said?", "open the door", ()) for i in range(2)]
+    items += [tasks.Item(i, "gender", "Man or woman?", "male", G) for i in range(2)]
+    speech = ["open the door", "banana", "male", None]
+    # The ceiling gave no transcript for the second clip and no label for the second gender item.
+    ceiling = ["open the door", "", "male", None]
+    assert agreement(items, speech, ceiling) == {"content": 0.5, "gender": 0.5}
+
+
+def test_target_score_averages_the_attribute_tasks_only():
+    from speechllm.eval.runner import target_score
+
+    scores = {
+        "gender": {"accuracy": 0.0},
+        "pitch": {"accuracy": 0.5},
+        "content": {"accuracy": 1.0, "wer": 0.0},
+    }
+    assert target_score(scores) == 0.25
+    assert target_score({"content": {"accuracy": 0.8, "wer": 0.2}}) == 0.8

@@ -94,7 +94,8 @@ def load_audiofolder(
 
     Every metadata column other than ``file_name``/``split``/``clip_id`` is a label: ``gender``
     becomes ``label_gender`` (a column already named ``label_gender`` is kept as is). Rows of `split`
-    are kept; rows without a split value count as `split`.
+    are kept; rows without a split value count as "train", as they do in data preparation, so a clip
+    is never trained on and evaluated as held out.
 
     Args:
         folder: the audiofolder.
@@ -111,13 +112,16 @@ def load_audiofolder(
     from speechllm.corpus.audiofolder import AudioFolderError, read_audiofolder
 
     try:
-        records = read_audiofolder(folder, default_split=split)
+        records = read_audiofolder(folder)
     except AudioFolderError as e:
         raise EvalDataError(f"eval.audiofolder={folder!r}: {e}") from e
     splits = sorted({r["split"] for r in records})
     records = [r for r in records if r["split"] == split]
     if not records:
-        raise EvalDataError(f"{folder!r}: no rows with split=={split!r} (splits present: {splits})")
+        raise EvalDataError(
+            f"{folder!r}: no rows with split=={split!r} (splits present: {splits}); rows without a split "
+            f"value count as 'train', so mark the held-out rows split={split} in metadata.csv"
+        )
     rows: list[dict] = []
     missing: list[str] = []
     for rec in records:

@@ -13,8 +13,10 @@ Models answer "Based on the audio, the speaker sounds like a woman, not a man." 
    instead of) is *negated*: it does not count for that class. If nothing is asserted but negations
    leave exactly one class ("not male" in a two-class task, "neither high nor low" in a three-class
    one), that class is the answer.
-4. **Listed options**: classes joined by "or" ("male or female") or "between X and Y" are options,
-   typically the question echoed back, and assert nothing.
+4. **Listed options and hedges**: two or more different classes joined only by commas, slashes,
+   "or" or "and" ("male or female", "high, low or normal", "male/female", "between X and Y") are
+   options, typically the question echoed back, or a hedge; they assert nothing. Nor does a mention in
+   a clause that says the model cannot tell ("I can't tell if it's a man").
 5. **Several classes mentioned**: the *first* asserted mention wins ("female, although the pitch is
    male-like" -> female). Models state their answer first and qualify after; picking the first is
    right more often than counting mentions, which favours long hedges. Answers that mention no class
@@ -107,6 +109,14 @@ _NEGATOR_PHRASES = ("rather than", "instead of", "as opposed to", "other than")
 NEGATION_WINDOW = 3  # words before a mention that a negator may occupy
 _TOKEN = re.compile(r"[a-z0-9]+(?:[.'’][a-z0-9]+)*|[.,;:!?()\"]")
 _CLAUSE_BREAK = set('.,;:!?()"')
+# What may stand between the options of a list ("high, low, or normal"; "male/female" leaves nothing).
+_LIST_JOINERS = {",", "or", "and", "a", "an", "the"}
+# A clause with one of these says the model cannot tell, whatever class it then names.
+_UNCERTAIN_PHRASES = (
+    "can't tell", "cannot tell", "can't say", "cannot say", "can't determine", "cannot determine",
+    "hard to tell", "hard to say", "difficult to tell", "difficult to say", "impossible to",
+    "not sure", "unsure", "unclear", "unable to", "don't know", "no way to",
+)  # fmt: skip
 
 
 def _tokens(text: str) -> list[str]:
@@ -145,8 +155,8 @@ class Mention(NamedTuple):
         label: the class it names.
         negated: a negator precedes it in the same clause ("not male").
         weak: a weak-evidence word (a pronoun for gender).
-        listed: part of a list of options ("male or female", "between high and low"), as when the
-            model echoes the question; listed mentions assert nothing.
+        listed: part of a list of options ("male or female", "high, low or normal") as when the model
+            echoes the question, or in a clause saying it cannot tell; such mentions assert nothing.
     """
 
     pos: int
@@ -190,30 +200,46 @@ def find_mentions(text: str, task: str, classes: Sequence[str]) -> list[Mention]
         if matched:
             taken.update(range(matched[0][0], matched[0][1]))
             spans.extend(matched)
-    listed = _listed_spans([(a, b) for a, b, _, _ in spans], toks)
-    out = [Mention(a, cls, _negated(toks, a), weak, (a, b) in listed) for a, b, cls, weak in spans]
+    listed = _listed_spans([(a, b, cls) for a, b, cls, _ in spans], toks)
+    out = [
+        Mention(a, cls, _negated(toks, a), weak, (a, b) in listed or _uncertain(toks, a))
+        for a, b, cls, weak in spans
+    ]
     return sorted(out, key=lambda m: m.pos)
 
 
-def _listed_spans(spans: list[tuple[int, int]], toks: list[str]) -> set[tuple[int, int]]:
-    """Spans joined to another span by "or" (or "between ... and"): a list of options."""
+def _listed_spans(spans: list[tuple[int, int, str]], toks: list[str]) -> set[tuple[int, int]]:
+    """Spans in a run of mentions of two or more classes joined only by list words: options."""
     ordered = sorted(set(spans))
     listed: set[tuple[int, int]] = set()
-    for (a1, b1), (a2, b2) in zip(ordered, ordered[1:], strict=False):
-        between = [t for t in toks[b1:a2] if t not in {",", "a", "an", "the"}]
-        if between == ["or"]:
-            listed.update({(a1, b1), (a2, b2)})
-        elif between == ["and"] and "between" in toks[max(0, a1 - 2) : a1]:
-            listed.update({(a1, b1), (a2, b2)})
+    run = ordered[:1]
+    for prev, cur in zip(ordered, ordered[1:], strict=False):
+        if set(toks[prev[1] : cur[0]]) <= _LIST_JOINERS:
+            run.append(cur)
+            continue
+        if len({cls for _, _, cls in run}) > 1:
+            listed.update((a, b) for a, b, _ in run)
+        run = [cur]
+    if len({cls for _, _, cls in run}) > 1:
+        listed.update((a, b) for a, b, _ in run)
     return listed
 
 
+def _clause_before(toks: list[str], i: int) -> list[str]:
+    """The tokens of the clause before position i (back to the last punctuation)."""
+    j = i
+    while j > 0 and toks[j - 1] not in _CLAUSE_BREAK:
+        j -= 1
+    return toks[j:i]
+
+
+def _uncertain(toks: list[str], i: int) -> bool:
+    clause = " ".join(_clause_before(toks, i))
+    return any(f" {p} " in f" {clause} " for p in _UNCERTAIN_PHRASES)
+
+
 def _negated(toks: list[str], i: int) -> bool:
-    window: list[str] = []
-    for j in range(i - 1, max(-1, i - 1 - NEGATION_WINDOW), -1):
-        if toks[j] in _CLAUSE_BREAK:
-            break
-        window.insert(0, toks[j])
+    window = _clause_before(toks, i)[-NEGATION_WINDOW:]
     if any(t in _NEGATORS or t.endswith("n't") for t in window):
         return True
     joined = " ".join(window)

@@ -47,18 +47,19 @@ def plane_points(report: dict) -> dict:
     Returns:
         {"x", "y", "x_base", "y_base"}: target score and retention of the trained model and of the
         adapter at initialisation (the baseline's retention is its format pass rate relative to the
-        same text rate).
+        same text rate). x_base and y_base are None when the evaluation ran no baseline.
     """
     summary = report.get("summary", {})
     fmt = report.get("retention", {}).get("format", {})
     text = fmt.get("text") or 0.0
     floor = 1.0 / max(1, int(fmt.get("n", 1) or 1))
-    base_ret = (fmt.get("baseline", 0.0) or 0.0) / max(text, floor) if fmt else 0.0
+    base_x = summary.get("baseline_target_score")
+    base_rate = fmt.get("baseline") if fmt else 0.0
     return {
         "x": float(summary.get("target_score", 0.0)),
         "y": float(summary.get("retention", 0.0)),
-        "x_base": float(summary.get("baseline_target_score", 0.0)),
-        "y_base": float(base_ret),
+        "x_base": None if base_x is None else float(base_x),
+        "y_base": None if base_x is None or base_rate is None else base_rate / max(text, floor),
     }
 
 
@@ -81,16 +82,17 @@ def plot_plane(run_dirs: Sequence[str], out_path: str, labels: Sequence[str] | N
     for i, (rep, label) in enumerate(zip(reports, labels, strict=True)):
         p = plane_points(rep)
         color = f"C{i % 10}"
-        ax.annotate(
-            "",
-            xy=(p["x"], p["y"]),
-            xytext=(p["x_base"], p["y_base"]),
-            arrowprops={"arrowstyle": "->", "color": color, "alpha": 0.5},
-        )
-        ax.scatter([p["x_base"]], [p["y_base"]], facecolors="none", edgecolors=color, s=40)
+        if p["x_base"] is not None and p["y_base"] is not None:
+            ax.annotate(
+                "",
+                xy=(p["x"], p["y"]),
+                xytext=(p["x_base"], p["y_base"]),
+                arrowprops={"arrowstyle": "->", "color": color, "alpha": 0.5},
+            )
+            ax.scatter([p["x_base"]], [p["y_base"]], facecolors="none", edgecolors=color, s=40)
         ax.scatter([p["x"]], [p["y"]], color=color, s=50, label=label)
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("target task: mean unseen-instruction accuracy")
+    ax.set_xlabel("target: mean unseen-instruction accuracy over the attribute tasks")
     ax.set_ylabel("retention: format pass rate, speech / text (1 + Δ)")
     ax.set_title("Learning vs forgetting (hollow: untrained adapter)")
     ax.set_xlim(0, 1.02)
@@ -116,9 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for d in args.runs:
         p = plane_points(load_report(d))
-        print(
-            f"{d}: target={p['x']:.3f} retention={p['y']:.3f} (untrained: {p['x_base']:.3f}, {p['y_base']:.3f})"
+        base = (
+            "no baseline" if p["x_base"] is None else f"untrained: {p['x_base']:.3f}, {p['y_base'] or 0:.3f}"
         )
+        print(f"{d}: target={p['x']:.3f} retention={p['y']:.3f} ({base})")
     print(f"wrote {path}")
     return 0
 
