@@ -23,6 +23,12 @@ SAMPLE_RATE = 16000
 # A clip whose loudest sample is below this is treated as silent: -80 dBFS is under the noise floor of
 # any real recording (16-bit dither is about -96 dBFS), so only digital silence or near-zero files land here.
 SILENCE_PEAK_DBFS = -80.0
+# Shorter clips hold no syllable to describe: pitch, rate and ASR on them are noise.
+MIN_SECONDS = 0.1
+# Samples at or past this magnitude count as clipped; a clip with more than CLIPPED_NOTE_FRACTION of
+# them is kept (clipped speech is still speech) but the clipping is recorded with its conversions.
+FULL_SCALE = 0.999
+CLIPPED_NOTE_FRACTION = 0.001
 
 # Subtypes that decode to float32 without loss of meaning; anything else (PCM_24, PCM_U8, ULAW, ...)
 # is recorded as a conversion.
@@ -52,7 +58,8 @@ class AudioClip:
         array: float32 mono samples. Shapes: (num_samples,).
         sr: sample rate of `array`.
         conversions: what was done to the file to get here, e.g. ["resampled 8000->16000",
-            "downmixed 2->1 channels", "converted PCM_24->float32"]; empty when nothing was needed.
+            "downmixed 2->1 channels", "converted PCM_24->float32"], and clipping found; empty when nothing
+            was needed or found.
     """
 
     array: np.ndarray
@@ -80,23 +87,40 @@ def check_array(
         The array as contiguous float32.
 
     Raises:
-        AudioError: empty, non-finite (NaN/inf) samples, all silent, or longer than `max_seconds`.
+        AudioError: empty, shorter than 0.1 s, non-finite (NaN/inf) samples, all silent (a constant
+            DC offset included), or longer than `max_seconds`.
     """
     array = np.ascontiguousarray(array, dtype=np.float32)
     if array.ndim != 1:
         raise AudioError(name, f"expected mono audio of shape (num_samples,), got shape {array.shape}")
     if array.size == 0:
         raise AudioError(name, "empty (no samples)")
+    if array.size / sr < MIN_SECONDS:
+        raise AudioError(name, f"too short: {array.size / sr:.3f} s < {MIN_SECONDS:g} s")
     if not np.isfinite(array).all():
         raise AudioError(name, "non-finite samples (NaN or inf)")
-    peak = float(np.max(np.abs(array)))
+    # Around the mean: a biased converter's constant offset is silence too.
+    peak = float(np.max(np.abs(array - array.mean(dtype=np.float64))))
     if peak <= 10 ** (SILENCE_PEAK_DBFS / 20):
         peak_db = "-inf" if peak == 0 else f"{20 * math.log10(peak):.1f}"
-        raise AudioError(name, f"silent (peak {peak_db} dBFS)")
+        raise AudioError(name, f"silent (peak {peak_db} dBFS around the mean)")
     seconds = array.size / sr
     if max_seconds is not None and seconds > max_seconds:
         raise AudioError(name, f"too long: {seconds:.1f} s > {max_seconds:g} s")
     return array
+
+
+def clipping_note(array: np.ndarray) -> str | None:
+    """A note for audio with more than 0.1% of its samples at or past full scale, else None.
+
+    Args:
+        array: float samples (full scale is 1.0). Shapes: (num_samples,).
+    """
+    clipped = float(np.mean(np.abs(array) >= FULL_SCALE))
+    if clipped <= CLIPPED_NOTE_FRACTION:
+        return None
+    peak_db = 20 * math.log10(float(np.max(np.abs(array))))
+    return f"clipped: {100 * clipped:.1f}% of samples at full scale (peak {peak_db:+.1f} dBFS)"
 
 
 def resample(array: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -129,8 +153,8 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, max_seconds: floa
         An `AudioClip` with `array` of shape (num_samples,) at `sr`.
 
     Raises:
-        AudioError: missing file, unreadable/corrupt/not audio, empty, all silent, NaN/inf samples,
-            or longer than `max_seconds`.
+        AudioError: missing file, unreadable/corrupt/not audio, empty or under 0.1 s, all silent,
+            NaN/inf samples, or longer than `max_seconds`. Clipping is not refused; it is recorded.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -162,6 +186,8 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, max_seconds: floa
         array = data[:, 0]
     # Check before resampling: NaNs would spread through the filter and silence would be resampled for nothing.
     array = check_array(array, file_sr, name=path)
+    if note := clipping_note(array):
+        conversions.append(note)
     if file_sr != sr:
         array = resample(array, file_sr, sr)
         conversions.append(f"resampled {file_sr}->{sr}")

@@ -88,10 +88,24 @@ def test_check_array():
     tone = _tone(seconds=0.5)
     assert check_array(tone.astype(np.float64), SAMPLE_RATE).dtype == np.float32
     with pytest.raises(AudioError, match="silent"):
-        check_array(np.full(100, 1e-6, np.float32), SAMPLE_RATE, name="quiet")
+        check_array(np.full(SAMPLE_RATE, 1e-6, np.float32), SAMPLE_RATE, name="quiet")
+    with pytest.raises(AudioError, match="silent"):  # a constant DC offset carries no sound
+        check_array(np.full(SAMPLE_RATE, 0.5, np.float32), SAMPLE_RATE, name="dc")
+    with pytest.raises(AudioError, match=r"too short: 0.000 s"):
+        check_array(np.array([0.3], np.float32), SAMPLE_RATE, name="one sample")
     with pytest.raises(AudioError, match="inf"):
-        check_array(np.array([0.1, np.inf], np.float32), SAMPLE_RATE)
+        check_array(np.append(tone, np.inf), SAMPLE_RATE)
     with pytest.raises(AudioError, match="mono"):
         check_array(np.zeros((2, 100), np.float32), SAMPLE_RATE)
     with pytest.raises(AudioError, match="too long"):
         check_array(tone, SAMPLE_RATE, max_seconds=0.25)
+
+
+def test_clipping_is_recorded_not_refused(tmp_path):
+    path = tmp_path / "clipped.wav"
+    sf.write(path, np.clip(_tone(amp=3.0), -1, 1), SAMPLE_RATE, subtype="PCM_16")
+    clip = load_audio(path)
+    [note] = clip.conversions
+    assert note.startswith("clipped: ") and "% of samples at full scale" in note
+    sf.write(path, _tone(amp=0.99), SAMPLE_RATE, subtype="PCM_16")  # loud, but the peaks only touch
+    assert load_audio(path).conversions == []

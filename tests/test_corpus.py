@@ -110,3 +110,13 @@ def test_audiofolder_errors(tmp_path):
     (tmp_path / "metadata.csv").write_text("file_name\na.wav\na.mp3\n")
     with pytest.raises(AudioFolderError, match="duplicate"):
         read_audiofolder(tmp_path)
+    (tmp_path / "metadata.csv").write_text("file_name,gender\na.wav,male\n,female\n")
+    with pytest.raises(AudioFolderError, match="line 3: empty file_name"):
+        read_audiofolder(tmp_path)
+
+
+def test_audiofolder_reads_spreadsheet_exports(tmp_path):
+    # A byte-order mark and spaces after the commas, as spreadsheets write them.
+    (tmp_path / "metadata.csv").write_bytes("\ufefffile_name, split, gender\na.wav, test, female\n".encode())
+    [row] = read_audiofolder(tmp_path)
+    assert (row["clip_id"], row["split"], row["label_gender"]) == ("a", "test", "female")

@@ -211,9 +211,13 @@ def test_asr_transcript_with_tiny_whisper_is_batched_text(tiny_whisper_source):
     _run(
         clips,
         ["transcript"],
-        transcript={"source": tiny_whisper_source, "batch_size": 2, "max_new_tokens": 5},
+        transcript={"source": tiny_whisper_source, "batch_size": 2, "max_new_tokens": 5, "trim": False},
     )
-    assert all(isinstance(c.values["transcript"], str) for c in clips)
+    # Batches of 2 give each clip the text it gets alone, in input order (the random model's text is
+    # arbitrary but deterministic, and not empty).
+    alone = [transcribe([c.audio], tiny_whisper_source, 1, 5, trim=False)[0] for c in clips]
+    assert [c.values["transcript"] for c in clips] == alone
+    assert all(alone)
 
 
 def test_trimmed_asr_redoes_unfinished_transcripts_on_30_s(tiny_whisper_source, caplog):

@@ -109,6 +109,27 @@ def test_bad_files_are_rejected_with_reasons_or_converted(bad_folder, tmp_path):
     assert rows["good1"]["description"].startswith("A woman speaks, in a medium-pitched voice")
 
 
+def test_clips_over_whisper_length_are_refused_by_name_when_the_transcript_is_asr(bad_folder):
+    root, _, _ = bad_folder
+    asr = DescribeProcessor(
+        ["transcript"], {"transcript": {"methods": ["asr"]}}, ["transcript"], "natural", None
+    )
+    result = asr([{"clip_id": "long", "audio_path": str(root / "long.wav"), "split": "train"}])
+    assert result.rows == []
+    assert result.rejects == [
+        {"clip_id": "long", "file": str(root / "long.wav"), "reason": "too long: 45.0 s > 30 s"}
+    ]
+
+
+def test_an_audio_file_replaced_in_place_is_described_again(tmp_path):
+    sf.write(tmp_path / "a.wav", _tone(1.0), SR)
+    inputs = [{"clip_id": "a", "audio_path": str(tmp_path / "a.wav"), "split": "train"}]
+    cfg = _describe_cfg(attributes=["duration"])
+    assert run_describe(inputs, tmp_path / "described", cfg)["duration"] == [pytest.approx(1.0)]
+    sf.write(tmp_path / "a.wav", _tone(3.0), SR)
+    assert run_describe(inputs, tmp_path / "described", cfg)["duration"] == [pytest.approx(3.0)]
+
+
 def test_rerun_is_a_noop_and_an_attribute_yaml_change_invalidates(bad_folder, tmp_path, monkeypatch):
     root, _, _ = bad_folder
     inputs = read_audiofolder(root)

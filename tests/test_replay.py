@@ -1,6 +1,7 @@
 """Text replay: Magpie self-chats, safety demonstrations, experience sampling, replay configs."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -199,6 +200,13 @@ def test_replay_configs_validate():
         replay_config({"magpie": {"sise": 3}})
     with pytest.raises(ValueError, match="unknown source 'magpy'"):
         replay_config({"build": ["magpy"]})
+    for bad, message in [
+        ({"safety": {"harmful": -1}}, "replay.safety.harmful=-1"),
+        ({"experience": {"size": -5}}, "replay.experience.size=-5"),
+        ({"magpie": {"instruction": {"temperature": 0.0}}}, "replay.magpie.instruction: temperature=0.0"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            replay_config(bad)
 
 
 def test_run_replay_from_config(talky, tmp_path):

@@ -96,3 +96,23 @@ def test_bad_arguments_fail_clearly(tmp_path):
 def test_stage_that_keeps_nothing(tmp_path):
     ds = run_stage(tmp_path / "s", {}, INPUTS[1:2], square_or_reject)
     assert len(ds) == 0 and len(read_rejects(tmp_path / "s")) == 1
+
+
+def test_a_changed_input_value_reruns_not_just_a_changed_key(tmp_path):
+    counting = Counting()
+    run_stage(tmp_path / "s", {"v": 1}, INPUTS, counting, chunk_size=5)
+    moved = [{**r, "value": r["value"] + 1} for r in INPUTS]  # same clip ids, other contents
+    ds = run_stage(tmp_path / "s", {"v": 1}, moved, counting, chunk_size=5)
+    assert counting.calls == 10
+    assert sorted(ds["clip_id"]) == [r["clip_id"] for r in moved if r["value"] % 2 == 0]
+
+
+def test_a_part_written_twice_keeps_the_first_copy(tmp_path):
+    # Two processes running the same unsharded stage both finish chunk 0.
+    from speechllm.data.stage import _part_dir, _write_part
+
+    (tmp_path / "s").mkdir()
+    _write_part(tmp_path / "s", 0, square_or_reject(INPUTS[:4]))
+    _write_part(tmp_path / "s", 0, square_or_reject(INPUTS[:4]))
+    parts = list(_part_dir(tmp_path / "s", 0).parent.iterdir())
+    assert [p.name for p in parts] == [_part_dir(tmp_path / "s", 0).name]  # no temporary folder left

@@ -1,6 +1,7 @@
 """Self-output targets and the label/paraphrase modes, on a tiny local LLM."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,15 @@ def test_config_rejects_typos_and_bad_values():
     with pytest.raises(ValueError, match="mode"):
         target_config({"mode": "selfoutput"})
     assert target_config(None).instructions == ["What can you hear from the audio?"]
+    for bad, message in [
+        ({"limit": -1}, "target.limit=-1"),
+        ({"limit": 0}, "target.limit=0"),
+        ({"token_filter": {"threshold": 4.0}}, "threshold=4.0"),
+        ({"generation": {"temperature": -1.0}}, "target.generation: temperature=-1.0"),
+        ({"generation": {"top_p": 7.0}}, "top_p=7.0"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            target_config(bad)
 
 
 def test_batched_generation_matches_one_at_a_time(talky):
@@ -285,6 +295,18 @@ def test_label_and_paraphrase_modes_share_columns(talky, tmp_path):
     bare = [{k: v for k, v in rows[0].items() if not k.startswith("label_")}]
     assert len(build_targets(bare, tmp_path / "bare", target_config({**CFG, "mode": "label"}))) == 0
     assert "no label_" in read_rejects(tmp_path / "bare")[0]["reason"]
+
+
+def test_targets_are_redone_when_a_copied_column_changes(tmp_path):
+    # Target rows carry the described audio path and split; a moved corpus or a clip moved to the test
+    # split must not leave the old values behind (test audio would leak into training).
+    rows = described_rows(4)
+    cfg = target_config({**CFG, "mode": "label", "split": None})
+    build_targets(rows, tmp_path / "t", cfg)
+    rows[0] = {**rows[0], "audio_path": "/moved/clip000.wav", "split": "test"}
+    again = build_targets(rows, tmp_path / "t", cfg)
+    first = next(r for r in again if r["clip_id"] == "clip000")
+    assert (first["audio_path"], first["split"]) == ("/moved/clip000.wav", "test")
 
 
 def test_trim_to_sentence():

@@ -33,20 +33,29 @@ def read_audiofolder(path: str | os.PathLike, default_split: str = "train") -> l
         (absolute), `split`, and `label_<column>` (str) for every other column.
 
     Raises:
-        AudioFolderError: no metadata.csv, no `file_name` column, or duplicate clip ids.
+        AudioFolderError: no metadata.csv, no `file_name` column, an empty file name, empty or repeated
+            column names, or duplicate clip ids.
     """
     root = Path(path).resolve()
     meta = root / "metadata.csv"
     if not meta.exists():
         raise AudioFolderError(f"{root}: no metadata.csv (an audiofolder needs one with a file_name column)")
-    with open(meta, newline="", encoding="utf-8") as f:
+    # utf-8-sig: spreadsheet exports start with a byte-order mark that would hide the first column name.
+    with open(meta, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
+        if reader.fieldnames:
+            # "file_name, split" has a space after the comma; "split" must still be the split column.
+            reader.fieldnames = [c.strip() for c in reader.fieldnames]
         if not reader.fieldnames or "file_name" not in reader.fieldnames:
             raise AudioFolderError(f"{meta}: needs a file_name column, has {reader.fieldnames}")
+        if len(set(reader.fieldnames)) != len(reader.fieldnames) or "" in reader.fieldnames:
+            raise AudioFolderError(f"{meta}: empty or repeated column names in {reader.fieldnames}")
         labels = [c for c in reader.fieldnames if c not in RESERVED]
         rows = []
         for line in reader:
             name = (line.get("file_name") or "").strip()
+            if not name:
+                raise AudioFolderError(f"{meta}, line {reader.line_num}: empty file_name")
             rows.append(
                 {
                     "clip_id": (line.get("clip_id") or "").strip() or os.path.splitext(name)[0],

@@ -8,13 +8,14 @@ that runs, so editing an attribute's YAML (a bin edge, a model source) re-descri
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from speechllm.audio import AudioError, load_audio
 from speechllm.data.stage import StageResult, run_stage
 from speechllm.describe import Clip, describe_clips, load_configs
+from speechllm.describe.transcript import WHISPER_MAX_SECONDS
 
 # Bumped when the stage's code changes what it writes for the same config.
 DESCRIBE_VERSION = 1
@@ -29,7 +30,7 @@ class DescribeProcessor:
         configs: attribute configs of everything that runs (from `load_configs`).
         order: run order.
         renderer: renderer name.
-        max_seconds: longer clips are rejected.
+        max_seconds: longer clips are rejected (at most 30 s when the transcript comes from Whisper).
     """
 
     attributes: list[str]
@@ -49,9 +50,13 @@ class DescribeProcessor:
             (`clip_id`, `file`, `reason`).
         """
         clips, kept, rejects = [], [], []
+        max_seconds = self.max_seconds
+        if "asr" in self.configs.get("transcript", {}).get("methods", []) and "transcript" in self.order:
+            # Whisper reads at most 30 s; a longer clip is refused by name rather than stopping the stage.
+            max_seconds = min(max_seconds or WHISPER_MAX_SECONDS, WHISPER_MAX_SECONDS)
         for row in rows:
             try:
-                audio = load_audio(row["audio_path"], max_seconds=self.max_seconds)
+                audio = load_audio(row["audio_path"], max_seconds=max_seconds)
             except AudioError as err:
                 rejects.append({"clip_id": row["clip_id"], "file": row["audio_path"], "reason": err.reason})
                 continue
@@ -80,6 +85,17 @@ def describe_fingerprint(describe_cfg: dict, configs: dict[str, dict]) -> dict:
     }
 
 
+def _file_stats_digest(paths) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            st = os.stat(path)
+            digest.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}\tmissing\n".encode())  # the describe stage rejects it by name
+    return digest.hexdigest()
+
+
 def run_describe(
     inputs: list[dict],
     out_dir: str | Path,
@@ -105,9 +121,9 @@ def run_describe(
     configs, order = load_configs(
         attributes, describe_cfg.get("attributes_dir"), describe_cfg.get("overrides")
     )
-    # Inputs' labels and paths are part of what is described; run_stage hashes only the keys.
     fingerprint = describe_fingerprint(describe_cfg, configs)
-    fingerprint["inputs"] = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    # run_stage hashes the input rows; an audio file replaced in place must invalidate them too.
+    fingerprint["audio_files"] = _file_stats_digest(row["audio_path"] for row in inputs)
     processor = DescribeProcessor(
         attributes, configs, order, describe_cfg["renderer"], describe_cfg.get("max_seconds")
     )

@@ -288,8 +288,17 @@ def replay_config(node: DictConfig | dict | None) -> ReplayConfig:
     for name, how in (("magpie", cfg.magpie.answer_on_truncated), ("safety", cfg.safety.answer_on_truncated)):
         if how not in ("trim", "drop"):
             raise ValueError(f"replay.{name}.answer_on_truncated={how!r}: use trim or drop")
-    if cfg.magpie.size < 1 or cfg.magpie.oversample < 1.0:
-        raise ValueError("replay.magpie: size must be >= 1 and oversample >= 1.0")
+    if cfg.magpie.size < 1 or cfg.magpie.oversample < 1.0 or cfg.magpie.chunk_size < 1:
+        raise ValueError("replay.magpie: size and chunk_size must be >= 1 and oversample >= 1.0")
+    for name in ("harmful", "lookalike"):
+        count = getattr(cfg.safety, name)
+        if count is not None and count < 0:
+            raise ValueError(f"replay.safety.{name}={count} must be >= 0, or null for all")
+    if cfg.experience.size < 1:
+        raise ValueError(f"replay.experience.size={cfg.experience.size} must be >= 1")
+    cfg.magpie.instruction.check("replay.magpie.instruction")
+    cfg.magpie.answer.check("replay.magpie.answer")
+    cfg.safety.answer.check("replay.safety.answer")
     return cfg
 
 
@@ -495,7 +504,9 @@ def build_magpie(
     attempts = math.ceil(cfg.magpie.size * cfg.magpie.oversample)
     fp = {"stage": "replay/magpie", "llm": cfg.llm, "dtype": cfg.dtype, "seed": seed}
     fp["magpie"] = dataclasses.asdict(cfg.magpie)
-    fp["magpie"].pop("size")  # the cap is applied in the final pass; more attempts reuse old ones
+    # size and oversample reach the raw attempts only through their number (the inputs); the cap is
+    # applied in the final pass.
+    fp["magpie"].pop("size")
     fp["magpie"].pop("oversample")
     inputs = [{"replay_id": f"magpie-{i:06d}"} for i in range(attempts)]
     llm = loader or _LLM(cfg, model, tokenizer)

@@ -91,14 +91,18 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _stage_fingerprint(fingerprint: dict, inputs: list[dict], key: str, chunk_size: int) -> str:
-    # The parts only line up when the inputs and their chunking are the same, so both are hashed in.
+def _stage_fingerprint(fingerprint: dict, inputs: list[dict], chunk_size: int) -> str:
+    # The parts only line up when the inputs and their chunking are the same, so both are hashed in:
+    # whole rows, not just keys, since a stage copies columns (paths, splits) into its output.
+    digest = hashlib.sha256()
+    for r in inputs:
+        digest.update(json.dumps(r, sort_keys=True, default=str).encode() + b"\n")
     return fingerprint_of(
         {
             "format": STAGE_FORMAT,
             "config": fingerprint,
             "chunk_size": chunk_size,
-            "inputs": hashlib.sha256("\n".join(str(r[key]) for r in inputs).encode()).hexdigest(),
+            "inputs": digest.hexdigest(),
         }
     )
 
@@ -157,7 +161,14 @@ def _write_part(out_dir: Path, index: int, result: StageResult) -> None:
         for reject in result.rejects:
             f.write(json.dumps(reject, default=str) + "\n")
     # The rename is the commit point: a part folder without the .tmp suffix is always whole.
-    os.replace(tmp, final)
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if not final.exists():
+            raise
+        # Another process running the same stage (same fingerprint, so same inputs) wrote this part
+        # first; its copy is as good as ours.
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _prepare_dir(out_dir: Path, stage_fp: str) -> None:
@@ -268,7 +279,7 @@ def run_stage(
         raise ValueError(f"{desc}: duplicate {key} values in the inputs, e.g. {duplicates[:5]}")
 
     config_fp = fingerprint_of(fingerprint)
-    stage_fp = _stage_fingerprint(fingerprint, inputs, key, chunk_size)
+    stage_fp = _stage_fingerprint(fingerprint, inputs, chunk_size)
     done = _read_json(out_dir / _COMPLETE)
     if done is not None and done.get("fingerprint") == stage_fp:
         logger.info(

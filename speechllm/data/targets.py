@@ -138,6 +138,24 @@ class GenerationConfig:
     seed: int = 0
     batch_size: int = 16
 
+    def check(self, where: str) -> None:
+        """Raise ValueError naming `where` (e.g. "target.generation") for a value out of range."""
+        problems = [
+            f"{name}={value} must be >= 1"
+            for name, value in (("max_new_tokens", self.max_new_tokens), ("batch_size", self.batch_size))
+            if value < 1
+        ]
+        if self.temperature <= 0:
+            problems.append(f"temperature={self.temperature} must be > 0 (do_sample=false is greedy)")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p={self.top_p} must be in (0, 1]")
+        if self.top_k < 0:
+            problems.append(f"top_k={self.top_k} must be >= 0 (0 disables it)")
+        if self.repetition_penalty <= 0:
+            problems.append(f"repetition_penalty={self.repetition_penalty} must be > 0")
+        if problems:
+            raise ValueError(f"{where}: " + "; ".join(problems))
+
     def settings(self) -> dict:
         """The settings that determine the output (batch size excluded)."""
         out = dataclasses.asdict(self)
@@ -407,8 +425,15 @@ def target_config(node: DictConfig | dict | None) -> TargetConfig:
         raise ValueError(f"target.backend={cfg.backend!r}: use hf or vllm")
     if cfg.on_truncated not in ("trim", "drop", "keep"):
         raise ValueError(f"target.on_truncated={cfg.on_truncated!r}: use trim, drop or keep")
-    if cfg.generation.max_new_tokens < 1 or cfg.generation.batch_size < 1 or cfg.chunk_size < 1:
-        raise ValueError("target: max_new_tokens, batch_size and chunk_size must be >= 1")
+    cfg.generation.check("target.generation")
+    if cfg.chunk_size < 1 or cfg.token_filter.batch_size < 1:
+        raise ValueError("target.chunk_size and target.token_filter.batch_size must be >= 1")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise ValueError(f"target.limit={cfg.limit} must be >= 1, or null for every clip")
+    if not 0.0 <= cfg.token_filter.threshold <= 1.0:
+        raise ValueError(
+            f"target.token_filter.threshold={cfg.token_filter.threshold} is a probability: use [0, 1]"
+        )
     cfg.instructions = resolve_pool(cfg.instructions)
     if not 1 <= cfg.instructions_per_clip <= len(set(cfg.instructions)):
         raise ValueError(
@@ -648,14 +673,10 @@ def build_targets(
     from speechllm.data.stage import run_stage
 
     inputs = _described_inputs(described, cfg, seed)
-    # target ids alone key the parts; the text the LLM reads must invalidate them too.
-    content = hashlib.sha256(
-        "\n".join(f"{r['clip_id']}\t{r.get('description')}\t{label_answer(r)}" for r in inputs).encode()
-    ).hexdigest()
     config = dataclasses.asdict(cfg)
     config["generation"].pop("batch_size")
     config["token_filter"].pop("batch_size")
-    fingerprint = {"stage": "targets", "target": config, "seed": seed, "content": content}
+    fingerprint = {"stage": "targets", "target": config, "seed": seed}
     writer = TargetWriter(cfg, seed=seed, model=model, tokenizer=tokenizer)
     result = run_stage(
         out_dir,
