@@ -243,6 +243,33 @@ def test_text_only_batch_trains_without_audio(model):
     assert all(not p.grad.any() for p in model.adapter.parameters())
 
 
+@pytest.mark.parametrize("finetune", ["frozen", "lora"])
+def test_gradient_checkpointing_recomputes_layers_and_keeps_gradients(
+    tiny_whisper_source, tiny_llm_source, finetune
+):
+    def grads(model, rows):
+        model.zero_grad()
+        model.train()
+        model(**model.collator()(rows)).loss.backward()
+        return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads(make_model(tiny_whisper_source, tiny_llm_source, finetune=finetune), mixed_rows())
+    model = make_model(tiny_whisper_source, tiny_llm_source, finetune=finetune)
+    model.enable_gradient_checkpointing()
+    calls = []
+    for layer in [m for m in model.llm.modules() if getattr(m, "gradient_checkpointing", False)]:
+        func = layer._gradient_checkpointing_func
+        layer._gradient_checkpointing_func = lambda *a, _f=func, **k: calls.append(1) or _f(*a, **k)
+    checkpointed = grads(model, mixed_rows())
+    assert calls, "no layer was recomputed"
+    assert checkpointed.keys() == plain.keys()
+    for k in plain:
+        torch.testing.assert_close(checkpointed[k], plain[k], rtol=1e-4, atol=1e-6)
+    if finetune == "lora":  # a text-only batch still reaches LoRA through the checkpointed layers
+        text_only = grads(model, [mixed_rows()[1]])
+        assert any(v.any() for k, v in text_only.items() if "lora_B" in k)
+
+
 # ---- save / load ----
 
 

@@ -125,6 +125,9 @@ def test_every_preset_composes_with_allowed_targets():
         ("loss=mse", "loss"),
         ("+replay.ration=0.1", "ration"),
         ("+model.adapter.evil._target_=os.system", "os.system"),
+        ("+model.finetune=lora", "model.finetune"),  # belongs under model.llm
+        ("+model.llm.lora.rr=4", "rr"),
+        ("+paths.dta_dir=/x", "paths.dta_dir"),
     ],
 )
 def test_config_errors_name_the_key_before_any_model_loads(tmp_path, monkeypatch, override, names):
@@ -246,6 +249,17 @@ def test_resume_continues_the_same_data_and_optimizer_state(smoke_dirs, tmp_path
     for step in (3, 4):
         assert resumed[step] == pytest.approx(straight[step], rel=1e-5, abs=1e-6)
 
+    # Resuming a finished run trains nothing more: no step 5, the same final weights and metrics.
+    final = (run / "checkpoints/final/model.safetensors").read_bytes()
+    again = train(smoke_cfg(smoke_dirs, run, *fast, "trainer.resume=last"))
+    assert step_losses(again) == resumed
+    assert not (run / "checkpoints/step-5").exists()
+    assert (run / "checkpoints/final/model.safetensors").read_bytes() == final
+    # A checkpoint trained under another model config is refused, with the keys that differ.
+    with pytest.raises(ConfigError, match=r"model.prompt.transcript: True -> False"):
+        train(smoke_cfg(smoke_dirs, run, *fast, "trainer.resume=last", "trainer.max_steps=6",
+                        "model.prompt.transcript=false"))  # fmt: skip
+
 
 def test_lora_policy_saves_and_reloads_the_peft_adapter(smoke_dirs, tmp_path):
     from speechllm.model import SpeechLM
@@ -311,6 +325,16 @@ def test_kd_loss_is_zero_for_a_perfect_student_and_checks_alignment():
 
 def _env() -> dict[str, str]:
     return dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+
+
+def test_resume_last_without_a_named_run_folder_is_refused(smoke_dirs, tmp_path):
+    # Each launch gets a new time-stamped folder, so "last" could never find the earlier checkpoints.
+    cmd = [sys.executable, str(REPO / "train.py"), "experiment=smoke", f"paths.data_dir={smoke_dirs['data']}",
+           f"paths.cache_dir={smoke_dirs['cache']}", "trainer.resume=last"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "add hydra.run.dir=<the run's folder>" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_hydra_multirun_of_two_smoke_runs(smoke_dirs, tmp_path):

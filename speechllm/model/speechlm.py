@@ -78,6 +78,37 @@ def _section(schema, node, name: str):
     return OmegaConf.to_object(merged)
 
 
+MODEL_SECTIONS = ("encoder", "adapter", "llm", "prompt")
+
+
+def check_model_config(model_cfg: DictConfig | dict) -> tuple[EncoderConfig, LLMConfig, PromptConfig]:
+    """Validate the `model` node without loading anything.
+
+    Returns:
+        The encoder, LLM and prompt sections as their dataclasses.
+
+    Raises:
+        ValueError: a key outside the four sections (a misplaced `model.finetune` would otherwise be
+            ignored), a typo or bad value inside one, an unknown fine-tuning policy, or no adapter target.
+    """
+    unknown = [k for k in model_cfg.keys() if k not in MODEL_SECTIONS]
+    if unknown:
+        raise ValueError(
+            f"unknown config key 'model.{unknown[0]}'; the model's sections are {list(MODEL_SECTIONS)}"
+        )
+    enc_cfg = _section(EncoderConfig, model_cfg.get("encoder"), "encoder")
+    llm_cfg = _section(LLMConfig, model_cfg.get("llm"), "llm")
+    prompt_cfg = _section(PromptConfig, model_cfg.get("prompt"), "prompt")
+    if llm_cfg.finetune not in FINETUNE_POLICIES:
+        raise ValueError(f"model.llm.finetune must be one of {FINETUNE_POLICIES}, got {llm_cfg.finetune!r}")
+    adapter_cfg = model_cfg.get("adapter")
+    if adapter_cfg is None or "_target_" not in adapter_cfg:
+        raise ValueError(
+            "model.adapter needs a _target_ (choose one with model/adapter=qformer|stack_mlp|conv)"
+        )
+    return enc_cfg, llm_cfg, prompt_cfg
+
+
 def _plain(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
 
@@ -112,6 +143,7 @@ class SpeechLM(nn.Module):
         self.prompt = PromptConfig(**config.get("prompt") or {})
         self.prompt_tokenizer = PromptTokenizer(tokenizer)
         self._asr = None
+        self._checkpointing = False
         self.log_parameter_counts()
 
     # ---- construction ----
@@ -131,18 +163,8 @@ class SpeechLM(nn.Module):
         from speechllm.config import instantiate
         from speechllm.sources import load_llm
 
-        enc_cfg = _section(EncoderConfig, model_cfg.get("encoder"), "encoder")
-        llm_cfg = _section(LLMConfig, model_cfg.get("llm"), "llm")
-        prompt_cfg = _section(PromptConfig, model_cfg.get("prompt"), "prompt")
-        if llm_cfg.finetune not in FINETUNE_POLICIES:
-            raise ValueError(
-                f"model.llm.finetune must be one of {FINETUNE_POLICIES}, got {llm_cfg.finetune!r}"
-            )
+        enc_cfg, llm_cfg, prompt_cfg = check_model_config(model_cfg)
         adapter_cfg = model_cfg.get("adapter")
-        if adapter_cfg is None or "_target_" not in adapter_cfg:
-            raise ValueError(
-                "model.adapter needs a _target_ (choose one with model/adapter=qformer|stack_mlp|conv)"
-            )
 
         encoder = load_encoder(
             enc_cfg.source,
@@ -203,7 +225,24 @@ class SpeechLM(nn.Module):
         super().train(mode)
         if self.finetune == "frozen":
             self.llm.eval()  # a frozen LLM never runs dropout
+            if mode and self._checkpointing:
+                # transformers checkpoints a layer only while the layer is training; flag the layers
+                # alone (not their attention and dropout modules), so they are recomputed without dropout.
+                for module in self.llm.modules():
+                    if getattr(module, "gradient_checkpointing", False):
+                        module.training = True
         return self
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the LLM's layer activations in the backward pass instead of keeping them.
+
+        Non-reentrant checkpointing: the reentrant kind returns no gradient through a layer whose inputs
+        need none, as in a text-only batch of a LoRA model (the embeddings are frozen). Works for every
+        fine-tuning policy, a frozen LLM included (the audio's gradient still crosses every layer).
+        """
+        self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self._checkpointing = True
+        self.train(self.training)
 
     def collator(self, padding_side: str = "right", generation: bool = False) -> SpeechCollator:
         """A collator turning rows into batches for this model (see `speechllm.model.prompt`)."""

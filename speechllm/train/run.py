@@ -30,6 +30,65 @@ from speechllm.train.trainer import (
 logger = logging.getLogger(__name__)
 
 
+def _run_dir_given() -> bool:
+    """Whether the command line names the run folder (always true outside a Hydra app)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return True  # a library call: the caller's paths.output_dir is the folder
+    hc = HydraConfig.get()
+    key = "hydra.sweep.dir" if hc.mode == RunMode.MULTIRUN else "hydra.run.dir"
+    overrides = [o.lstrip("+") for o in [*hc.overrides.hydra, *hc.overrides.task]]
+    return any(o.startswith((f"{key}=", "paths.output_dir=")) for o in overrides)
+
+
+def check_resume_config(model_config: dict, ckpt_dir: str | Path) -> None:
+    """Refuse to resume from a checkpoint trained under another model config.
+
+    Args:
+        model_config: the config of the model built for this run (`SpeechLM.config`).
+        ckpt_dir: the `step-N` checkpoint to resume from.
+
+    Raises:
+        ConfigError: the checkpoint's `config.json` differs; the message lists each differing key.
+    """
+    saved = json.loads((Path(ckpt_dir) / "config.json").read_text())
+    for key in ("format", "format_version"):
+        saved.pop(key, None)
+    current = json.loads(json.dumps(model_config))
+    diffs = _config_diffs(saved, current)
+    if diffs:
+        raise ConfigError(
+            f"{ckpt_dir} was trained with another model config; resuming would train its weights under this "
+            f"one. Differences (checkpoint -> now): {'; '.join(diffs[:8])}. Resume with the checkpoint's "
+            "values, or start a new run."
+        )
+
+
+def _config_diffs(saved, current, prefix: str = "model") -> list[str]:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return [
+            d
+            for k in sorted(set(saved) | set(current))
+            for d in _config_diffs(saved.get(k, "<unset>"), current.get(k, "<unset>"), f"{prefix}.{k}")
+        ]
+    return [] if saved == current else [f"{prefix}: {saved!r} -> {current!r}"]
+
+
+def finished_checkpoint(ckpt_dir: str | Path, tr: TrainerConfig) -> bool:
+    """Whether a checkpoint already holds every step this run's settings ask for.
+
+    HF Trainer, resumed from such a checkpoint, would still take one more step and overwrite `final`.
+    """
+    state = json.loads((Path(ckpt_dir) / "trainer_state.json").read_text())
+    step = int(state.get("global_step", 0))
+    if tr.max_steps > 0:
+        return step >= tr.max_steps
+    same_plan = float(state.get("num_train_epochs", -1)) == float(tr.num_train_epochs)
+    return same_plan and step >= int(state.get("max_steps", step + 1))
+
+
 def resolve_resume(resume: str | None, checkpoints_dir: Path) -> str | None:
     """The checkpoint folder to resume from.
 
@@ -46,6 +105,11 @@ def resolve_resume(resume: str | None, checkpoints_dir: Path) -> str | None:
     if resume in (None, ""):
         return None
     if resume == "last":
+        if not _run_dir_given():
+            raise ConfigError(
+                "trainer.resume=last looks for checkpoints in this run's folder, which is a new time-stamped "
+                "one unless it is named: add hydra.run.dir=<the run's folder> (hydra.sweep.dir for -m)"
+            )
         found = step_checkpoints(checkpoints_dir)
         if not found:
             logger.info("trainer.resume=last: no checkpoint in %s yet; starting fresh", checkpoints_dir)
@@ -264,8 +328,10 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable == 0:
         raise ConfigError("nothing to train: the adapter, encoder and LLM are all frozen")
+    if resume:
+        check_resume_config(model.config, resume)
     if tr.gradient_checkpointing:
-        model.llm.gradient_checkpointing_enable()
+        model.enable_gradient_checkpointing()
     logger.info("model built in %.1f s", time.perf_counter() - t0)
     _warn_if_other_llm(mixture.dataset, cfg)
 
@@ -308,7 +374,14 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
         logger.info("run dir %s; %s", run_dir, f"resuming from {resume}" if resume else "starting fresh")
 
     # 4. Train, then the final checkpoint and metrics.
-    trainer.train(resume_from_checkpoint=resume)
+    if resume and finished_checkpoint(resume, tr):
+        from transformers import TrainerState
+
+        logger.info("%s already holds every step of this run: writing the final checkpoint from it", resume)
+        model.load_weights(resume, full_llm=True)
+        trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+    else:
+        trainer.train(resume_from_checkpoint=resume)
     final = run_dir / "checkpoints" / "final"
     trainer.save_model(str(final))
     if trainer.is_world_process_zero():
