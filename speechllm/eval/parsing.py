@@ -61,7 +61,7 @@ SYNONYMS: dict[str, dict[str, list[str]]] = {
     "accent": {
         # Not "english" for british: "speaks English with an American accent" is common.
         "american": ["american", "u.s.", "united states", "general american"],
-        "british": ["british", "uk", "england", "received pronunciation"],
+        "british": ["british", "uk", "united kingdom", "britain", "england", "received pronunciation"],
         "scottish": ["scottish", "scots", "scotland"],
         "caribbean": ["caribbean", "west indian", "jamaican"],
         "irish": ["irish", "ireland"],
