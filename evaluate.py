@@ -1,5 +1,6 @@
 """Evaluate a trained speech-language model: unseen speech instructions, the text-LLM ceiling, the
-untrained baseline and retention of the LLM's abilities. Writes report.json, report.md and plots.
+untrained baseline and retention of the LLM's abilities. Writes report.json, report.md, plots and
+answers.jsonl (every answer and what it parsed to).
 
 Usage:
     python evaluate.py checkpoint=DIR                       # the demo corpus's described test split

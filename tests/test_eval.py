@@ -137,6 +137,13 @@ def test_report_keys_are_numbers(smoke_ckpt, data_dir, tmp_path):
     md = (out / "report.md").read_text()
     assert "## Unseen instructions" in md and "Sample questions" in md and "| gender |" in md
     assert (out / "tasks.png").stat().st_size > 1000 and (out / "retention.png").stat().st_size > 1000
+    # Every question's answers are kept, and the accuracy can be recomputed from them.
+    lines = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(lines) == saved["meta"]["n_questions"]
+    gender = [x for x in lines if x["task"] == "gender"]
+    assert {"speech", "speech_parsed", "text", "baseline_parsed", "clip_id", "gold"} <= set(gender[0])
+    recomputed = sum(x["speech_parsed"] == x["gold"] for x in gender) / len(gender)
+    assert recomputed == saved["unseen"]["gender"]["accuracy"]
 
 
 def test_lora_checkpoint_measures_drift(tiny_llm_source, tiny_whisper_source, data_dir, tmp_path):

@@ -9,7 +9,7 @@
 5. the same speech evaluation with the adapter at initialisation (same config and seed);
 6. retention: format-following constraints, audio vs description; text-only drift when the LLM's
    weights changed;
-7. report.json, report.md and plots into the output folder.
+7. report.json, report.md, plots and answers.jsonl (every answer, parsed) into the output folder.
 """
 
 from __future__ import annotations
@@ -472,8 +472,29 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         paths = {"json": write_json(report, out_dir), "md": os.path.join(out_dir, "report.md")}
         with open(paths["md"], "w") as f:
             f.write(render_markdown(report))
+    write_answers(os.path.join(out_dir, "answers.jsonl"), items, rows, answers)
     log.info("wrote %s (%.0f s)", paths["json"], time.time() - t0)
     return report
+
+
+def write_answers(
+    path: str, items: Sequence[Item], rows: Sequence[dict], answers: dict[str, list[str]]
+) -> None:
+    """One JSON line per question: the clip, the question, the gold value, and every model's answer and
+    what it parsed to, so any number in the report can be traced to the answers behind it."""
+    parsed = {name: parse_answers(items, ans) for name, ans in answers.items()}
+    with open(path, "w") as f:
+        for i, it in enumerate(items):
+            line = {
+                "task": it.task,
+                "clip_id": rows[it.row].get("clip_id"),
+                "question": it.question,
+                "gold": it.gold,
+            }
+            for name in answers:
+                line[name] = answers[name][i]
+                line[f"{name}_parsed"] = parsed[name][i]
+            f.write(json.dumps(line) + "\n")
 
 
 def _drift(model, llm, tok, e) -> dict:
