@@ -100,6 +100,7 @@ def test_unseen_questions_disjoint_from_training_instructions():
         assert len(qs) >= 3, task
         for q in qs:
             assert _norm(q.replace("{options}", "a or b")) not in training
+
     # Nor a near-copy (one word swapped in a six-word sentence shares 5/7 of the words): "unseen" means a
     # new phrasing, not a reworded template. Today's closest pairs share 0.55 (word-set Jaccard).
     def words(text: str) -> set[str]:
