@@ -128,6 +128,7 @@ def test_every_preset_composes_with_allowed_targets():
         ("+model.finetune=lora", "model.finetune"),  # belongs under model.llm
         ("+model.llm.lora.rr=4", "rr"),
         ("+paths.dta_dir=/x", "paths.dta_dir"),
+        ("+data.sise=10", "data.sise"),
     ],
 )
 def test_config_errors_name_the_key_before_any_model_loads(tmp_path, monkeypatch, override, names):

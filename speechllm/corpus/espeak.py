@@ -255,6 +255,13 @@ def _balanced(values: list[str], n: int, rng: random.Random) -> list[str]:
     return out
 
 
+# The `data` keys the generator reads (conf/data/demo.yaml), all of which shape the corpus.
+CONFIG_KEYS = (
+    "size", "seed", "accents", "variants", "test_variants", "test_fraction", "pitch_hz", "speed_wpm",
+    "amplitude", "volume_dbfs", "peak_max",
+)  # fmt: skip
+
+
 def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) -> Path:
     """Write the demo corpus as an audiofolder, or do nothing when it is already there with this config.
 
@@ -269,20 +276,7 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) ->
         `out_dir` (with `wavs/` and `metadata.csv`).
     """
     out_dir = Path(out_dir)
-    keys = (
-        "size",
-        "seed",
-        "accents",
-        "variants",
-        "test_variants",
-        "test_fraction",
-        "pitch_hz",
-        "speed_wpm",
-        "amplitude",
-        "volume_dbfs",
-        "peak_max",
-    )
-    fingerprint = {"plan_version": PLAN_VERSION, **{k: cfg[k] for k in keys}}
+    fingerprint = {"plan_version": PLAN_VERSION, **{k: cfg[k] for k in CONFIG_KEYS}}
     marker = out_dir / "_corpus.json"
     if (
         (out_dir / "metadata.csv").exists()

@@ -31,15 +31,30 @@ def data_root(cfg: DictConfig) -> Path:
     return Path(cfg.paths.data_dir) / cfg.data.name
 
 
+def check_data_config(data: DictConfig | dict) -> None:
+    """Refuse unknown `data` keys by name (a typo would otherwise be ignored).
+
+    Every data config has `name`, `generate` and `path`; `generate: espeak` adds the generator's keys.
+
+    Raises:
+        ValueError: a key the chosen corpus does not read, or an unknown generator.
+    """
+    from speechllm.corpus.espeak import CONFIG_KEYS
+
+    generator = data.get("generate")
+    if generator not in (None, "espeak"):
+        raise ValueError(f"data.generate={generator!r}: the only corpus generator is 'espeak' (or null)")
+    known = ("name", "generate", "path", *(CONFIG_KEYS if generator == "espeak" else ()))
+    unknown = [k for k in data.keys() if k not in known]
+    if unknown:
+        raise ValueError(f"unknown config key 'data.{unknown[0]}'. Known keys of data: {list(known)}")
+
+
 def corpus_stage(cfg: DictConfig, state: dict[str, Any]) -> None:
     """Generate the corpus when the data config asks for it (`data.generate: espeak`); read its rows."""
     path = Path(cfg.data.path)
     if cfg.data.get("generate") == "espeak":
         generate_corpus(path, OmegaConf.to_container(cfg.data, resolve=True), num_proc=cfg.get("num_proc", 1))
-    elif cfg.data.get("generate"):
-        raise ValueError(
-            f"data.generate={cfg.data.generate!r}: the only corpus generator is 'espeak' (or null)"
-        )
     state["corpus_dir"] = path
     state["inputs"] = read_audiofolder(path)
     logger.info("corpus: %d clips listed in %s", len(state["inputs"]), path / "metadata.csv")
@@ -87,6 +102,7 @@ def prepare(cfg: DictConfig, stages: list[tuple[str, Stage]] | None = None) -> d
     Returns:
         The state the stages built (e.g. `inputs`, `described`, `described_dir`).
     """
+    check_data_config(cfg.data)
     state: dict[str, Any] = {}
     stages = stages or STAGES
     selected = list(cfg.get("stages") or [name for name, _ in stages])

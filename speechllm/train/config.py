@@ -247,7 +247,8 @@ PATHS_KEYS = ("data_dir", "cache_dir", "output_dir")
 
 
 def _check_owner_schemas(cfg: DictConfig) -> None:
-    """Validate `paths`, and `model`, `target` and `replay` with their owners' schemas (typos there fail here too)."""
+    """Validate `paths`, and `data`, `model`, `target` and `replay` with their owners' checks (typos fail here too)."""
+    from speechllm.data.prepare import check_data_config
     from speechllm.data.replay import replay_config
     from speechllm.data.targets import target_config
     from speechllm.model.speechlm import check_model_config
@@ -255,12 +256,14 @@ def _check_owner_schemas(cfg: DictConfig) -> None:
     unknown = [k for k in (cfg.get("paths") or {}).keys() if k not in PATHS_KEYS]
     if unknown:
         raise ConfigError(f"unknown config key 'paths.{unknown[0]}'. Known keys of paths: {list(PATHS_KEYS)}")
-    for key, check in (("model", check_model_config), ("target", target_config), ("replay", replay_config)):
+    checks = (("data", check_data_config), ("model", check_model_config), ("target", target_config),
+              ("replay", replay_config))  # fmt: skip
+    for key, check in checks:
         if key in cfg:
             try:
                 check(cfg[key])
             except ValueError as e:
-                raise ConfigError(f"{key}: {e}" if key != "model" else str(e)) from None
+                raise ConfigError(f"{key}: {e}" if key in ("target", "replay") else str(e)) from None
 
 
 def _check_extra_args(extra: dict[str, Any]) -> None:
