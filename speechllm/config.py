@@ -72,5 +72,29 @@ def instantiate(node: DictConfig | dict, **kwargs: Any) -> Any:
     """
     if "_target_" not in node:
         raise ConfigError(f"config node has no _target_: {OmegaConf.to_yaml(OmegaConf.create(node))}")
-    check_targets(node)
-    return hydra.utils.instantiate(node, **kwargs)
+    # Resolve first and check what is left: an interpolation such as ${oc.create:{_target_: ...}} reads as
+    # a plain string before resolution and becomes a node of its own after it.
+    try:
+        # A DictConfig resolves in its parent's context (where its interpolations point); a dict alone.
+        resolved = OmegaConf.to_container(
+            node if isinstance(node, DictConfig) else OmegaConf.create(node), resolve=True
+        )
+    except Exception as err:  # omegaconf raises several types; all mean the node cannot be resolved
+        raise ConfigError(f"config node cannot be resolved: {err}") from None
+    check_targets(resolved)
+    check_targets(kwargs)
+    leftover = _interpolations(resolved)
+    if leftover:
+        # instantiate would resolve these a second time, after the check.
+        raise ConfigError(
+            f"{leftover[0][0]}: a resolved value still holds an interpolation ({leftover[0][1]!r})"
+        )
+    return hydra.utils.instantiate(resolved, **kwargs)
+
+
+def _interpolations(node: Any, path: str = "") -> list[tuple[str, str]]:
+    if isinstance(node, dict):
+        return [hit for k, v in node.items() for hit in _interpolations(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(node, list):
+        return [hit for i, v in enumerate(node) for hit in _interpolations(v, f"{path}[{i}]")]
+    return [(path, node)] if isinstance(node, str) and "${" in node else []

@@ -125,6 +125,24 @@ def test_adapter_output_starts_at_the_llm_embedding_scale(name, tiny_whisper_sou
     assert isinstance(plain.adapter.out_norm, torch.nn.Identity)
 
 
+def test_interpolated_targets_cannot_pass_the_allow_list(tmp_path, capsys):
+    # A checkpoint's config.json is data: an interpolation must not smuggle in a target that the check,
+    # reading the unresolved text, would miss.
+    from speechllm.config import ConfigError
+
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    smuggled = f"${{oc.create:{{_target_: builtins.open, _args_: [{victim}, w]}}}}"
+    node = {"_target_": "speechllm.model.adapters.StackMLPAdapter", "stack": smuggled}
+    with pytest.raises(ConfigError, match="builtins.open"):
+        instantiate(node, in_dim=8, out_dim=8, num_taps=1)
+    outside = OmegaConf.create({"evil": {"_target_": "builtins.print", "_args_": ["PWNED"]},
+                                "adapter": {"_target_": "speechllm.model.adapters.StackMLPAdapter", "stack": "${evil}"}})  # fmt: skip
+    with pytest.raises(ConfigError, match="builtins.print"):
+        instantiate(outside.adapter, in_dim=8, out_dim=8, num_taps=1)
+    assert victim.read_text() == "keep me" and "PWNED" not in capsys.readouterr().out
+
+
 def test_qformer_preset_matches_desta2():
     node = OmegaConf.load(CONF / "model" / "adapter" / "qformer_desta2.yaml")
     assert node.num_queries == 64 and node.num_layers == 4
