@@ -326,6 +326,13 @@ def test_mismatching_checkpoint_fails_with_names(model, tmp_path):
         CheckpointError, match=r"missing \['adapter.out_proj.bias'\].*unexpected \['adapter.extra'\]"
     ):
         SpeechLM.from_pretrained(tmp_path)
+    # A truncated weights file and a corrupt config: named, not a decoder's traceback.
+    (tmp_path / "model.safetensors").write_bytes((tmp_path / "model.safetensors").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"model.safetensors: unreadable safetensors"):
+        SpeechLM.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"config.json: unreadable"):
+        SpeechLM.from_pretrained(tmp_path)
 
 
 def test_lora_checkpoint_without_adapter_folder_fails(tiny_whisper_source, tiny_llm_source, tmp_path):

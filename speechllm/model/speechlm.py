@@ -506,7 +506,12 @@ class SpeechLM(nn.Module):
         cfg_path = ckpt_dir / "config.json"
         if not cfg_path.is_file():
             raise CheckpointError(f"{ckpt_dir}: no config.json; not a SpeechLM checkpoint")
-        config = json.loads(cfg_path.read_text())
+        try:
+            config = json.loads(cfg_path.read_text())
+        except (ValueError, OSError) as err:
+            raise CheckpointError(f"{cfg_path}: unreadable ({err})") from None
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{cfg_path}: not a JSON object")
         if config.pop("format", None) != "speechllm" or config.pop("format_version", None) != FORMAT_VERSION:
             raise CheckpointError(f"{cfg_path}: not a SpeechLM checkpoint of format version {FORMAT_VERSION}")
         merged = OmegaConf.merge(OmegaConf.create(config), OmegaConf.create(overrides))
@@ -529,14 +534,14 @@ class SpeechLM(nn.Module):
         weights = ckpt_dir / "model.safetensors"
         if not weights.is_file():
             raise CheckpointError(f"{ckpt_dir}: model.safetensors is missing")
-        _strict_load(self._saved_state(), load_file(str(weights)), weights)
+        _strict_load(self._saved_state(), _read_safetensors(weights), weights)
         if self.finetune == "lora":
             from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
             lora_file = ckpt_dir / "lora" / "adapter_model.safetensors"
             if not lora_file.is_file():
                 raise CheckpointError(f"{ckpt_dir}: finetune=lora but {lora_file} is missing")
-            saved = load_file(str(lora_file))
+            saved = _read_safetensors(lora_file)
             expected = get_peft_model_state_dict(self.llm)
             _check_names(expected, saved, lora_file)
             set_peft_model_state_dict(self.llm, saved)
@@ -546,13 +551,21 @@ class SpeechLM(nn.Module):
                 raise CheckpointError(f"{ckpt_dir}/llm has no safetensors weights (finetune=full)")
             state = {}
             for f in files:
-                state.update(load_file(str(f)))
+                state.update(_read_safetensors(f))
             missing, unexpected = self.llm.load_state_dict(state, strict=False)
             tied = {"lm_head.weight"} if getattr(self.llm.config, "tie_word_embeddings", False) else set()
             if set(missing) - tied or unexpected:
                 raise CheckpointError(
                     f"{ckpt_dir}/llm does not match the LLM: missing {missing}, unexpected {unexpected}"
                 )
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a truncated or corrupt file is a CheckpointError naming it."""
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises SafetensorError (not an OSError) for a bad header
+        raise CheckpointError(f"{path}: unreadable safetensors ({err})") from None
 
 
 def _check_names(expected: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], path: Path) -> None:
