@@ -14,6 +14,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import subprocess
@@ -50,12 +51,37 @@ def _run(name: str, argv: list[str], log_dir: Path) -> float:
     return seconds
 
 
-def _is_fresh(marker: Path, inputs_mtime: float, command: list[str]) -> bool:
-    """A step's output is reusable when it exists, is newer than its inputs, and came from `command`."""
+def sources_digest(skip: tuple[str, ...] = ()) -> str:
+    """A hash of the code and configs a step runs (Python files and YAML under the repository), so an
+    edited preset or a fixed bug makes the demo redo the step instead of reusing its old output.
+
+    Args:
+        skip: path prefixes, relative to the repository, that cannot change the step's output.
+    """
+    digest = hashlib.sha256()
+    files = [*REPO.glob("conf/**/*.yaml"), *REPO.glob("speechllm/**/*.py"), *REPO.glob("data_prep/*.py"),
+             REPO / "train.py", REPO / "evaluate.py"]  # fmt: skip
+    for path in sorted(files):
+        rel = path.relative_to(REPO).as_posix()
+        if not rel.startswith(skip):
+            digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _is_fresh(marker: Path, inputs_mtime: float, record: dict) -> bool:
+    """A step's output is reusable when it exists, is newer than its inputs, and came from the same
+    command and sources (`record`, as written to demo_command.json beside it)."""
     if not marker.exists() or marker.stat().st_mtime < inputs_mtime:
         return False
     recorded = marker.parent / "demo_command.json"
-    return recorded.exists() and json.loads(recorded.read_text()) == command
+    return recorded.exists() and json.loads(recorded.read_text()) == record
+
+
+def _run_recorded(name: str, argv: list[str], log_dir: Path, record_path: Path, record: dict) -> float:
+    record_path.unlink(missing_ok=True)  # a failed rerun must not leave the old record vouching for it
+    seconds = _run(name, argv, log_dir)
+    record_path.write_text(json.dumps(record))
+    return seconds
 
 
 def _fmt(value) -> str:
@@ -114,22 +140,25 @@ def main(argv: list[str] | None = None) -> None:
         f"hydra.run.dir={train_dir}", *args.overrides,
     ]  # fmt: skip
     data_mtime = _newest_mtime(Path(data_dir), "**/_complete.json")
-    if _is_fresh(final / "config.json", data_mtime, train):
-        print(f"\n=== train: reusing {final} (same command, newer than its data)")
+    train_record = {"command": train, "sources": sources_digest(skip=("speechllm/eval/", "evaluate.py"))}
+    if _is_fresh(final / "config.json", data_mtime, train_record):
+        print(f"\n=== train: reusing {final} (same command and code, newer than its data)")
     else:
-        times["train"] = _run("train", train, out / "logs")
-        (final / "demo_command.json").write_text(json.dumps(train))
+        times["train"] = _run_recorded(
+            "train", train, out / "logs", final / "demo_command.json", train_record
+        )
 
     eval_dir = out / "evaluate"
     evaluate = [
         python, "evaluate.py", f"checkpoint={final}", f"paths.data_dir={data_dir}", f"hydra.run.dir={eval_dir}",
         "eval.max_clips=null",  # all 40 held-out clips: balanced labels, so chance is 1/classes
     ]  # fmt: skip
-    if _is_fresh(eval_dir / "report.json", (final / "config.json").stat().st_mtime, evaluate):
-        print(f"\n=== evaluate: reusing {eval_dir / 'report.json'}")
+    eval_record = {"command": evaluate, "sources": sources_digest()}
+    if _is_fresh(eval_dir / "report.json", (final / "config.json").stat().st_mtime, eval_record):
+        print(f"\n=== evaluate: reusing {eval_dir / 'report.json'} (same command and code)")
     else:
-        times["evaluate"] = _run("evaluate", evaluate, out / "logs")
-        (eval_dir / "demo_command.json").write_text(json.dumps(evaluate))
+        record = eval_dir / "demo_command.json"
+        times["evaluate"] = _run_recorded("evaluate", evaluate, out / "logs", record, eval_record)
 
     report = json.loads((eval_dir / "report.json").read_text())
     print("\n" + "=" * 72)

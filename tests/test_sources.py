@@ -135,7 +135,9 @@ def test_interrupted_conversion_leaves_nothing(tmp_path):
     # A converter killed outright leaves its temporary folder; the next conversion clears it.
     (tmp_path / "cache" / ".fake.tmp-killed").mkdir()
     (tmp_path / "cache" / ".fake.tmp-killed" / "weights.bin").write_bytes(b"partial")
-    ensure_converted("fake", [src], lambda out: (out / "w.bin").write_bytes(b"whole"), root=tmp_path / "cache")
+    ensure_converted(
+        "fake", [src], lambda out: (out / "w.bin").write_bytes(b"whole"), root=tmp_path / "cache"
+    )
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["fake", "fake.lock"]
 
 
