@@ -117,6 +117,8 @@ def test_audiofolder_errors(tmp_path):
 
 def test_audiofolder_reads_spreadsheet_exports(tmp_path):
     # A byte-order mark and spaces after the commas, as spreadsheets write them.
-    (tmp_path / "metadata.csv").write_bytes("\ufefffile_name, split, gender\na.wav, test, female\n".encode())
-    [row] = read_audiofolder(tmp_path)
+    (tmp_path / "metadata.csv").write_bytes(
+        "\ufefffile_name, split, gender\na.wav, test, female\n,,\n".encode()
+    )
+    [row] = read_audiofolder(tmp_path)  # the trailing blank row is no clip
     assert (row["clip_id"], row["split"], row["label_gender"]) == ("a", "test", "female")

@@ -40,7 +40,16 @@ S = ("fast", "normal", "slow")
         ("How would you rate the pitch: high, low or normal?", P, "pitch", None),  # the question echoed
         ("It is low, normal, or high.", P, "pitch", None),
         ("male/female", G, "gender", None),  # a hedge, not an answer
-        ("Male and female.", G, "gender", None),
+        ("The speaker is female, and male speakers usually sound deeper.", G, "gender", "female"),
+        ("The recording is a bit unclear but the speaker is clearly male.", G, "gender", "male"),
+        ("The talker speaks at a quick and steady pace.", S, "speed", "fast"),  # a description, not a list
+        ("It is fast, normal and slow.", S, "speed", None),  # three options: a list even without "or"
+        (
+            "The speaker sounds like a teenage girl.",
+            ("child", "teen", "young", "adult", "senior"),
+            "age",
+            "teen",
+        ),
         ("I can't tell if it's a man.", G, "gender", None),
         ("Hard to tell, but it sounds like a man.", G, "gender", "male"),  # the hedge is its own clause
         ("A deep, low voice.", P, "pitch", "low"),  # two words for one class are not a list

@@ -119,6 +119,12 @@ def test_clips_over_whisper_length_are_refused_by_name_when_the_transcript_is_as
     assert result.rejects == [
         {"clip_id": "long", "file": str(root / "long.wav"), "reason": "too long: 45.0 s > 30 s"}
     ]
+    # With its text label read first, the clip never reaches Whisper and is kept.
+    label_first = {"transcript": {"methods": ["label", "asr"], "label": "text"}}
+    labelled = DescribeProcessor(["transcript"], label_first, ["transcript"], "natural", None)
+    row = {"clip_id": "long", "audio_path": str(root / "long.wav"), "split": "train", "label_text": "hi"}
+    result = labelled([row])
+    assert result.rejects == [] and result.rows[0]["transcript"] == "hi"
 
 
 def test_an_audio_file_replaced_in_place_is_described_again(tmp_path):

@@ -244,7 +244,8 @@ def test_resume_continues_the_same_data_and_optimizer_state(smoke_dirs, tmp_path
         train(smoke_cfg(smoke_dirs, run, *fast), callbacks=[KillAfterSave(2)])
     assert (run / "checkpoints/step-2/trainer_state.json").is_file()
     assert not (run / "checkpoints/step-4").exists()
-    resumed = step_losses(train(smoke_cfg(smoke_dirs, run, *fast, "trainer.resume=last")))
+    resumed_metrics = train(smoke_cfg(smoke_dirs, run, *fast, "trainer.resume=last"))
+    resumed = step_losses(resumed_metrics)
     # The losses move enough that a reset optimizer or another data order would show.
     assert abs(straight[4] - straight[1]) > 1e-3
     for step in (3, 4):
@@ -254,12 +255,16 @@ def test_resume_continues_the_same_data_and_optimizer_state(smoke_dirs, tmp_path
     final = (run / "checkpoints/final/model.safetensors").read_bytes()
     again = train(smoke_cfg(smoke_dirs, run, *fast, "trainer.resume=last"))
     assert step_losses(again) == resumed
+    assert again["summary"] == resumed_metrics["summary"] and again["summary"]["train/global_step"] == 4
     assert not (run / "checkpoints/step-5").exists()
     assert (run / "checkpoints/final/model.safetensors").read_bytes() == final
     # A checkpoint trained under another model config is refused, with the keys that differ.
     with pytest.raises(ConfigError, match=r"model.prompt.transcript: True -> False"):
         train(smoke_cfg(smoke_dirs, run, *fast, "trainer.resume=last", "trainer.max_steps=6",
                         "model.prompt.transcript=false"))  # fmt: skip
+    # Asking for more steps than the checkpoint holds continues the run.
+    longer = train(smoke_cfg(smoke_dirs, run, *fast, "trainer.resume=last", "trainer.max_steps=6"))
+    assert sorted(step_losses(longer)) == [1, 2, 3, 4, 5, 6]
 
 
 def test_lora_policy_saves_and_reloads_the_peft_adapter(smoke_dirs, tmp_path):

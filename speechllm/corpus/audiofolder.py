@@ -53,6 +53,8 @@ def read_audiofolder(path: str | os.PathLike, default_split: str = "train") -> l
         labels = [c for c in reader.fieldnames if c not in RESERVED]
         rows = []
         for line in reader:
+            if not any((v or "").strip() for v in line.values() if isinstance(v, str)):
+                continue  # a blank row (spreadsheets end with ",,,"): nothing to describe, nothing lost
             name = (line.get("file_name") or "").strip()
             if not name:
                 raise AudioFolderError(f"{meta}, line {reader.line_num}: empty file_name")

@@ -39,6 +39,18 @@ class DescribeProcessor:
     renderer: str
     max_seconds: float | None
 
+    def _goes_to_asr(self, row: dict) -> bool:
+        """Whether the transcript of this row will come from Whisper (no label method before it gives one)."""
+        if "transcript" not in self.order:
+            return False
+        cfg = self.configs.get("transcript", {})
+        for method in cfg.get("methods", []):
+            if method == "asr":
+                return True
+            if method == "label" and str(row.get(f"label_{cfg.get('label', 'text')}") or "").strip():
+                return False
+        return False
+
     def __call__(self, rows: list[dict]) -> StageResult:
         """Load, check, describe.
 
@@ -50,11 +62,11 @@ class DescribeProcessor:
             (`clip_id`, `file`, `reason`).
         """
         clips, kept, rejects = [], [], []
-        max_seconds = self.max_seconds
-        if "asr" in self.configs.get("transcript", {}).get("methods", []) and "transcript" in self.order:
-            # Whisper reads at most 30 s; a longer clip is refused by name rather than stopping the stage.
-            max_seconds = min(max_seconds or WHISPER_MAX_SECONDS, WHISPER_MAX_SECONDS)
         for row in rows:
+            max_seconds = self.max_seconds
+            if self._goes_to_asr(row):
+                # Whisper reads at most 30 s; a longer clip is refused by name rather than stopping the stage.
+                max_seconds = min(max_seconds or WHISPER_MAX_SECONDS, WHISPER_MAX_SECONDS)
             try:
                 audio = load_audio(row["audio_path"], max_seconds=max_seconds)
             except AudioError as err:

@@ -13,10 +13,11 @@ Models answer "Based on the audio, the speaker sounds like a woman, not a man." 
    instead of) is *negated*: it does not count for that class. If nothing is asserted but negations
    leave exactly one class ("not male" in a two-class task, "neither high nor low" in a three-class
    one), that class is the answer.
-4. **Listed options and hedges**: two or more different classes joined only by commas, slashes,
-   "or" or "and" ("male or female", "high, low or normal", "male/female", "between X and Y") are
-   options, typically the question echoed back, or a hedge; they assert nothing. Nor does a mention in
-   a clause that says the model cannot tell ("I can't tell if it's a man").
+4. **Listed options and hedges**: different classes joined as options, by "or" or a slash, as three or
+   more items, or as "between X and Y" ("male or female", "high, low and normal", "male/female") are
+   typically the question echoed back, or a hedge; they assert nothing ("quick and steady" and "a
+   teenage girl" still answer). Nor does a mention a few words after "can't tell", "not sure", ...
+   ("I can't tell if it's a man").
 5. **Several classes mentioned**: the *first* asserted mention wins ("female, although the pitch is
    male-like" -> female). Models state their answer first and qualify after; picking the first is
    right more often than counting mentions, which favours long hedges. Answers that mention no class
@@ -107,10 +108,11 @@ _NEGATORS = {
 }
 _NEGATOR_PHRASES = ("rather than", "instead of", "as opposed to", "other than")
 NEGATION_WINDOW = 3  # words before a mention that a negator may occupy
-_TOKEN = re.compile(r"[a-z0-9]+(?:[.'’][a-z0-9]+)*|[.,;:!?()\"]")
+_TOKEN = re.compile(r"[a-z0-9]+(?:[.'’][a-z0-9]+)*|[.,;:!?()\"/]")
 _CLAUSE_BREAK = set('.,;:!?()"')
-# What may stand between the options of a list ("high, low, or normal"; "male/female" leaves nothing).
-_LIST_JOINERS = {",", "or", "and", "a", "an", "the"}
+# What may stand between the options of a list ("high, low, or normal", "male/female").
+_LIST_JOINERS = {",", "/", "or", "and", "a", "an", "the"}
+UNCERTAIN_WINDOW = 5  # words before a mention that a "can't tell" phrase may occupy
 # A clause with one of these says the model cannot tell, whatever class it then names.
 _UNCERTAIN_PHRASES = (
     "can't tell", "cannot tell", "can't say", "cannot say", "can't determine", "cannot determine",
@@ -209,19 +211,26 @@ def find_mentions(text: str, task: str, classes: Sequence[str]) -> list[Mention]
 
 
 def _listed_spans(spans: list[tuple[int, int, str]], toks: list[str]) -> set[tuple[int, int]]:
-    """Spans in a run of mentions of two or more classes joined only by list words: options."""
+    """Spans in a list of options: mentions of two or more classes joined by list words, where the
+    joining says "options" (an "or" or a slash, three or more items, or "between X and Y"). "A quick and
+    steady pace" and "a teenage girl" are descriptions, not lists."""
     ordered = sorted(set(spans))
     listed: set[tuple[int, int]] = set()
-    run = ordered[:1]
+    runs: list[tuple[list[tuple[int, int, str]], set[str]]] = []
     for prev, cur in zip(ordered, ordered[1:], strict=False):
-        if set(toks[prev[1] : cur[0]]) <= _LIST_JOINERS:
-            run.append(cur)
+        between = toks[prev[1] : cur[0]]
+        if between and set(between) <= _LIST_JOINERS:
+            if runs and runs[-1][0][-1] == prev:
+                runs[-1][0].append(cur)
+                runs[-1][1].update(between)
+            else:
+                runs.append(([prev, cur], set(between)))
+    for run, joiners in runs:
+        if len({cls for _, _, cls in run}) < 2:
             continue
-        if len({cls for _, _, cls in run}) > 1:
+        between_and = "between" in toks[max(0, run[0][0] - 2) : run[0][0]]
+        if joiners & {"or", "/"} or len(run) >= 3 or between_and:
             listed.update((a, b) for a, b, _ in run)
-        run = [cur]
-    if len({cls for _, _, cls in run}) > 1:
-        listed.update((a, b) for a, b, _ in run)
     return listed
 
 
@@ -234,8 +243,10 @@ def _clause_before(toks: list[str], i: int) -> list[str]:
 
 
 def _uncertain(toks: list[str], i: int) -> bool:
-    clause = " ".join(_clause_before(toks, i))
-    return any(f" {p} " in f" {clause} " for p in _UNCERTAIN_PHRASES)
+    # Only just before the mention ("I can't tell if it's a man"), not anywhere in the clause: "the
+    # recording is unclear but the speaker is clearly male" answers.
+    window = " ".join(_clause_before(toks, i)[-UNCERTAIN_WINDOW:])
+    return any(f" {p} " in f" {window} " for p in _UNCERTAIN_PHRASES)
 
 
 def _negated(toks: list[str], i: int) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -31,16 +32,21 @@ logger = logging.getLogger(__name__)
 
 
 def _run_dir_given() -> bool:
-    """Whether the command line names the run folder (always true outside a Hydra app)."""
+    """Whether the run folder is a fixed one (always true outside a Hydra app).
+
+    Hydra's default folder is time-stamped (`${now:...}`), so a new launch never finds the last one's
+    checkpoints; a folder named on the command line or in a config is fixed.
+    """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized():
         return True  # a library call: the caller's paths.output_dir is the folder
     hc = HydraConfig.get()
-    key = "hydra.sweep.dir" if hc.mode == RunMode.MULTIRUN else "hydra.run.dir"
-    overrides = [o.lstrip("+") for o in [*hc.overrides.hydra, *hc.overrides.task]]
-    return any(o.startswith((f"{key}=", "paths.output_dir=")) for o in overrides)
+    if any(o.lstrip("+").startswith("paths.output_dir=") for o in hc.overrides.task):
+        return True
+    node = hc.sweep if hc.mode == RunMode.MULTIRUN else hc.run
+    return "${now:" not in str(OmegaConf.to_container(node, resolve=False)["dir"])
 
 
 def check_resume_config(model_config: dict, ckpt_dir: str | Path) -> None:
@@ -57,13 +63,26 @@ def check_resume_config(model_config: dict, ckpt_dir: str | Path) -> None:
     for key in ("format", "format_version"):
         saved.pop(key, None)
     current = json.loads(json.dumps(model_config))
-    diffs = _config_diffs(saved, current)
+    diffs = _config_diffs(_tiny_sources_named(saved), _tiny_sources_named(current))
     if diffs:
         raise ConfigError(
             f"{ckpt_dir} was trained with another model config; resuming would train its weights under this "
             f"one. Differences (checkpoint -> now): {'; '.join(diffs[:8])}. Resume with the checkpoint's "
             "values, or start a new run."
         )
+
+
+def _tiny_sources_named(config: dict) -> dict:
+    # Tiny models are rebuilt identically in each cache (resolve_tiny_sources): compare them by name, so
+    # a run resumed with another paths.cache_dir is not refused.
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            value = _tiny_sources_named(value)
+        elif key == "source" and isinstance(value, str) and Path(value).parent.name == "tiny":
+            value = f"tiny:{Path(value).name}"
+        out[key] = value
+    return out
 
 
 def _config_diffs(saved, current, prefix: str = "model") -> list[str]:
@@ -76,17 +95,21 @@ def _config_diffs(saved, current, prefix: str = "model") -> list[str]:
     return [] if saved == current else [f"{prefix}: {saved!r} -> {current!r}"]
 
 
-def finished_checkpoint(ckpt_dir: str | Path, tr: TrainerConfig) -> bool:
-    """Whether a checkpoint already holds every step this run's settings ask for.
+def planned_steps(trainer) -> int:
+    """The optimizer steps this run's settings ask for, computed as HF Trainer computes them."""
+    args = trainer.args
+    if args.max_steps > 0:
+        return args.max_steps
+    batches = len(trainer.get_train_dataloader())  # this process's share under DDP, as in training
+    per_epoch = max(
+        batches // args.gradient_accumulation_steps + int(batches % args.gradient_accumulation_steps > 0), 1
+    )
+    return math.ceil(args.num_train_epochs * per_epoch)
 
-    HF Trainer, resumed from such a checkpoint, would still take one more step and overwrite `final`.
-    """
-    state = json.loads((Path(ckpt_dir) / "trainer_state.json").read_text())
-    step = int(state.get("global_step", 0))
-    if tr.max_steps > 0:
-        return step >= tr.max_steps
-    same_plan = float(state.get("num_train_epochs", -1)) == float(tr.num_train_epochs)
-    return same_plan and step >= int(state.get("max_steps", step + 1))
+
+def checkpoint_step(ckpt_dir: str | Path) -> int:
+    """The optimizer step a training checkpoint was saved at."""
+    return int(json.loads((Path(ckpt_dir) / "trainer_state.json").read_text()).get("global_step", 0))
 
 
 def resolve_resume(resume: str | None, checkpoints_dir: Path) -> str | None:
@@ -374,7 +397,9 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
         logger.info("run dir %s; %s", run_dir, f"resuming from {resume}" if resume else "starting fresh")
 
     # 4. Train, then the final checkpoint and metrics.
-    if resume and finished_checkpoint(resume, tr):
+    # HF Trainer resumed from a checkpoint that already holds every planned step would take one more.
+    finished = resume is not None and checkpoint_step(resume) >= planned_steps(trainer)
+    if finished:
         from transformers import TrainerState
 
         logger.info("%s already holds every step of this run: writing the final checkpoint from it", resume)
@@ -385,7 +410,9 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
     final = run_dir / "checkpoints" / "final"
     trainer.save_model(str(final))
     if trainer.is_world_process_zero():
-        write_outputs(trainer.state)
+        # A finished run's metrics already hold the end-of-training summary the checkpoint's state lacks.
+        if not (finished and (run_dir / "train_metrics.json").is_file()):
+            write_outputs(trainer.state)
         logger.info("final checkpoint: %s", final)
     return json.loads((run_dir / "train_metrics.json").read_text()) if trainer.is_world_process_zero() else {}
 
