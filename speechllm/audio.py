@@ -95,8 +95,9 @@ def check_array(
         raise AudioError(name, f"expected mono audio of shape (num_samples,), got shape {array.shape}")
     if array.size == 0:
         raise AudioError(name, "empty (no samples)")
-    if array.size / sr < MIN_SECONDS:
-        raise AudioError(name, f"too short: {array.size / sr:.3f} s < {MIN_SECONDS:g} s")
+    seconds = array.size / sr
+    if seconds < MIN_SECONDS:
+        raise AudioError(name, f"too short: {seconds:.3f} s < {MIN_SECONDS:g} s")
     if not np.isfinite(array).all():
         raise AudioError(name, "non-finite samples (NaN or inf)")
     # Around the mean: a biased converter's constant offset is silence too.
@@ -104,7 +105,6 @@ def check_array(
     if peak <= 10 ** (SILENCE_PEAK_DBFS / 20):
         peak_db = "-inf" if peak == 0 else f"{20 * math.log10(peak):.1f}"
         raise AudioError(name, f"silent (peak {peak_db} dBFS around the mean)")
-    seconds = array.size / sr
     if max_seconds is not None and seconds > max_seconds:
         raise AudioError(name, f"too long: {seconds:.1f} s > {max_seconds:g} s")
     return array
@@ -121,6 +121,16 @@ def clipping_note(array: np.ndarray) -> str | None:
         return None
     peak_db = 20 * math.log10(float(np.max(np.abs(array))))
     return f"clipped: {100 * clipped:.1f}% of samples at full scale (peak {peak_db:+.1f} dBFS)"
+
+
+def file_stamp(path: str | os.PathLike) -> str:
+    """`size:mtime_ns` of a file, or "missing": it changes when the file is replaced or edited in place,
+    so caches keyed by a path can tell new audio from old without reading it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def resample(array: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:

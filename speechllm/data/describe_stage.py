@@ -8,11 +8,10 @@ that runs, so editing an attribute's YAML (a bin edge, a model source) re-descri
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from speechllm.audio import AudioError, load_audio
+from speechllm.audio import AudioError, file_stamp, load_audio
 from speechllm.data.stage import StageResult, run_stage
 from speechllm.describe import Clip, describe_clips, load_configs
 from speechllm.describe.transcript import WHISPER_MAX_SECONDS
@@ -100,11 +99,7 @@ def describe_fingerprint(describe_cfg: dict, configs: dict[str, dict]) -> dict:
 def _file_stats_digest(paths) -> str:
     digest = hashlib.sha256()
     for path in paths:
-        try:
-            st = os.stat(path)
-            digest.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-        except OSError:
-            digest.update(f"{path}\tmissing\n".encode())  # the describe stage rejects it by name
+        digest.update(f"{path}\t{file_stamp(path)}\n".encode())  # a missing file is rejected by name later
     return digest.hexdigest()
 
 

@@ -113,7 +113,7 @@ _CLAUSE_BREAK = set('.,;:!?()"')
 # What may stand between the options of a list ("high, low, or normal", "male/female").
 _LIST_JOINERS = {",", "/", "or", "and", "a", "an", "the"}
 UNCERTAIN_WINDOW = 5  # words before a mention that a "can't tell" phrase may occupy
-# A clause with one of these says the model cannot tell, whatever class it then names.
+# One of these just before a mention says the model cannot tell, whatever class it then names.
 _UNCERTAIN_PHRASES = (
     "can't tell", "cannot tell", "can't say", "cannot say", "can't determine", "cannot determine",
     "hard to tell", "hard to say", "difficult to tell", "difficult to say", "impossible to",
@@ -158,7 +158,7 @@ class Mention(NamedTuple):
         negated: a negator precedes it in the same clause ("not male").
         weak: a weak-evidence word (a pronoun for gender).
         listed: part of a list of options ("male or female", "high, low or normal") as when the model
-            echoes the question, or in a clause saying it cannot tell; such mentions assert nothing.
+            echoes the question, or just after "can't tell" and the like; such mentions assert nothing.
     """
 
     pos: int

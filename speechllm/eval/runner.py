@@ -381,6 +381,7 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     speech_parsed = parse_answers(items, speech_ans)
     report: dict = {"checkpoint": os.path.abspath(ckpt), "unseen": score(items, speech_parsed)}
     answers = {"speech": speech_ans}
+    parsed = {"speech": speech_parsed}
     speech_fmt = speech_answers(model, rows, fmt_items, **fmt_gen) if fmt_items else []
     log.info("speech model done (%.0f s)", time.time() - t0)
 
@@ -398,6 +399,7 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         report["ceiling"] = score(items, text_parsed)
         report["agreement"] = agreement(items, speech_parsed, text_parsed)
         answers["text"] = text_ans
+        parsed["text"] = text_parsed
     # Format retention compares speech and text under one system prompt: the speech model's.
     speech_system = model.prompt.system or ""
     text_fmt = text_answers(llm, tok, rows, fmt_items, **fmt_gen, system=speech_system) if fmt_items else []
@@ -415,6 +417,7 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         if e.ceiling:  # what training must beat: agreement with the ceiling before any training
             report["baseline_agreement"] = agreement(items, base_parsed, text_parsed)
         answers["baseline"] = base_ans
+        parsed["baseline"] = base_parsed
         base_fmt = speech_answers(base_model, rows, fmt_items, **fmt_gen) if fmt_items else []
         del base_model
         log.info("untrained baseline done (%.0f s)", time.time() - t0)
@@ -472,17 +475,21 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         paths = {"json": write_json(report, out_dir), "md": os.path.join(out_dir, "report.md")}
         with open(paths["md"], "w") as f:
             f.write(render_markdown(report))
-    write_answers(os.path.join(out_dir, "answers.jsonl"), items, rows, answers)
+    write_answers(os.path.join(out_dir, "answers.jsonl"), items, rows, answers, parsed)
     log.info("wrote %s (%.0f s)", paths["json"], time.time() - t0)
     return report
 
 
 def write_answers(
-    path: str, items: Sequence[Item], rows: Sequence[dict], answers: dict[str, list[str]]
+    path: str,
+    items: Sequence[Item],
+    rows: Sequence[dict],
+    answers: dict[str, list[str]],
+    parsed: dict[str, list[str | None]],
 ) -> None:
     """One JSON line per question: the clip, the question, the gold value, and every model's answer and
-    what it parsed to, so any number in the report can be traced to the answers behind it."""
-    parsed = {name: parse_answers(items, ans) for name, ans in answers.items()}
+    what it parsed to (as scored, from :func:`parse_answers`), so any number in the report can be traced
+    to the answers behind it."""
     with open(path, "w") as f:
         for i, it in enumerate(items):
             line = {

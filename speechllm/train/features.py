@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from speechllm.audio import file_stamp
+
 logger = logging.getLogger(__name__)
 
 
@@ -50,12 +52,7 @@ def encoder_fingerprint(encoder) -> str:
 
 def clip_key(clip_id: str, audio_path: str) -> str:
     """File stem for one clip's features: changes when the clip id, path or file contents' stat change."""
-    try:
-        st = os.stat(audio_path)
-        stat = f"{st.st_size}:{st.st_mtime_ns}"
-    except OSError:
-        stat = "missing"
-    return hashlib.sha1(f"{clip_id}|{audio_path}|{stat}".encode()).hexdigest()
+    return hashlib.sha1(f"{clip_id}|{audio_path}|{file_stamp(audio_path)}".encode()).hexdigest()
 
 
 class FeatureCache:
