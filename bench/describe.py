@@ -29,7 +29,7 @@ from speechllm.corpus import generate_corpus, read_audiofolder  # noqa: E402
 from speechllm.describe import Clip, describe_clips, load_configs  # noqa: E402
 from speechllm.describe.registry import ATTRIBUTES_DIR  # noqa: E402
 from speechllm.describe.transcript import transcribe  # noqa: E402
-from speechllm.eval.parsing import word_error_rate  # noqa: E402
+from speechllm.parsing import word_error_rate  # noqa: E402
 
 SIGNAL = ["duration", "gender", "pitch", "volume", "speaking_rate", "snr"]
 

@@ -91,12 +91,13 @@ def _fmt(value) -> str:
 def results_table(report: dict) -> str:
     """The report's main table: unseen-instruction accuracy per task beside ceiling, baseline, chance."""
     rows = [
-        "| task | n | accuracy | ceiling | baseline | chance | agreement | baseline agreement |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task | n | accuracy | balanced | ceiling | baseline | chance | agreement | baseline agreement |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for task, unseen in report.get("unseen", {}).items():
         rows.append(
             f"| {task} | {unseen.get('n', '-')} | {_fmt(unseen.get('accuracy'))} "
+            f"| {_fmt(unseen.get('balanced_accuracy'))} "
             f"| {_fmt(report.get('ceiling', {}).get(task, {}).get('accuracy'))} "
             f"| {_fmt(report.get('baseline', {}).get(task, {}).get('accuracy'))} "
             f"| {_fmt(unseen.get('chance'))} | {_fmt(report.get('agreement', {}).get(task))} "
@@ -128,9 +129,13 @@ def main(argv: list[str] | None = None) -> None:
     python = sys.executable
     times: dict[str, float] = {}
 
-    # Targets are built with the instruction pool that training reads from the default experiment.
-    pool = OmegaConf.load(REPO / "conf" / "experiment" / "default.yaml").target.instructions
-    prepare = [python, "data_prep/prepare.py", f"paths.data_dir={data_dir}", f"target.instructions={pool}"]
+    # Targets are built as the default experiment that training runs says (its pool, count, verification).
+    target = OmegaConf.load(REPO / "conf" / "experiment" / "default.yaml").target
+    prepare = [python, "data_prep/prepare.py", f"paths.data_dir={data_dir}"] + [
+        f"target.{key}={OmegaConf.select(target, key)}"
+        for key in ("instructions", "instructions_per_clip", "verify.enabled")
+        if OmegaConf.select(target, key) is not None
+    ]
     times["prepare"] = _run("prepare", prepare, out / "logs")
 
     train_dir = out / "train"
@@ -165,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))  # prepare always runs
     print(f"checkpoint:  {final}")
     print(f"report:      {eval_dir / 'report.md'}  (plots beside it)")
+    print(f"curves:      {train_dir / 'learning_curve.png'}, {train_dir / 'loss_curve.png'}")
     print(f'try it:      python -m speechllm.ask {final} AUDIO.wav "What can you hear?"')
     print("\nUnseen speech instructions on the held-out test split:\n")
     print(results_table(report))

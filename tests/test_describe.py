@@ -23,7 +23,7 @@ from speechllm.describe import (
 from speechllm.describe.features import to_bin
 from speechllm.describe.signal import count_syllables
 from speechllm.describe.transcript import transcribe
-from speechllm.eval.parsing import word_error_rate
+from speechllm.parsing import word_error_rate
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = "She asked whether the library would be open on Sunday morning."

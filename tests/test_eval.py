@@ -146,6 +146,27 @@ def test_report_keys_are_numbers(smoke_ckpt, data_dir, tmp_path):
     assert recomputed == saved["unseen"]["gender"]["accuracy"]
 
 
+def test_ceiling_and_baseline_answers_are_reused_and_keyed_by_what_they_depend_on(
+    smoke_ckpt, data_dir, tmp_path
+):
+    cache = f"paths.cache_dir={tmp_path / 'cache'}"
+    first = evaluate(
+        _cfg(f"checkpoint={smoke_ckpt}", f"paths.data_dir={data_dir}", cache), out_dir=str(tmp_path / "a")
+    )
+    assert not any("reused" in n for n in first["notes"])
+    again = evaluate(
+        _cfg(f"checkpoint={smoke_ckpt}", f"paths.data_dir={data_dir}", cache), out_dir=str(tmp_path / "b")
+    )
+    note = next(n for n in again["notes"] if "reused" in n)
+    assert all(k in note for k in ("ceiling", "baseline", "format-text", "format-baseline"))
+    for part in ("unseen", "ceiling", "baseline", "agreement"):
+        assert again[part] == first[part]
+    # Other generation settings are another key: nothing is reused.
+    other = evaluate(_cfg(f"checkpoint={smoke_ckpt}", f"paths.data_dir={data_dir}", cache, "eval.max_new_tokens=5"),
+                     out_dir=str(tmp_path / "c"))  # fmt: skip
+    assert not any("ceiling" in n and "reused" in n for n in other["notes"])
+
+
 def test_lora_checkpoint_measures_drift(tiny_llm_source, tiny_whisper_source, data_dir, tmp_path):
     import torch
 

@@ -6,8 +6,9 @@ import re
 
 import pytest
 
+from speechllm import parsing
 from speechllm.data.instructions import all_training_instructions
-from speechllm.eval import parsing, plane, report, retention, tasks
+from speechllm.eval import plane, report, retention, tasks
 
 G = ("female", "male")
 P = ("high", "low", "normal")

@@ -20,6 +20,7 @@ Pools:
 from __future__ import annotations
 
 import hashlib
+import re
 
 INSTRUCTION_POOLS: dict[str, list[str]] = {
     "desta2": ["What can you hear from the audio?"],
@@ -67,6 +68,23 @@ INSTRUCTION_POOLS: dict[str, list[str]] = {
         "What words are spoken in this clip?",
     ],
 }
+
+# Which attribute an instruction asks about, by the words it uses (whole words or phrases, lowercase).
+# Verified self-output (`target.verify`) requires the answer to state each asked attribute correctly.
+ATTRIBUTE_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "gender": ("gender", "man or woman", "a man or a woman", "male or a female", "male or female", "sex"),
+    "accent": ("accent",),
+    "pitch": ("pitch", "high or low", "how high"),
+    "speed": ("pace", "speed", "how fast", "speaking rate", "fast"),
+    "volume": ("volume", "loud", "loudness"),
+}
+
+
+def asked_attributes(instruction: str) -> list[str]:
+    """The attributes an instruction asks about (see :data:`ATTRIBUTE_KEYWORDS`), in table order."""
+    words = " " + " ".join(re.findall(r"[a-z]+", instruction.lower())) + " "
+    return [name for name, keys in ATTRIBUTE_KEYWORDS.items() if any(f" {k} " in words for k in keys)]
+
 
 # `label` mode: the "human data" baseline. The answer is assembled from gold label columns: one
 # clause per available label, joined into sentences. Keys are label names (the part after

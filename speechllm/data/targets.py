@@ -36,6 +36,7 @@ from speechllm.data.instructions import (
     pick_instructions,
     resolve_pool,
 )
+from speechllm.data.verify import VerifyConfig, correctness, label_classes, verify_answer
 
 logger = logging.getLogger(__name__)
 
@@ -378,6 +379,7 @@ class TargetConfig:
         chunk_size: inputs per resumable part.
         generation: decoding settings.
         token_filter: token filtering settings.
+        verify: check answers against the clip's labels and resample wrong ones (`speechllm.data.verify`).
     """
 
     mode: str = "self_output"
@@ -393,6 +395,7 @@ class TargetConfig:
     chunk_size: int = 64
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     token_filter: TokenFilterConfig = field(default_factory=TokenFilterConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
 
 
 def target_config(node: DictConfig | dict | None) -> TargetConfig:
@@ -414,11 +417,17 @@ def target_config(node: DictConfig | dict | None) -> TargetConfig:
         raise ValueError(f"bad target config: {err}") from None
     cfg = TargetConfig(
         **{
-            k: v for k, v in OmegaConf.to_container(merged).items() if k not in ("generation", "token_filter")
+            k: v
+            for k, v in OmegaConf.to_container(merged).items()
+            if k not in ("generation", "token_filter", "verify")
         },
         generation=GenerationConfig(**OmegaConf.to_container(merged.generation)),
         token_filter=TokenFilterConfig(**OmegaConf.to_container(merged.token_filter)),
+        verify=VerifyConfig(**OmegaConf.to_container(merged.verify)),
     )
+    cfg.verify.check()
+    if cfg.verify.enabled and cfg.mode == "label":
+        raise ValueError("target.verify needs an LLM's answers; label targets are right by construction")
     if cfg.mode not in MODES:
         raise ValueError(f"target.mode={cfg.mode!r} is not one of {MODES}")
     if cfg.backend not in ("hf", "vllm"):
@@ -500,12 +509,15 @@ class TargetWriter:
         model, tokenizer: an already loaded LLM (tests, benchmarks); loaded from ``cfg.llm`` if None.
     """
 
-    def __init__(self, cfg: TargetConfig, seed: int = 0, model=None, tokenizer=None):
+    def __init__(self, cfg: TargetConfig, seed: int = 0, model=None, tokenizer=None,
+                 classes: dict[str, tuple[str, ...]] | None = None):  # fmt: skip
         self.cfg = cfg
         self.seed = seed
         self.model = model
         self.tokenizer = tokenizer
         self.vllm = None
+        # Label classes of the whole dataset (a chunk may not hold every class); used by verification.
+        self.classes = classes or {}
 
     def _llm(self):
         if self.model is None:
@@ -531,6 +543,8 @@ class TargetWriter:
             record["template"] = PARAPHRASE_TEMPLATE
         if self.cfg.token_filter.enabled:
             record["token_filter_threshold"] = self.cfg.token_filter.threshold
+        if self.cfg.verify.enabled:
+            record["verify"] = dataclasses.asdict(self.cfg.verify)
         return json.dumps(record, sort_keys=True)
 
     def messages_for(self, row: dict, instruction: str) -> list[dict] | None:
@@ -594,34 +608,95 @@ class TargetWriter:
             )
         return StageResult(rows=rows, rejects=rejects)
 
-    def _generate(self, pending: list[tuple[dict, dict, list[dict]]], rejects: list[dict]) -> list[dict]:
+    def _run_llm(
+        self, messages: list[list[dict]], gen: GenerationConfig, salt: str
+    ) -> tuple[list[str], list]:
+        """(prompts, generations) for chats, on the configured backend."""
         if self.cfg.backend == "vllm":
             if self.vllm is None:  # one engine for the whole stage, not one per chunk
                 self.vllm = load_vllm(self.cfg.llm, self.cfg.generation.seed, self.cfg.dtype)
-            prompts = [chat_prompt(self.vllm.get_tokenizer(), m) for _, _, m in pending]
-            gens = generate_vllm(self.vllm, prompts, self.cfg.generation)
-        else:
-            model, tokenizer = self._llm()
-            prompts = [chat_prompt(tokenizer, m) for _, _, m in pending]
-            gens = generate_texts(
-                model, tokenizer, prompts, self.cfg.generation, salt=str(pending[0][1]["target_id"])
-            )
+            prompts = [chat_prompt(self.vllm.get_tokenizer(), m) for m in messages]
+            return prompts, generate_vllm(self.vllm, prompts, gen)
+        model, tokenizer = self._llm()
+        prompts = [chat_prompt(tokenizer, m) for m in messages]
+        return prompts, generate_texts(model, tokenizer, prompts, gen, salt=salt)
+
+    def _finish(self, g: Generation) -> tuple[str, str | None]:
+        """(answer text, None) or ("", why it is unusable), applying `on_truncated`."""
+        if g.truncated and self.cfg.on_truncated == "drop":
+            return "", f"answer hit max_new_tokens={self.cfg.generation.max_new_tokens}"
+        text = trim_to_sentence(g.text) if g.truncated and self.cfg.on_truncated == "trim" else g.text
+        if not text:
+            return "", "no complete sentence within max_new_tokens" if g.truncated else "empty answer"
+        return text, None
+
+    def _generate(self, pending: list[tuple[dict, dict, list[dict]]], rejects: list[dict]) -> list[dict]:
+        salt = str(pending[0][1]["target_id"])
+        prompts, gens = self._run_llm([m for _, _, m in pending], self.cfg.generation, salt)
+        answers = [self._finish(g) for g in gens]
+        verdicts: list[dict | None] = [None] * len(pending)
+        if self.cfg.verify.enabled:
+            answers, verdicts = self._verify(pending, answers, salt)
         rows = []
-        for (out, key, _), prompt, g in zip(pending, prompts, gens, strict=True):
-            text = g.text
-            if g.truncated and self.cfg.on_truncated == "drop":
+        for (out, key, _), prompt, (text, why), verdict in zip(
+            pending, prompts, answers, verdicts, strict=True
+        ):
+            if verdict is not None and verdict["verdict"] == "wrong" and self.cfg.verify.fallback == "drop":
+                failed = ", ".join(verdict["failed"])
                 rejects.append(
-                    {**key, "reason": f"answer hit max_new_tokens={self.cfg.generation.max_new_tokens}"}
+                    {
+                        **key,
+                        "reason": f"verify: {failed} wrong or unstated in {verdict['tries'] + 1} answers",
+                        "first": verdict["first"],
+                    }
                 )
                 continue
-            if g.truncated and self.cfg.on_truncated == "trim":
-                text = trim_to_sentence(text)
-            if not text:
-                why = "no complete sentence within max_new_tokens" if g.truncated else "empty answer"
+            if why is not None:
                 rejects.append({**key, "reason": why})
                 continue
-            rows.append({**out, "target": text, "target_llm": self.cfg.llm, "target_prompt": prompt})
+            extra = (
+                {"target_verification": json.dumps(verdict, sort_keys=True)} if verdict is not None else {}
+            )
+            rows.append({**out, "target": text, "target_llm": self.cfg.llm, "target_prompt": prompt, **extra})
         return rows
+
+    def _verify(self, pending, answers: list[tuple[str, str | None]], salt: str):
+        """Judge each answer; resample the failing ones up to `verify.tries` times (see `data.verify`)."""
+        v = self.cfg.verify
+
+        def judge(i: int, text: str):
+            out, _, _ = pending[i]
+            return verify_answer(text, out, out["instruction"], self.classes) if text else None
+
+        first = [judge(i, t) for i, (t, _) in enumerate(answers)]
+        final = list(first)
+        tries = [0] * len(pending)
+        answers = list(answers)
+        sampled = dataclasses.replace(
+            self.cfg.generation, do_sample=True, temperature=v.temperature, top_p=v.top_p
+        )
+        for attempt in range(1, v.tries + 1):
+            failing = [i for i, f in enumerate(final) if f is None or f.verdict == "wrong"]
+            if not failing:
+                break
+            _, gens = self._run_llm([pending[i][2] for i in failing], sampled, f"{salt}/verify-{attempt}")
+            for i, g in zip(failing, gens, strict=True):
+                tries[i] = attempt
+                text, why = self._finish(g)
+                verdict = judge(i, text)
+                if verdict is not None and verdict.verdict != "wrong":
+                    answers[i], final[i] = (text, why), verdict
+                elif answers[i][1] is not None and why is None:  # a usable (if wrong) answer beats none
+                    answers[i], final[i] = (text, why), verdict
+        records = []
+        for i, (f0, f) in enumerate(zip(first, final, strict=True)):
+            if f is None:  # no usable answer at all: the row is rejected for that reason
+                records.append({"verdict": "wrong", "failed": ["answer"], "tries": tries[i], "checked": {},
+                                "first": f0.checked if f0 else {}})  # fmt: skip
+                continue
+            records.append({"verdict": f.verdict, "failed": f.failed, "tries": tries[i], "checked": f.checked,
+                            "first": f0.checked if f0 else {}})  # fmt: skip
+        return answers, records
 
 
 def _described_inputs(described, cfg: TargetConfig, seed: int) -> list[dict]:
@@ -673,11 +748,12 @@ def build_targets(
     from speechllm.data.stage import run_stage
 
     inputs = _described_inputs(described, cfg, seed)
+    classes = label_classes([dict(r) for r in described]) if cfg.verify.enabled else {}
     config = dataclasses.asdict(cfg)
     config["generation"].pop("batch_size")
     config["token_filter"].pop("batch_size")
     fingerprint = {"stage": "targets", "target": config, "seed": seed}
-    writer = TargetWriter(cfg, seed=seed, model=model, tokenizer=tokenizer)
+    writer = TargetWriter(cfg, seed=seed, model=model, tokenizer=tokenizer, classes=classes)
     result = run_stage(
         out_dir,
         fingerprint,
@@ -710,6 +786,24 @@ def write_stats(out_dir: str | Path, dataset, cfg: TargetConfig) -> dict:
     if len(dataset):
         words = [len(t.split()) for t in dataset["target"]]
         stats["mean_target_words"] = round(sum(words) / len(words), 2)
+    if "target_verification" in dataset.column_names:
+        records = [json.loads(v) for v in dataset["target_verification"]]
+        # Greedy answers of every verified input: the kept rows and those verification dropped.
+        dropped = [r for r in read_rejects(out_dir) if "first" in r]
+        first = [{"checked": r["first"]} for r in records + dropped]
+        stats["verify"] = {
+            "verdicts": {
+                k: sum(r["verdict"] == k for r in records) for k in ("correct", "wrong", "unverified")
+            },
+            "resampled": sum(r["tries"] > 0 and r["checked"] != r["first"] for r in records),
+            "greedy_correctness": correctness(first),
+            "kept_correctness": correctness(records),
+        }
+        for name, before in stats["verify"]["greedy_correctness"].items():
+            after = stats["verify"]["kept_correctness"].get(name, {"rate": float("nan"), "judged": 0})
+            logger.info("targets/%s verify: %s right in %.0f%% of %d greedy answers -> %.0f%% of %d kept targets",
+                        cfg.mode, name, 100 * before["rate"], before["judged"], 100 * after["rate"],
+                        after["judged"])  # fmt: skip
     if "keep_mask" in dataset.column_names:
         from speechllm.data.token_filter import masked_fraction
 

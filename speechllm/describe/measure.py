@@ -3,7 +3,7 @@
 The frozen LLM only ever sees the description, so the renderer that lets it answer "What is the
 speaker's gender?" correctly most often is the one whose facts survive into its targets. For each
 clip, every renderer's description is given to the LLM (in the same chat the target stage uses) with
-one question per attribute; answers are parsed with `speechllm.eval.parsing.parse_label` and compared
+one question per attribute; answers are parsed with `speechllm.parsing.parse_label` and compared
 with the attribute value the description states.
 
     python -m speechllm.describe.measure --corpus data/demo/corpus --clips 40
@@ -84,7 +84,7 @@ def measure_renderers(
         rate per attribute.
     """
     from speechllm.data.targets import description_messages
-    from speechllm.eval.parsing import parse_label
+    from speechllm.parsing import parse_label
     from speechllm.sources import load_llm
 
     configs, order = load_configs(ATTRIBUTES, overrides={"transcript": {"methods": ["label", "asr"]}})

@@ -1,7 +1,8 @@
 """Writing an evaluation: `report.json` (numbers), `report.md` (tables people read), PNG plots.
 
 report.json layout (every leaf listed here is a number):
-    unseen.<task>.{accuracy, chance, chance_uniform, n, answered}   speech model, unseen questions
+    unseen.<task>.{accuracy, balanced_accuracy, chance, chance_uniform, n, answered}   speech model, unseen
+        questions; unseen.<task>.one_answer_questions lists questions answered alike for every clip
     ceiling.<task>.{accuracy, n}          text LLM reading the gold description
     agreement.<task>                      share of items where speech and text answers parse alike
     baseline_agreement.<task>             the same for the untrained baseline
@@ -70,20 +71,26 @@ def render_markdown(report: dict, plots: Sequence[str] = ()) -> str:
     )
     lines += ["", "## Unseen instructions", ""]
     lines.append(
-        "| task | n | speech model | ceiling (text LLM + description) | agreement | untrained baseline "
+        "| task | n | speech model | balanced | ceiling (text LLM + description) | agreement | untrained baseline "
         "| baseline agreement | chance (majority) | 1/classes |"
     )
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for task, u in report.get("unseen", {}).items():
         c = report.get("ceiling", {}).get(task, {})
         b = report.get("baseline", {}).get(task, {})
         name = f"{task} (word acc.; WER {_fmt(u.get('wer'))})" if "wer" in u else task
         lines.append(
-            f"| {name} | {u.get('n')} | {_fmt(u.get('accuracy'))} | {_fmt(c.get('accuracy'))} | "
+            f"| {name} | {u.get('n')} | {_fmt(u.get('accuracy'))} | {_fmt(u.get('balanced_accuracy'))} | "
+            f"{_fmt(c.get('accuracy'))} | "
             f"{_fmt(report.get('agreement', {}).get(task))} | {_fmt(b.get('accuracy'))} | "
             f"{_fmt(report.get('baseline_agreement', {}).get(task))} | "
             f"{_fmt(u.get('chance'))} | {_fmt(u.get('chance_uniform'))} |"
         )
+    same = [(t, q) for t, u in report.get("unseen", {}).items() for q in u.get("one_answer_questions", [])]
+    if same:
+        lines += ["", "Questions answered alike for every clip (the model does not hear what they ask):", ""]
+        lines += [f"- {t}: \"{_clip(q['question'], 90)}\" -> {q['answer'] or 'no answer'} "
+                  f"({q['clips']} clips)" for t, q in same]  # fmt: skip
     skipped = report.get("skipped", {})
     if skipped:
         lines += ["", "Skipped tasks: " + "; ".join(f"**{k}** ({v})" for k, v in skipped.items()) + "."]

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -23,11 +24,12 @@ from collections.abc import Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from speechllm.eval import parsing, retention
+from speechllm import parsing
+from speechllm.eval import retention
 from speechllm.eval.data import EvalData, EvalDataError, add_descriptions, load_audiofolder, load_described
 from speechllm.eval.generation import generate_chat
 from speechllm.eval.report import write_report
-from speechllm.eval.tasks import Item, build_items, chance_level, select_tasks
+from speechllm.eval.tasks import Item, balanced_accuracy, build_items, chance_level, select_tasks
 from speechllm.model.speechlm import CheckpointError
 
 __all__ = ["CheckpointError", "evaluate"]
@@ -107,6 +109,69 @@ def untrained_model(model_cfg: dict, seed: int):
 
     torch.manual_seed(seed)
     return SpeechLM.from_config(OmegaConf.create(model_cfg)).eval()
+
+
+# ----- answers that do not depend on the trained weights, computed once -------------------------------
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """A short digest of a module's weights (names, shapes and sums): equal weights give equal digests."""
+    h = hashlib.sha256()
+    for name, p in module.state_dict().items():
+        h.update(f"{name}:{tuple(p.shape)}:{float(p.detach().double().sum()):.8e};".encode())
+    return h.hexdigest()[:20]
+
+
+def reused_answers(cache_dir: str | None, kind: str, key: dict, compute) -> tuple[list[str], bool]:
+    """Answers stored under a digest of everything they depend on, or computed and stored.
+
+    The ceiling (the base LLM reading descriptions) and the untrained baseline do not depend on the
+    trained weights: a re-evaluation, or the evaluation of another checkpoint of the same model config
+    on the same clips, reuses them.
+
+    Args:
+        cache_dir: `paths.cache_dir` (None: no reuse).
+        kind: what the answers are (part of the file name).
+        key: what they depend on (weights digests, prompts, audio file stamps, generation settings).
+        compute: () -> answers, when nothing is stored.
+
+    Returns:
+        (answers, whether they were reused).
+    """
+    if not cache_dir:
+        return compute(), False
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    path = os.path.join(cache_dir, "eval-answers", f"{kind}-{digest}.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)["answers"], True
+    answers = compute()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump({"kind": kind, "answers": answers}, f)
+    os.replace(tmp, path)
+    return answers, False
+
+
+def _speech_key(model, rows: Sequence[dict], items: Sequence[Item], gen: dict) -> dict:
+    from speechllm.audio import file_stamp
+
+    return {
+        "config": model.config,
+        "weights": {n: weights_digest(getattr(model, n)) for n in ("encoder", "adapter", "llm")},
+        "requests": [
+            (
+                rows[it.row].get("clip_id"),
+                rows[it.row]["audio_path"],
+                file_stamp(rows[it.row]["audio_path"]),
+                rows[it.row].get("transcript"),
+                it.question,
+            )
+            for it in items
+        ],  # fmt: skip
+        "gen": gen,
+    }
 
 
 # ----- answering -------------------------------------------------------------------------------------
@@ -196,13 +261,16 @@ def score(items: Sequence[Item], parsed: Sequence[str | None]) -> dict[str, dict
     for task, pairs in by_task.items():
         golds = [it.gold for it, _ in pairs]
         if pairs[0][0].classes:
-            majority, uniform = chance_level(golds, pairs[0][0].classes)
+            classes = pairs[0][0].classes
+            majority, uniform = chance_level(golds, classes)
             out[task] = {
                 "accuracy": sum(p == it.gold for it, p in pairs) / len(pairs),
+                "balanced_accuracy": balanced_accuracy(golds, [p for _, p in pairs], classes),
                 "n": len(pairs),
                 "answered": sum(p is not None for _, p in pairs) / len(pairs),
                 "chance": majority,
                 "chance_uniform": uniform,
+                "one_answer_questions": one_answer_questions(pairs),
             }
         else:
             wer = parsing.word_error_rate(golds, [p or "" for _, p in pairs])
@@ -215,6 +283,29 @@ def score(items: Sequence[Item], parsed: Sequence[str | None]) -> dict[str, dict
                 "chance_uniform": 0.0,
             }
     return out
+
+
+def one_answer_questions(pairs: Sequence[tuple[Item, str | None]], min_clips: int = 3) -> list[dict]:
+    """Questions the model answers the same way (one class, or no answer) for every clip it was asked about.
+
+    A model that does not hear gives one answer to a question whatever the clip; accuracy then only
+    reflects how often that answer happens to be the label.
+
+    Args:
+        pairs: (item, parsed answer) of one task.
+        min_clips: questions asked about fewer clips are not judged.
+
+    Returns:
+        [{"question", "answer" (the class, or None), "clips"}] in question order.
+    """
+    by_question: dict[str, list[str | None]] = {}
+    for it, p in pairs:
+        by_question.setdefault(it.question, []).append(p)
+    return [
+        {"question": q, "answer": answers[0], "clips": len(answers)}
+        for q, answers in by_question.items()
+        if len(answers) >= min_clips and len(set(answers)) == 1
+    ]
 
 
 def target_score(scores: dict[str, dict]) -> float:
@@ -393,8 +484,18 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     else:
         llm, tok = load_llm(source, dtype=model.llm.dtype)
     llm.eval()
+    cache_dir = str(cfg.paths.cache_dir) if e.get("reuse", True) else None
+    llm_digest = weights_digest(llm)
+
+    def text_key(its, system, settings):
+        return {"llm": llm_digest, "system": system, "gen": settings,
+                "prompts": [(rows[it.row]["description"], it.question) for it in its]}  # fmt: skip
+
+    reused = []
     if e.ceiling:
-        text_ans = text_answers(llm, tok, rows, items, **gen)
+        text_ans, hit = reused_answers(cache_dir, "ceiling", text_key(items, None, gen),
+                                       lambda: text_answers(llm, tok, rows, items, **gen))  # fmt: skip
+        reused += ["ceiling"] if hit else []
         text_parsed = parse_answers(items, text_ans)
         report["ceiling"] = score(items, text_parsed)
         report["agreement"] = agreement(items, speech_parsed, text_parsed)
@@ -402,7 +503,13 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         parsed["text"] = text_parsed
     # Format retention compares speech and text under one system prompt: the speech model's.
     speech_system = model.prompt.system or ""
-    text_fmt = text_answers(llm, tok, rows, fmt_items, **fmt_gen, system=speech_system) if fmt_items else []
+    text_fmt = []
+    if fmt_items:
+        text_fmt, hit = reused_answers(
+            cache_dir, "format-text", text_key(fmt_items, speech_system, fmt_gen),
+            lambda: text_answers(llm, tok, rows, fmt_items, **fmt_gen, system=speech_system),
+        )  # fmt: skip
+        reused += ["format-text"] if hit else []
     log.info("text LLM done (%.0f s)", time.time() - t0)
 
     # 5. untrained baseline
@@ -411,16 +518,29 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         seed, seed_from = checkpoint_seed(ckpt, int(e.seed))
         data.notes.append(f"untrained baseline: adapter initialised with seed {seed} (from {seed_from})")
         base_model = untrained_model(model_cfg, seed)
-        base_ans = speech_answers(base_model, rows, items, **gen)
+        base_ans, hit = reused_answers(cache_dir, "baseline", _speech_key(base_model, rows, items, gen),
+                                       lambda: speech_answers(base_model, rows, items, **gen))  # fmt: skip
+        reused += ["baseline"] if hit else []
         base_parsed = parse_answers(items, base_ans)
         report["baseline"] = score(items, base_parsed)
         if e.ceiling:  # what training must beat: agreement with the ceiling before any training
             report["baseline_agreement"] = agreement(items, base_parsed, text_parsed)
         answers["baseline"] = base_ans
         parsed["baseline"] = base_parsed
-        base_fmt = speech_answers(base_model, rows, fmt_items, **fmt_gen) if fmt_items else []
+        if fmt_items:
+            base_fmt, hit = reused_answers(
+                cache_dir, "format-baseline", _speech_key(base_model, rows, fmt_items, fmt_gen),
+                lambda: speech_answers(base_model, rows, fmt_items, **fmt_gen),
+            )  # fmt: skip
+            reused += ["format-baseline"] if hit else []
         del base_model
         log.info("untrained baseline done (%.0f s)", time.time() - t0)
+
+    if reused:
+        data.notes.append(
+            f"reused from an earlier evaluation (same weights, prompts and audio): {', '.join(reused)}"
+        )
+        log.info("reused stored answers: %s", ", ".join(reused))
 
     # 6. retention
     report["retention"] = {}

@@ -8,7 +8,7 @@ that knows the answer should not lose points for choosing a synonym nobody parse
 
 Tasks:
     one per labelled attribute (``label_<name>`` column): gender, accent, pitch, speed, volume,
-    emotion, age; scored by accuracy after :func:`speechllm.eval.parsing.parse_label`.
+    emotion, age; scored by accuracy after :func:`speechllm.parsing.parse_label`.
     ``content``: what was said, against ``label_text`` (or ``label_transcript``); scored by WER.
 """
 
@@ -18,8 +18,6 @@ import hashlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from speechllm.eval.parsing import parse_label
 
 # Phrasings per task. Never reuse a training instruction here (tests/test_eval.py checks).
 UNSEEN_QUESTIONS: dict[str, list[str]] = {
@@ -75,7 +73,6 @@ UNSEEN_QUESTIONS: dict[str, list[str]] = {
 
 # Label columns checked for the spoken-content task, in order of preference.
 CONTENT_LABEL_COLUMNS = ("label_text", "label_transcript")
-ATTRIBUTE_TASKS = ("gender", "accent", "pitch", "speed", "volume", "emotion", "age")
 
 
 @dataclass(frozen=True)
@@ -243,14 +240,15 @@ def chance_level(golds: Sequence[str], classes: Sequence[str]) -> tuple[float, f
     return float(majority), 1.0 / max(1, len(classes))
 
 
-def score_label_answers(items: Sequence[Item], answers: Sequence[str]) -> list[str | None]:
-    """Parse answers of label items.
+def balanced_accuracy(golds: Sequence[str], preds: Sequence[str | None], classes: Sequence[str]) -> float:
+    """Mean per-class recall over the classes present in `golds`.
 
-    Args:
-        items: label items.
-        answers: model answers aligned with `items`.
-
-    Returns:
-        The parsed class (or None) per item.
+    Answering one class for every clip scores 1/classes however the labels are distributed, which plain
+    accuracy hides when one class is common. Unparsed predictions (None) count as wrong.
     """
-    return [parse_label(a, it.task, it.classes) for it, a in zip(items, answers, strict=True)]
+    recalls = []
+    for c in classes:
+        idx = [i for i, g in enumerate(golds) if g == c]
+        if idx:
+            recalls.append(sum(preds[i] == c for i in idx) / len(idx))
+    return sum(recalls) / len(recalls) if recalls else 0.0

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from speechllm.model.alignment import alignment_loss
 from speechllm.model.encoder import EncoderOutput, WhisperFeatureEncoder, load_encoder, pad_features
 from speechllm.model.prompt import PromptConfig, PromptTokenizer, SpeechCollator
 
@@ -144,6 +145,8 @@ class SpeechLM(nn.Module):
         self.prompt_tokenizer = PromptTokenizer(tokenizer)
         self._asr = None
         self._checkpointing = False
+        # The token embeddings' mean square: the alignment loss's unit (see speechllm.train.align).
+        self.embed_mean_square = float(llm.get_input_embeddings().weight.detach().float().pow(2).mean())
         self.log_parameter_counts()
 
     # ---- construction ----
@@ -279,9 +282,13 @@ class SpeechLM(nn.Module):
 
         Shapes: input_ids (batch, seq), audio_mask (batch, seq) -> (batch, seq, llm_hidden).
         """
+        return self._embed(input_ids, audio_mask, **audio)[0]
+
+    def _embed(self, input_ids: torch.Tensor, audio_mask: torch.Tensor | None = None, **audio):
+        """(embeds, audio embeds, slot mask); the last two are None without audio."""
         embeds = self.llm.get_input_embeddings()(input_ids.to(self.device))
         if audio_mask is None or not bool(audio_mask.any()):
-            return embeds
+            return embeds, None, None
         audio_embeds, slot_mask = self.audio_embeddings(**audio)
         audio_mask = audio_mask.to(self.device)
         rows_with_audio = audio_mask.any(1)
@@ -292,7 +299,7 @@ class SpeechLM(nn.Module):
             )
         # Both sides flatten row-major in row order, so the i-th slot gets the i-th valid embedding.
         embeds = embeds.masked_scatter(audio_mask[..., None], audio_embeds[slot_mask].to(embeds.dtype))
-        return embeds
+        return embeds, audio_embeds, slot_mask
 
     def forward(
         self,
@@ -305,13 +312,25 @@ class SpeechLM(nn.Module):
         windows_per_clip: torch.Tensor | None = None,
         encoder_features: torch.Tensor | None = None,
         encoder_mask: torch.Tensor | None = None,
+        align_ids: torch.Tensor | None = None,
+        labelled_logits_only: bool = False,
         **llm_kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Loss (mean over labelled tokens) and logits for a collated batch.
 
-        Shapes: input_ids/attention_mask/labels/audio_mask (batch, seq) -> logits (batch, seq, vocab).
+        With `align_ids` (target token ids per audio slot, see `speechllm.train.align`), the output also
+        holds `align_loss`: how far the audio embeddings are from those tokens' embeddings (not added
+        to `loss`; the trainer weighs it).
+
+        With `labelled_logits_only` (and labels), the LM head runs only where a label is predicted: the
+        output has no `logits`, but `loss`, `label_logprob` (each row's summed log-probability of its
+        labelled tokens) and `labelled_logits` (the logits of the labelled positions, row-major). With a 49k vocabulary and answers of a few tokens, the head over every prompt
+        position is most of a forward pass's cost.
+
+        Shapes: input_ids/attention_mask/labels/audio_mask (batch, seq) -> logits (batch, seq, vocab),
+            label_logprob (batch,); align_ids (clips with audio, slots).
         """
-        embeds = self.embed(
+        embeds, audio_embeds, slot_mask = self._embed(
             input_ids,
             audio_mask,
             input_features=input_features,
@@ -323,17 +342,46 @@ class SpeechLM(nn.Module):
         attention_mask = attention_mask.to(self.device)
         # Positions count real tokens only, so left- and right-padded batches see the same positions.
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.llm(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            labels=labels.to(self.device) if labels is not None else None,
-            **llm_kwargs,
-        )
+        if labelled_logits_only and labels is not None:
+            out = self._labelled_forward(
+                embeds, attention_mask, position_ids, labels.to(self.device), llm_kwargs
+            )
+        else:
+            out = self.llm(
+                inputs_embeds=embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                labels=labels.to(self.device) if labels is not None else None,
+                **llm_kwargs,
+            )
         if out.loss is not None and self.training and (audio_mask is None or not bool(audio_mask.any())):
             # A text-only batch does not reach the adapter; a zero-weighted term keeps its parameters in
             # the graph, so backward works with a frozen LLM and DDP sees every parameter used.
             out.loss = out.loss + 0.0 * sum(p.sum() for p in self.adapter.parameters())
+        if align_ids is not None and audio_embeds is not None:
+            weights = self.llm.get_input_embeddings().weight
+            out["align_loss"] = alignment_loss(
+                audio_embeds, slot_mask, align_ids, weights, self.embed_mean_square
+            )
+        return out
+
+    def _labelled_forward(
+        self, embeds, attention_mask, position_ids, labels, llm_kwargs
+    ) -> CausalLMOutputWithPast:
+        """The decoder on every position, the LM head only where a next token is labelled."""
+        hidden = self.llm.get_decoder()(
+            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, **llm_kwargs
+        ).last_hidden_state
+        targets = labels[:, 1:]
+        where = targets != -100
+        logits = self.llm.get_output_embeddings()(hidden[:, :-1][where]).float()
+        nll = nn.functional.cross_entropy(logits, targets[where], reduction="none")
+        per_row = torch.zeros(labels.shape[0], dtype=nll.dtype, device=nll.device)
+        per_row = per_row.index_add(0, where.nonzero()[:, 0], -nll)
+        loss = nll.mean() if nll.numel() else hidden.sum() * 0.0
+        out = CausalLMOutputWithPast(loss=loss)
+        out["label_logprob"] = per_row
+        out["labelled_logits"] = logits  # (labelled positions in row-major order, vocab)
         return out
 
     # ---- inference ----

@@ -98,6 +98,55 @@ class KDConfig:
 
 
 @dataclass
+class AlignConfig:
+    """`align`: pull the audio embeddings toward the token embeddings of each clip's description
+    (see `speechllm.train.align`).
+
+    Attributes:
+        weight: alignment loss added to the training loss (0: off during training).
+        pretrain_steps: alignment-only adapter steps before training (no LLM pass; 0: none).
+        pretrain_batch_size: clips per warm-up step.
+        pretrain_learning_rate: warm-up learning rate (AdamW, constant).
+        renderer: how the text is written (`speechllm.describe.render`: natural | desta2).
+        attributes: the attributes it mentions, in order.
+        filler: text whose token fills the audio slots past the description.
+    """
+
+    weight: float = 0.0
+    pretrain_steps: int = 0
+    pretrain_batch_size: int = 16
+    pretrain_learning_rate: float = 1e-3
+    renderer: str = "natural"
+    attributes: list[str] = field(default_factory=lambda: ["gender", "accent", "pitch", "speaking_rate", "volume"])
+    filler: str = "\n"
+
+    @property
+    def enabled(self) -> bool:
+        return self.weight > 0 or self.pretrain_steps > 0
+
+
+@dataclass
+class ProbeConfig:
+    """`probe`: the listening probe run during training (see `speechllm.eval.probe`).
+
+    Attributes:
+        every: probe every this many optimiser steps, and before the first (0: off).
+        split: the described split whose clips are probed (held out from training).
+        max_clips: clips probed (a seeded draw; None: all).
+        questions_per_task: unseen phrasings per clip and task.
+        tasks: attribute tasks (None: every labelled one).
+        batch_size: rows per forward pass.
+    """
+
+    every: int = 0
+    split: str = "test"
+    max_clips: int | None = 24
+    questions_per_task: int = 1
+    tasks: list[str] | None = None
+    batch_size: int = 32
+
+
+@dataclass
 class MixtureConfig:
     """The keys of `replay` that training reads (the rest of the node configures data preparation).
 
@@ -135,6 +184,8 @@ class TopLevelConfig:
         max_train_rows: cap on speech rows (None: all), for quick runs.
         torch_threads: CPU threads for torch (None: torch's default). Tiny models run fastest on one
             thread; several threads on a busy machine mostly wait for each other.
+        align: the alignment loss and warm-up.
+        probe: the listening probe (learning curve).
     """
 
     seed: int = 0
@@ -145,6 +196,8 @@ class TopLevelConfig:
     train_split: str = "train"
     max_train_rows: int | None = None
     torch_threads: int | None = None
+    align: AlignConfig = field(default_factory=AlignConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
 # Config groups composed by conf/train.yaml; each owner validates its own node's contents.
@@ -202,6 +255,12 @@ def validate_schema(cfg: DictConfig) -> tuple[TopLevelConfig, TrainerConfig, Mix
         raise ConfigError(f"kd.temperature must be > 0, got {top.kd.temperature}")
     if top.torch_threads is not None and top.torch_threads < 1:
         raise ConfigError(f"torch_threads must be >= 1 or null, got {top.torch_threads}")
+    if top.align.weight < 0 or top.align.pretrain_steps < 0:
+        raise ConfigError("align.weight and align.pretrain_steps must be >= 0")
+    if top.align.pretrain_batch_size < 1 or top.align.pretrain_learning_rate <= 0:
+        raise ConfigError("align.pretrain_batch_size must be >= 1 and align.pretrain_learning_rate > 0")
+    if top.probe.every < 0 or top.probe.questions_per_task < 1 or top.probe.batch_size < 1:
+        raise ConfigError("probe.every must be >= 0, probe.questions_per_task and probe.batch_size >= 1")
     if top.max_train_rows is not None and top.max_train_rows < 1:
         raise ConfigError(f"max_train_rows must be >= 1 or null, got {top.max_train_rows}")
     if not 0.0 <= mixture.ratio < 1.0:

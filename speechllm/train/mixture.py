@@ -30,6 +30,7 @@ MIXTURE_FEATURES = datasets.Features(
         "description": datasets.Value("string"),
         "instruction": datasets.Value("string"),
         "target": datasets.Value("string"),
+        "align_text": datasets.Value("string"),  # what the clip's audio embeddings are aligned to (or None)
         "keep_mask": datasets.Sequence(datasets.Value("int8")),
         "messages": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
     }
@@ -51,7 +52,7 @@ class Mixture:
 
 
 def speech_rows(targets: datasets.Dataset, *, split: str | None, use_keep_mask: bool, max_rows: int | None,
-                seed: int) -> list[dict]:  # fmt: skip
+                seed: int, align_text=None) -> list[dict]:  # fmt: skip
     """Rows of a targets dataset in mixture form.
 
     Args:
@@ -60,6 +61,7 @@ def speech_rows(targets: datasets.Dataset, *, split: str | None, use_keep_mask: 
         use_keep_mask: copy the token filter's `keep_mask` (the column must exist).
         max_rows: keep a seeded random subset of this many rows (None: all).
         seed: for the subset.
+        align_text: row -> its alignment text (see `speechllm.train.align`), or None for none.
 
     Returns:
         Mixture rows.
@@ -93,6 +95,7 @@ def speech_rows(targets: datasets.Dataset, *, split: str | None, use_keep_mask: 
                 "description": r.get("description") if "description" in cols else None,
                 "instruction": r["instruction"],
                 "target": r["target"],
+                "align_text": align_text(r) if align_text is not None else None,
                 "keep_mask": list(r["keep_mask"]) if use_keep_mask else None,
                 "messages": [],
             }
@@ -156,7 +159,7 @@ def replay_rows(source: datasets.Dataset, name: str, count: int, seed: int) -> t
         rows.append(
             {
                 "kind": "replay", "source": name, "clip_id": None, "audio_path": None, "transcript": None,
-                "description": None, "instruction": None, "target": None, "keep_mask": None,
+                "description": None, "instruction": None, "target": None, "align_text": None, "keep_mask": None,
                 "messages": messages,
             }
         )  # fmt: skip

@@ -104,3 +104,33 @@ def plot_loss(path: Path, steps: list[dict], title: str = "training loss") -> No
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_learning_curve(path: Path, history: list[dict], chance: dict[str, float], title: str = "listening probe") -> None:
+    """Save each attribute's probe balanced accuracy against the step, with its chance level dashed.
+
+    Args:
+        path: the PNG file.
+        history: [{"step": n, "<task>": balanced accuracy, ...}] (from the probe callback).
+        chance: task -> chance level (1/classes).
+        title: plot title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, task in enumerate(sorted(chance)):
+        color = f"C{i}"
+        points = [(h["step"], h[task]) for h in history if task in h]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=color, label=task)
+        ax.axhline(chance[task], color=color, linestyle="--", linewidth=0.8, alpha=0.6)
+    ax.set_xlabel("step")
+    ax.set_ylabel("balanced accuracy (held-out clips, unseen questions)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{title} (dashed: chance)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -17,11 +17,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from speechllm.config import ConfigError
+from speechllm.model.alignment import AlignmentTargets
+from speechllm.train.align import pretrain_alignment
 from speechllm.train.config import TrainerConfig, check_prepared, validate_schema
 from speechllm.train.mixture import Mixture, build_mixture, speech_rows
-from speechllm.train.outputs import plot_loss, write_metrics
+from speechllm.train.outputs import plot_learning_curve, plot_loss, write_metrics
 from speechllm.train.trainer import (
     MetricsCallback,
+    ProbeCallback,
     SpeechTensorBoardCallback,
     SpeechTrainer,
     TrainCollator,
@@ -202,8 +205,16 @@ def load_mixture(cfg: DictConfig, paths, top, mixture_cfg) -> Mixture:
     """
     targets = datasets.load_from_disk(str(paths.targets))
     use_mask = bool(OmegaConf.select(cfg, "target.token_filter.enabled", default=False))
+    align_text = None
+    if top.align.enabled:
+        from speechllm.train.align import AlignmentText
+
+        try:
+            align_text = AlignmentText(top.align.renderer, top.align.attributes)
+        except (KeyError, FileNotFoundError) as err:
+            raise ConfigError(f"align: {err.args[0] if err.args else err}") from None
     rows = speech_rows(targets, split=top.train_split, use_keep_mask=use_mask, max_rows=top.max_train_rows,
-                       seed=top.seed)  # fmt: skip
+                       seed=top.seed, align_text=align_text)  # fmt: skip
     if top.loss == "kd":
         missing = [r["clip_id"] for r in rows if not r["description"]]
         if missing:
@@ -366,10 +377,29 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
     elif tr.cache_encoder_features:
         logger.info("encoder-feature cache off: the encoder trains (model.encoder.frozen=false)")
 
+    probe_rows = _probe_rows(cfg, top) if top.probe.every > 0 else []
+    if feature_cache is not None and probe_rows:
+        _fill_feature_cache(model, None, cfg, tr, clips=[(r["clip_id"], r["audio_path"]) for r in probe_rows])
+
+    def features(row: dict):
+        if feature_cache is not None:
+            return feature_cache.get(row["clip_id"], row["audio_path"])
+        return model.encode_audio([row["audio_path"]])[0]
+
+    align_history = []
+    if top.align.pretrain_steps > 0 and not resume:
+        speech = [r for r in dataset if r["kind"] == "speech"]
+        align_history = pretrain_alignment(
+            model, speech, [r["align_text"] for r in speech], features, steps=top.align.pretrain_steps,
+            batch_size=top.align.pretrain_batch_size, learning_rate=top.align.pretrain_learning_rate,
+            seed=top.seed, filler=top.align.filler,
+        )  # fmt: skip
+
     args = training_arguments(tr, run_dir, top.seed, has_replay=mixture.composition["replay"] > 0)
+    align_targets = AlignmentTargets(model.tokenizer, top.align.filler) if top.align.weight > 0 else None
     collate = TrainCollator(
         model.collator(), feature_cache=feature_cache, teacher=top.loss == "kd",
-        system=OmegaConf.select(cfg, "target.system", default=None),
+        system=OmegaConf.select(cfg, "target.system", default=None), align=align_targets,
     )  # fmt: skip
 
     params = model.log_parameter_counts()
@@ -378,6 +408,7 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
         "parameters": params,
         "loss_type": top.loss,
         "encoder_feature_cache": {"dir": str(feature_cache.dir), **cache_stats} if feature_cache else None,
+        "align_warmup": align_history,
     }
 
     def write_outputs(state, plot: bool = True) -> None:
@@ -386,11 +417,30 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
             plot_loss(run_dir / "loss_curve.png", data["steps"], title=f"train/loss ({run_dir.name})")
 
     tensorboard = [SpeechTensorBoardCallback()] if "tensorboard" in tr.report_to else []
+    probe_callback = []
+    if probe_rows:
+        from speechllm.eval.probe import ClassProbe
+
+        probe = ClassProbe(probe_rows, top.probe.tasks, top.probe.questions_per_task, seed=top.seed,
+                           batch_size=top.probe.batch_size)  # fmt: skip
+        chance = {t: 1.0 / len(next(it.classes for it in probe.items if it.task == t)) for t in probe.tasks}
+
+        def write_curve(history: list[dict]) -> None:
+            curve = {"chance": chance, "clips": len(probe_rows), "questions": len(probe.items), "history": history}
+            (run_dir / "learning_curve.json").write_text(json.dumps(curve, indent=2))
+            plot_learning_curve(run_dir / "learning_curve.png", history, chance,
+                                title=f"listening probe, {len(probe_rows)} held-out clips")  # fmt: skip
+
+        probe_callback = [ProbeCallback(probe, top.probe.every, lambda r: {"encoder_features": features(r)},
+                                        write_curve)]  # fmt: skip
     trainer = SpeechTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=collate,
-        callbacks=[MetricsCallback(write_outputs), *tensorboard, *(callbacks or [])],
+        callbacks=[MetricsCallback(write_outputs), *tensorboard, *probe_callback, *(callbacks or [])],
         loss_type=top.loss, kd_temperature=top.kd.temperature, kd_ce_weight=top.kd.ce_weight,
+        align_weight=top.align.weight,
     )  # fmt: skip
+    for cb in probe_callback:
+        cb.trainer = trainer
     if trainer.is_world_process_zero():
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "mixture.json").write_text(json.dumps(mixture.composition, indent=2))
@@ -417,8 +467,23 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
     return json.loads((run_dir / "train_metrics.json").read_text()) if trainer.is_world_process_zero() else {}
 
 
-def _fill_feature_cache(model, dataset: datasets.Dataset, cfg: DictConfig, tr: TrainerConfig):
-    """Encode every speech clip not cached yet (ranks split the work), then wait for all ranks.
+def _probe_rows(cfg: DictConfig, top) -> list[dict]:
+    """The held-out described clips the listening probe asks about (none when they are missing)."""
+    from speechllm.eval.data import EvalDataError, load_described
+
+    try:
+        data = load_described(str(cfg.paths.data_dir), str(cfg.data.name), split=top.probe.split,
+                              max_clips=top.probe.max_clips, seed=top.seed)  # fmt: skip
+    except EvalDataError as err:
+        logger.warning("probe off: %s", err)
+        return []
+    return data.rows
+
+
+def _fill_feature_cache(model, dataset: datasets.Dataset | None, cfg: DictConfig, tr: TrainerConfig,
+                        clips: list[tuple[str, str]] | None = None):  # fmt: skip
+    """Encode every speech clip (or the given `clips`) not cached yet (ranks split the work), then wait
+    for all ranks.
 
     Returns:
         (the cache, fill statistics: clips, encoded here, seconds).
@@ -429,8 +494,9 @@ def _fill_feature_cache(model, dataset: datasets.Dataset, cfg: DictConfig, tr: T
 
     root = tr.feature_cache_dir or str(Path(cfg.paths.data_dir) / cfg.data.name / "features")
     cache = FeatureCache(root, encoder_fingerprint(model.encoder))
-    speech = dataset.filter(lambda k: k == "speech", input_columns="kind")
-    clips = list(zip(speech["clip_id"], speech["audio_path"], strict=True))
+    if clips is None:
+        speech = dataset.filter(lambda k: k == "speech", input_columns="kind")
+        clips = list(zip(speech["clip_id"], speech["audio_path"], strict=True))
     state = PartialState(cpu=_cpu_only())
     device = state.device
     encoder_device = next(model.encoder.parameters()).device

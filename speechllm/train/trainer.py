@@ -51,13 +51,16 @@ class TrainCollator:
         feature_cache: a FeatureCache whose features replace the speech rows' audio, or None.
         teacher: build `teacher` (the description prompts of the speech rows) for the kd loss.
         system: system prompt of the description chat (as in target generation; None: its default).
+        align: an `AlignmentTargets`: add `align_ids` for the speech rows' `align_text` (None: off).
     """
 
-    def __init__(self, collate, feature_cache=None, teacher: bool = False, system: str | None = None):
+    def __init__(self, collate, feature_cache=None, teacher: bool = False, system: str | None = None,
+                 align=None):  # fmt: skip
         self.collate = collate
         self.feature_cache = feature_cache
         self.teacher = teacher
         self.system = system
+        self.align = align
 
     def __call__(self, rows: list[dict]) -> dict:
         rows = [dict(r) for r in rows]
@@ -67,6 +70,11 @@ class TrainCollator:
             if self.teacher:
                 r["keep_mask"] = None  # kd pairs every target token with the teacher's (see losses.py)
         batch = self.collate(rows)
+        if self.align is not None and bool(batch["audio_mask"].any()):
+            # Adapter outputs come in the order of the rows with audio; so do their slot counts.
+            with_audio = batch["audio_mask"].any(1)
+            texts = [r.get("align_text") for r, a in zip(rows, with_audio.tolist(), strict=True) if a]
+            batch["align_ids"] = self.align(texts, batch["audio_mask"][with_audio].sum(1).tolist())
         if self.teacher:
             from speechllm.data.targets import description_messages
 
@@ -122,6 +130,53 @@ class MetricsCallback(TrainerCallback):
             self.write(state, plot=True)
 
 
+class ProbeCallback(TrainerCallback):
+    """Runs the listening probe (`speechllm.eval.probe`) before training and every `every` steps.
+
+    Each result is logged through the trainer (`probe/<task>` in TensorBoard and the log history) and
+    handed to `write(history)`, which keeps the run's learning-curve files current.
+
+    Args:
+        probe: a `ClassProbe`.
+        every: steps between probes.
+        audio: row -> its audio fields for the probe (cached encoder features).
+        write: called with the whole history after each probe (main process only).
+    """
+
+    def __init__(self, probe, every: int, audio, write):
+        self.probe = probe
+        self.every = every
+        self.audio = audio
+        self.write = write
+        self.trainer: Trainer | None = None
+        self.history: list[dict] = []
+
+    def _run(self, state, control, model) -> None:
+        if any(h["step"] == state.global_step for h in self.history):
+            return
+        speechlm = self.trainer.accelerator.unwrap_model(model) if self.trainer is not None else model
+        result = self.probe(speechlm, self.audio)
+        entry = {"step": state.global_step, **{t: s["balanced_accuracy"] for t, s in result.scores.items()},
+                 "predicted": {t: s["predicted"] for t, s in result.scores.items()}}  # fmt: skip
+        self.history.append(entry)
+        logger.info("probe at step %d: %s", state.global_step,
+                    ", ".join(f"{t} {s['balanced_accuracy']:.2f}" for t, s in result.scores.items()))  # fmt: skip
+        if self.trainer is not None:
+            # Trainer.log clears should_log; the step's own loss log must still happen after us.
+            should_log = control.should_log
+            self.trainer.log(result.flat())
+            control.should_log = should_log
+        if state.is_world_process_zero:
+            self.write(self.history)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._run(state, control, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self._run(state, control, model)
+
+
 class SpeechTrainer(Trainer):
     """Trainer for SpeechLM.
 
@@ -133,11 +188,13 @@ class SpeechTrainer(Trainer):
     """
 
     def __init__(self, *args, loss_type: str = "ce", kd_temperature: float = 1.0, kd_ce_weight: float = 0.0,
-                 **kwargs):  # fmt: skip
+                 align_weight: float = 0.0, **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.loss_type = loss_type
         self.kd_temperature = kd_temperature
         self.kd_ce_weight = kd_ce_weight
+        self.align_weight = align_weight
+        self._align_losses: list[float] = []
         # SpeechLM's loss is a mean over labelled tokens; Trainer then averages over accumulation steps.
         self.model_accepts_loss_kwargs = False
 
@@ -146,9 +203,12 @@ class SpeechTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         teacher = inputs.pop("teacher", None)
         teacher_rows = inputs.pop("teacher_rows", None)
+        if self.align_weight <= 0:
+            inputs.pop("align_ids", None)
         if self.loss_type == "ce":
-            outputs = model(**inputs)
-            return (outputs.loss, outputs) if return_outputs else outputs.loss
+            outputs = model(**inputs, labelled_logits_only=True)
+            loss = self._with_alignment(outputs.loss, outputs)
+            return (loss, outputs) if return_outputs else loss
         labels = inputs.pop("labels")
         outputs = model(**inputs)
         if teacher is None:
@@ -164,8 +224,22 @@ class SpeechTrainer(Trainer):
             teacher_logits, teacher_labels.to(outputs.logits.device),
             temperature=self.kd_temperature, ce_weight=self.kd_ce_weight,
         )  # fmt: skip
-        outputs.loss = loss
+        outputs.loss = loss = self._with_alignment(loss, outputs)
         return (loss, outputs) if return_outputs else loss
+
+    def _with_alignment(self, loss: torch.Tensor, outputs) -> torch.Tensor:
+        align = outputs.get("align_loss") if hasattr(outputs, "get") else None
+        if align is None:
+            return loss
+        self._align_losses.append(float(align.detach()))
+        return loss + self.align_weight * align
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        # The alignment term is logged beside the total loss, averaged over the steps since the last log.
+        if self._align_losses and "loss" in logs:
+            logs["align_loss"] = round(sum(self._align_losses) / len(self._align_losses), 5)
+            self._align_losses = []
+        super().log(logs, *args, **kwargs)
 
     @torch.no_grad()
     def _teacher_logits(self, teacher: dict) -> torch.Tensor:
