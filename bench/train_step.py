@@ -6,7 +6,8 @@ One run prints three ratios, measured on the packaged Whisper tiny.en -> Q-Forme
 1. **Step overhead**: wall time of our training steps (data loading, collation, adapter, LLM forward
    and backward, optimiser, logging: everything between two `on_step_end`s) over the time of a bare
    `llm(inputs_embeds=..., labels=...)` forward+backward on the very same batch shapes (recorded by a
-   hook on the LLM during our run).
+   hook on the LLM's decoder during our run). The bare call runs the LM head on every position, as
+   `transformers` does; ours runs it only where a label is predicted.
 2. **Padding fraction** of the batches (padded positions / all positions) with and without
    length-grouped batching, over one epoch of the same mixture and batch size.
 3. **Epoch time with vs without the encoder-feature cache** (the one-time cost of filling the cache is
@@ -121,7 +122,9 @@ def main() -> None:
                         (kwargs["inputs_embeds"].shape, kwargs["attention_mask"].detach().cpu())
                     )
 
-            self.handle = model.llm.register_forward_pre_hook(hook, with_kwargs=True)
+            # The decoder, not the LLM: with cross-entropy the model runs the LM head itself, only at the
+            # labelled positions (SpeechLM.forward(labelled_logits_only=True)).
+            self.handle = model.llm.get_decoder().register_forward_pre_hook(hook, with_kwargs=True)
             self.ends.append(time.perf_counter())
 
         def on_step_end(self, args, state, control, **kw):

@@ -197,6 +197,10 @@ def test_renderers():
         "The recording is 3.1 seconds long."
     )
     assert "Emotion" not in desta2 and "emotion" not in natural
+    assert render("sentences", values, names, configs) == (
+        'The speaker says: "Turn the lights off." The gender is Female. The accent is British. '
+        "The pitch is high. The speed is fast. The duration is 3.1s."
+    )
     # Nothing known but the duration: still a sentence.
     assert re.fullmatch(
         r"A speaker speaks\. The recording is 3\.1 seconds long\.",

@@ -133,7 +133,7 @@ def render_sentences(values: dict, attributes: list[str], configs: dict[str, dic
             continue
         spec = configs[name].get("render", {})
         if spec.get("natural", {}).get("slot") == "speech":
-            parts.append(f'The speaker says: "{values[name]}".')
+            parts.append(f'The speaker says: "{values[name]}"')
             continue
         text = spec.get("value", "{" + name + "}").format(**values)
         if spec.get("capitalize"):

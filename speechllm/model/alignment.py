@@ -70,4 +70,6 @@ def alignment_loss(audio_embeds: torch.Tensor, slot_mask: torch.Tensor, align_id
     if not bool(keep.any()):
         return audio_embeds.sum() * 0.0
     target = token_embeddings[ids[keep]].detach().to(audio_embeds.dtype)
-    return ((audio_embeds[:, :width][keep] - target).float().pow(2).mean() / mean_square).to(audio_embeds.dtype)
+    return ((audio_embeds[:, :width][keep] - target).float().pow(2).mean() / mean_square).to(
+        audio_embeds.dtype
+    )

@@ -117,7 +117,9 @@ class AlignConfig:
     pretrain_batch_size: int = 16
     pretrain_learning_rate: float = 1e-3
     renderer: str = "natural"
-    attributes: list[str] = field(default_factory=lambda: ["gender", "accent", "pitch", "speaking_rate", "volume"])
+    attributes: list[str] = field(
+        default_factory=lambda: ["gender", "accent", "pitch", "speaking_rate", "volume"]
+    )
     filler: str = "\n"
 
     @property
@@ -210,11 +212,14 @@ def _merge_schema(schema: type, node: Any, prefix: str) -> Any:
         merged = OmegaConf.merge(OmegaConf.structured(schema), node)
         return OmegaConf.to_object(merged)
     except ConfigKeyError as e:
-        key = getattr(e, "key", None) or str(e).split("'")[1]
-        fields = sorted(f.name for f in dataclasses.fields(schema))
-        raise ConfigError(
-            f"unknown config key '{prefix}{key}'. Known keys of {prefix.rstrip('.') or 'the root'}: {fields}"
-        ) from None
+        key = getattr(e, "full_key", None) or getattr(e, "key", None) or str(e).split("'")[1]
+        node, parts = schema, str(key).split(".")
+        for part in parts[:-1]:  # a nested section (kd, align, probe): list that section's keys
+            field_type = {f.name: f.type for f in dataclasses.fields(node)}.get(part)
+            node = globals().get(field_type, node) if isinstance(field_type, str) else node
+        fields = sorted(f.name for f in dataclasses.fields(node))
+        where = prefix + ".".join(parts[:-1]) if len(parts) > 1 else prefix.rstrip(".") or "the root"
+        raise ConfigError(f"unknown config key '{prefix}{key}'. Known keys of {where}: {fields}") from None
     except OmegaConfBaseException as e:
         full_key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
         raise ConfigError(f"bad value for config key '{prefix}{full_key}': {e.msg}") from None

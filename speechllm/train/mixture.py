@@ -189,7 +189,9 @@ def build_mixture(speech: list[dict], replay: dict[str, datasets.Dataset], *, ra
         drawn, passes[name] = replay_rows(replay[name], name, count, seed)
         rows.extend(drawn)
     order = np.random.default_rng(seed).permutation(len(rows))
-    dataset = datasets.Dataset.from_list([rows[i] for i in order], features=MIXTURE_FEATURES)
+    # Columns a row leaves out (a row built by hand without `align_text`, say) are None.
+    dataset = datasets.Dataset.from_list([{k: rows[i].get(k) for k in MIXTURE_FEATURES} for i in order],
+                                         features=MIXTURE_FEATURES)  # fmt: skip
     by_part = Counter("speech" if r["kind"] == "speech" else f"replay/{r['source']}" for r in rows)
     n_replay = len(rows) - len(speech)
     composition = {

@@ -106,7 +106,9 @@ def plot_loss(path: Path, steps: list[dict], title: str = "training loss") -> No
     plt.close(fig)
 
 
-def plot_learning_curve(path: Path, history: list[dict], chance: dict[str, float], title: str = "listening probe") -> None:
+def plot_learning_curve(
+    path: Path, history: list[dict], chance: dict[str, float], title: str = "listening probe"
+) -> None:
     """Save each attribute's probe balanced accuracy against the step, with its chance level dashed.
 
     Args:

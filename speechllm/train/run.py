@@ -426,7 +426,12 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
         chance = {t: 1.0 / len(next(it.classes for it in probe.items if it.task == t)) for t in probe.tasks}
 
         def write_curve(history: list[dict]) -> None:
-            curve = {"chance": chance, "clips": len(probe_rows), "questions": len(probe.items), "history": history}
+            curve = {
+                "chance": chance,
+                "clips": len(probe_rows),
+                "questions": len(probe.items),
+                "history": history,
+            }
             (run_dir / "learning_curve.json").write_text(json.dumps(curve, indent=2))
             plot_learning_curve(run_dir / "learning_curve.png", history, chance,
                                 title=f"listening probe, {len(probe_rows)} held-out clips")  # fmt: skip
