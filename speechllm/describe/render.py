@@ -61,23 +61,30 @@ def _timestamp(seconds: float) -> str:
     return f"{seconds // 60:02d}:{seconds % 60:02d}"
 
 
-@register_renderer("desta2")
-def render_desta2(values: dict, attributes: list[str], configs: dict[str, dict]) -> str:
-    """`[00:00-00:03] "text" (Tag: value, ...)`, the format DeSTA2 trains with."""
-    head = f"[00:00-{_timestamp(values.get('duration') or 0.0)}]"
-    parts = [head]
-    tags = []
+def _tagged(values: dict, attributes: list[str], configs: dict[str, dict]) -> list[tuple[str | None, str]]:
+    """(tag, value text) per known attribute, in order; the spoken words come as (None, words)."""
+    out: list[tuple[str | None, str]] = []
     for name in attributes:
         if not _known(name, values):
             continue
         spec = configs[name].get("render", {})
         if spec.get("natural", {}).get("slot") == "speech":
-            parts.append(f'"{values[name]}"')
+            out.append((None, str(values[name])))
             continue
         text = spec.get("value", "{" + name + "}").format(**values)
         if spec.get("capitalize"):
             text = text[:1].upper() + text[1:]
-        tags.append(f"{spec.get('tag', name.replace('_', ' ').title())}: {text}")
+        out.append((spec.get("tag", name.replace("_", " ").title()), text))
+    return out
+
+
+@register_renderer("desta2")
+def render_desta2(values: dict, attributes: list[str], configs: dict[str, dict]) -> str:
+    """`[00:00-00:03] "text" (Tag: value, ...)`, the format DeSTA2 trains with."""
+    parts = [f"[00:00-{_timestamp(values.get('duration') or 0.0)}]"]
+    tagged = _tagged(values, attributes, configs)
+    parts += [f'"{text}"' for tag, text in tagged if tag is None]
+    tags = [f"{tag}: {text}" for tag, text in tagged if tag is not None]
     if tags:
         parts.append("(" + ", ".join(tags) + ")")
     return " ".join(parts)
@@ -124,19 +131,10 @@ def render_natural(values: dict, attributes: list[str], configs: dict[str, dict]
 
 @register_renderer("sentences")
 def render_sentences(values: dict, attributes: list[str], configs: dict[str, dict]) -> str:
-    """One short sentence per attribute, `The <tag> is <value>.` ("The gender is male. The accent is
-    Scottish."), the quoted words in their own sentence. SmolLM2-135M answers questions about accent and
-    pitch from these far better than from one long sentence (40 demo clips: accent 0.90 vs 0.65)."""
-    parts = []
-    for name in attributes:
-        if not _known(name, values):
-            continue
-        spec = configs[name].get("render", {})
-        if spec.get("natural", {}).get("slot") == "speech":
-            parts.append(f'The speaker says: "{values[name]}"')
-            continue
-        text = spec.get("value", "{" + name + "}").format(**values)
-        if spec.get("capitalize"):
-            text = text[:1].upper() + text[1:]
-        parts.append(f"The {spec.get('tag', name.replace('_', ' ')).lower()} is {text}.")
-    return " ".join(parts)
+    """One short sentence per attribute, `The <tag> is <value>.` ("The gender is Male. The accent is
+    Scottish."), the spoken words in their own sentence. Read by SmolLM2-135M in place of the audio, on 40
+    demo clips: accent 0.88 vs 0.65 from the natural sentence, but gender 0.62 vs 0.72 and pitch 0.40 vs 0.68."""
+    return " ".join(
+        f'The speaker says: "{text}"' if tag is None else f"The {tag.lower()} is {text}."
+        for tag, text in _tagged(values, attributes, configs)
+    )
