@@ -36,7 +36,7 @@ from speechllm.data.instructions import (
     pick_instructions,
     resolve_pool,
 )
-from speechllm.data.verify import VerifyConfig, correctness, label_classes, verify_answer
+from speechllm.data.verify import VERDICTS, VerifyConfig, correctness, label_classes, verify_answer
 
 logger = logging.getLogger(__name__)
 
@@ -688,14 +688,17 @@ class TargetWriter:
                     answers[i], final[i] = (text, why), verdict
                 elif answers[i][1] is not None and why is None:  # a usable (if wrong) answer beats none
                     answers[i], final[i] = (text, why), verdict
-        records = []
-        for i, (f0, f) in enumerate(zip(first, final, strict=True)):
-            if f is None:  # no usable answer at all: the row is rejected for that reason
-                records.append({"verdict": "wrong", "failed": ["answer"], "tries": tries[i], "checked": {},
-                                "first": f0.checked if f0 else {}})  # fmt: skip
-                continue
-            records.append({"verdict": f.verdict, "failed": f.failed, "tries": tries[i], "checked": f.checked,
-                            "first": f0.checked if f0 else {}})  # fmt: skip
+        # A row with no usable answer at all is rejected for that reason (its verdict says "answer").
+        records = [
+            {
+                "verdict": f.verdict if f else "wrong",
+                "failed": f.failed if f else ["answer"],
+                "checked": f.checked if f else {},
+                "tries": n,
+                "first": f0.checked if f0 else {},
+            }
+            for f0, f, n in zip(first, final, tries, strict=True)
+        ]
         return answers, records
 
 
@@ -792,9 +795,7 @@ def write_stats(out_dir: str | Path, dataset, cfg: TargetConfig) -> dict:
         dropped = [r for r in read_rejects(out_dir) if "first" in r]
         first = [{"checked": r["first"]} for r in records + dropped]
         stats["verify"] = {
-            "verdicts": {
-                k: sum(r["verdict"] == k for r in records) for k in ("correct", "wrong", "unverified")
-            },
+            "verdicts": {k: sum(r["verdict"] == k for r in records) for k in VERDICTS},
             "resampled": sum(r["tries"] > 0 and r["checked"] != r["first"] for r in records),
             "greedy_correctness": correctness(first),
             "kept_correctness": correctness(records),

@@ -105,11 +105,7 @@ def verify_answer(answer: str, row: dict, instruction: str, classes: dict[str, t
     for name in labelled:
         gold = str(row[f"label_{name}"]).strip().lower()
         parsed = parse_label(answer, name, classes[name])
-        if name in asked:
-            checked[name] = [gold, parsed]
-            if parsed != gold:
-                failed.append(name)
-        elif name in UNAMBIGUOUS and parsed is not None:
+        if name in asked or (name in UNAMBIGUOUS and parsed is not None):
             checked[name] = [gold, parsed]
             if parsed != gold:
                 failed.append(name)

@@ -57,7 +57,7 @@ class ProbeResult:
 
 
 class ClassProbe:
-    """Scores every class's templated answer for fixed (clip, unseen question) items.
+    """Which class a model prefers for fixed (clip, unseen question) items, by its templated answer.
 
     Args:
         rows: held-out clips (dicts with `clip_id`, `audio_path`, `transcript`, `label_*`).
@@ -99,7 +99,7 @@ class ClassProbe:
     @torch.no_grad()
     def __call__(self, model, audio: Callable[[dict], dict] | None = None) -> ProbeResult:
         """Run the probe: one forward row per question, the class words' first tokens compared after the
-        answer's shared prefix ("The speaker is" -> " female" vs " male").
+        answer's shared prefix ("The speaker is a" -> " female" vs " male").
 
         Args:
             model: a SpeechLM.

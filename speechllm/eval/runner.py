@@ -154,12 +154,14 @@ def reused_answers(cache_dir: str | None, kind: str, key: dict, compute) -> tupl
     return answers, False
 
 
-def _speech_key(model, rows: Sequence[dict], items: Sequence[Item], gen: dict) -> dict:
+def _speech_key(weights: dict[str, str], config: dict, rows: Sequence[dict], items: Sequence[Item],
+                gen: dict) -> dict:  # fmt: skip
+    """What a speech model's answers depend on: its weights' digests and config, the clips and questions."""
     from speechllm.audio import file_stamp
 
     return {
-        "config": model.config,
-        "weights": {n: weights_digest(getattr(model, n)) for n in ("encoder", "adapter", "llm")},
+        "config": config,
+        "weights": weights,
         "requests": [
             (
                 rows[it.row].get("clip_id"),
@@ -208,6 +210,16 @@ def speech_answers(
     return [a.strip() for a in out]
 
 
+def description_chats(
+    rows: Sequence[dict], items: Sequence[Item], system: str | None = None
+) -> list[list[dict]]:
+    """The chats the text LLM reads: each item's question about its clip's gold description (see
+    `text_answers` for `system`)."""
+    from speechllm.data.targets import description_messages
+
+    return [description_messages(rows[it.row]["description"], it.question, system) for it in items]
+
+
 def text_answers(
     llm,
     tokenizer,
@@ -224,9 +236,7 @@ def text_answers(
         system: the system prompt (None: the one target generation uses by default, for the ceiling;
             "": none, so the chat template's default, as the speech prompt without a system message).
     """
-    from speechllm.data.targets import description_messages
-
-    convs = [description_messages(rows[it.row]["description"], it.question, system) for it in items]
+    convs = description_chats(rows, items, system)
     return generate_chat(llm, tokenizer, convs, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
@@ -486,16 +496,22 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     llm.eval()
     cache_dir = str(cfg.paths.cache_dir) if e.get("reuse", True) else None
     llm_digest = weights_digest(llm)
+    reused: list[str] = []
+
+    def reuse(kind: str, key: dict, compute) -> list[str]:
+        answers_, hit = reused_answers(cache_dir, kind, key, compute)
+        if hit:
+            reused.append(kind)
+        return answers_
 
     def text_key(its, system, settings):
-        return {"llm": llm_digest, "system": system, "gen": settings,
-                "prompts": [(rows[it.row]["description"], it.question) for it in its]}  # fmt: skip
+        # The chats exactly as the text LLM reads them, the default system prompt included.
+        return {"llm": llm_digest, "gen": settings, "chats": description_chats(rows, its, system)}
 
-    reused = []
     if e.ceiling:
-        text_ans, hit = reused_answers(cache_dir, "ceiling", text_key(items, None, gen),
-                                       lambda: text_answers(llm, tok, rows, items, **gen))  # fmt: skip
-        reused += ["ceiling"] if hit else []
+        text_ans = reuse(
+            "ceiling", text_key(items, None, gen), lambda: text_answers(llm, tok, rows, items, **gen)
+        )
         text_parsed = parse_answers(items, text_ans)
         report["ceiling"] = score(items, text_parsed)
         report["agreement"] = agreement(items, speech_parsed, text_parsed)
@@ -505,11 +521,11 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     speech_system = model.prompt.system or ""
     text_fmt = []
     if fmt_items:
-        text_fmt, hit = reused_answers(
-            cache_dir, "format-text", text_key(fmt_items, speech_system, fmt_gen),
+        text_fmt = reuse(
+            "format-text",
+            text_key(fmt_items, speech_system, fmt_gen),
             lambda: text_answers(llm, tok, rows, fmt_items, **fmt_gen, system=speech_system),
-        )  # fmt: skip
-        reused += ["format-text"] if hit else []
+        )
     log.info("text LLM done (%.0f s)", time.time() - t0)
 
     # 5. untrained baseline
@@ -518,9 +534,9 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         seed, seed_from = checkpoint_seed(ckpt, int(e.seed))
         data.notes.append(f"untrained baseline: adapter initialised with seed {seed} (from {seed_from})")
         base_model = untrained_model(model_cfg, seed)
-        base_ans, hit = reused_answers(cache_dir, "baseline", _speech_key(base_model, rows, items, gen),
-                                       lambda: speech_answers(base_model, rows, items, **gen))  # fmt: skip
-        reused += ["baseline"] if hit else []
+        base_weights = {n: weights_digest(getattr(base_model, n)) for n in ("encoder", "adapter", "llm")}
+        base_ans = reuse("baseline", _speech_key(base_weights, base_model.config, rows, items, gen),
+                         lambda: speech_answers(base_model, rows, items, **gen))  # fmt: skip
         base_parsed = parse_answers(items, base_ans)
         report["baseline"] = score(items, base_parsed)
         if e.ceiling:  # what training must beat: agreement with the ceiling before any training
@@ -528,11 +544,11 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         answers["baseline"] = base_ans
         parsed["baseline"] = base_parsed
         if fmt_items:
-            base_fmt, hit = reused_answers(
-                cache_dir, "format-baseline", _speech_key(base_model, rows, fmt_items, fmt_gen),
+            base_fmt = reuse(
+                "format-baseline",
+                _speech_key(base_weights, base_model.config, rows, fmt_items, fmt_gen),
                 lambda: speech_answers(base_model, rows, fmt_items, **fmt_gen),
-            )  # fmt: skip
-            reused += ["format-baseline"] if hit else []
+            )
         del base_model
         log.info("untrained baseline done (%.0f s)", time.time() - t0)
 

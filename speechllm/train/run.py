@@ -369,17 +369,18 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
     logger.info("model built in %.1f s", time.perf_counter() - t0)
     _warn_if_other_llm(mixture.dataset, cfg)
 
-    # 3. Lengths for length-grouped batching; encoder features cached once when the encoder is frozen.
+    # 3. Lengths for length-grouped batching; encoder features cached once when the encoder is frozen
+    # (the training clips and the probe's held-out clips).
     dataset = mixture.dataset.add_column("length", row_lengths(model, mixture.dataset))
+    probe_rows = _probe_rows(cfg, top) if top.probe.every > 0 else []
     feature_cache, cache_stats = None, None
     if tr.cache_encoder_features and model.encoder.frozen:
-        feature_cache, cache_stats = _fill_feature_cache(model, dataset, cfg, tr)
+        speech = dataset.filter(lambda k: k == "speech", input_columns="kind")
+        clips = list(zip(speech["clip_id"], speech["audio_path"], strict=True))
+        clips += [(r["clip_id"], r["audio_path"]) for r in probe_rows]
+        feature_cache, cache_stats = _fill_feature_cache(model, clips, cfg, tr)
     elif tr.cache_encoder_features:
         logger.info("encoder-feature cache off: the encoder trains (model.encoder.frozen=false)")
-
-    probe_rows = _probe_rows(cfg, top) if top.probe.every > 0 else []
-    if feature_cache is not None and probe_rows:
-        _fill_feature_cache(model, None, cfg, tr, clips=[(r["clip_id"], r["audio_path"]) for r in probe_rows])
 
     def features(row: dict):
         if feature_cache is not None:
@@ -485,10 +486,9 @@ def _probe_rows(cfg: DictConfig, top) -> list[dict]:
     return data.rows
 
 
-def _fill_feature_cache(model, dataset: datasets.Dataset | None, cfg: DictConfig, tr: TrainerConfig,
-                        clips: list[tuple[str, str]] | None = None):  # fmt: skip
-    """Encode every speech clip (or the given `clips`) not cached yet (ranks split the work), then wait
-    for all ranks.
+def _fill_feature_cache(model, clips: list[tuple[str, str]], cfg: DictConfig, tr: TrainerConfig):
+    """Encode the (clip_id, audio_path) clips not cached yet (ranks split the work), then wait for all
+    ranks.
 
     Returns:
         (the cache, fill statistics: clips, encoded here, seconds).
@@ -499,9 +499,6 @@ def _fill_feature_cache(model, dataset: datasets.Dataset | None, cfg: DictConfig
 
     root = tr.feature_cache_dir or str(Path(cfg.paths.data_dir) / cfg.data.name / "features")
     cache = FeatureCache(root, encoder_fingerprint(model.encoder))
-    if clips is None:
-        speech = dataset.filter(lambda k: k == "speech", input_columns="kind")
-        clips = list(zip(speech["clip_id"], speech["audio_path"], strict=True))
     state = PartialState(cpu=_cpu_only())
     device = state.device
     encoder_device = next(model.encoder.parameters()).device

@@ -203,8 +203,6 @@ class SpeechTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         teacher = inputs.pop("teacher", None)
         teacher_rows = inputs.pop("teacher_rows", None)
-        if self.align_weight <= 0:
-            inputs.pop("align_ids", None)
         if self.loss_type == "ce":
             outputs = model(**inputs, labelled_logits_only=True)
             loss = self._with_alignment(outputs.loss, outputs)
@@ -228,7 +226,7 @@ class SpeechTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _with_alignment(self, loss: torch.Tensor, outputs) -> torch.Tensor:
-        align = outputs.get("align_loss") if hasattr(outputs, "get") else None
+        align = outputs.get("align_loss")  # present when the collator added align_ids (align.weight > 0)
         if align is None:
             return loss
         self._align_losses.append(float(align.detach()))
