@@ -38,7 +38,7 @@ class AlignmentText:
     """The text a clip's audio embeddings are aligned to, rendered from its described attribute values.
 
     Args:
-        renderer: a `speechllm.describe.render` renderer name (`natural`, `desta2`).
+        renderer: a `speechllm.describe.render` renderer name (`natural`, `sentences`, `desta2`).
         attributes: which attributes to mention, in order (values a clip lacks are left out).
         attributes_dir: folder of attribute YAMLs (None: conf/attributes).
 

@@ -107,7 +107,7 @@ class AlignConfig:
         pretrain_steps: alignment-only adapter steps before training (no LLM pass; 0: none).
         pretrain_batch_size: clips per warm-up step.
         pretrain_learning_rate: warm-up learning rate (AdamW, constant).
-        renderer: how the text is written (`speechllm.describe.render`: natural | desta2).
+        renderer: how the text is written (`speechllm.describe.render`: natural | sentences | desta2).
         attributes: the attributes it mentions, in order.
         filler: text whose token fills the audio slots past the description.
     """
