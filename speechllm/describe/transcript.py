@@ -113,7 +113,7 @@ def _encode_trimmed(model, features: torch.Tensor):
     x = torch.nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
     x = x + enc.embed_positions.weight[: x.shape[1]]
     for layer in enc.layers:
-        x = layer(x, None, layer_head_mask=None)[0]
+        x = layer(x, None)
     return BaseModelOutput(last_hidden_state=enc.layer_norm(x))
 
 

@@ -451,7 +451,7 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     out_dir = out_dir or str(cfg.paths.output_dir)
     ckpt = str(cfg.checkpoint)
     model = load_checkpoint(ckpt)
-    model_cfg = model.config
+    model_cfg = model.model_config
     log.info("loaded checkpoint %s", ckpt)
     data = load_data(cfg)
     rows = data.rows
@@ -535,7 +535,7 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         data.notes.append(f"untrained baseline: adapter initialised with seed {seed} (from {seed_from})")
         base_model = untrained_model(model_cfg, seed)
         base_weights = {n: weights_digest(getattr(base_model, n)) for n in ("encoder", "adapter", "llm")}
-        base_ans = reuse("baseline", _speech_key(base_weights, base_model.config, rows, items, gen),
+        base_ans = reuse("baseline", _speech_key(base_weights, base_model.model_config, rows, items, gen),
                          lambda: speech_answers(base_model, rows, items, **gen))  # fmt: skip
         base_parsed = parse_answers(items, base_ans)
         report["baseline"] = score(items, base_parsed)
@@ -546,7 +546,7 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         if fmt_items:
             base_fmt = reuse(
                 "format-baseline",
-                _speech_key(base_weights, base_model.config, rows, fmt_items, fmt_gen),
+                _speech_key(base_weights, base_model.model_config, rows, fmt_items, fmt_gen),
                 lambda: speech_answers(base_model, rows, fmt_items, **fmt_gen),
             )
         del base_model

@@ -233,7 +233,7 @@ class WhisperFeatureEncoder(nn.Module):
         taps = {0: x} if 0 in self.layers else {}
         last = max(self.layers)
         for i, layer in enumerate(enc.layers[:last], start=1):
-            x = layer(x, attn, layer_head_mask=None)[0]
+            x = layer(x, attn)
             if i in self.layers:
                 taps[i] = enc.layer_norm(x) if i == len(enc.layers) else x
         feats = torch.stack([taps[i] for i in self.layers], dim=1)

@@ -128,7 +128,8 @@ class SpeechLM(nn.Module):
         adapter: an adapter from `speechllm.model.adapters`.
         llm: a causal LM (a peft model when finetune=lora).
         tokenizer: the LLM's tokenizer (chat template, pad token).
-        config: the plain-dict model config (encoder, adapter, llm, prompt), saved with checkpoints.
+        config: the plain-dict model config (encoder, adapter, llm, prompt), saved with checkpoints;
+            kept as `model_config` (the Trainer takes a model's `config` for a `PretrainedConfig`).
     """
 
     def __init__(
@@ -139,7 +140,7 @@ class SpeechLM(nn.Module):
         self.adapter = adapter
         self.llm = llm
         self.tokenizer = tokenizer
-        self.config = config
+        self.model_config = config
         self.finetune = config["llm"]["finetune"]
         self.prompt = PromptConfig(**config.get("prompt") or {})
         self.prompt_tokenizer = PromptTokenizer(tokenizer)
@@ -243,7 +244,7 @@ class SpeechLM(nn.Module):
         need none, as in a text-only batch of a LoRA model (the embeddings are frozen). Works for every
         fine-tuning policy, a frozen LLM included (the audio's gradient still crosses every layer).
         """
-        self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self._checkpointing = True
         self.train(self.training)
 
@@ -464,7 +465,7 @@ class SpeechLM(nn.Module):
         if self._asr is None:
             from speechllm.sources import load_whisper
 
-            model, processor = load_whisper(self.config["encoder"]["source"])
+            model, processor = load_whisper(self.model_config["encoder"]["source"])
             self._asr = (model.eval(), processor)
         model, processor = self._asr
         model.to(self.device)
@@ -523,7 +524,7 @@ class SpeechLM(nn.Module):
         """
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        config = {"format": "speechllm", "format_version": FORMAT_VERSION, **self.config}
+        config = {"format": "speechllm", "format_version": FORMAT_VERSION, **self.model_config}
         (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         state = {k: v.detach().contiguous().cpu() for k, v in self._saved_state().items()}
         save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})

@@ -44,7 +44,7 @@ def build_whisper_tokenizer(tokenizer_json: str | Path) -> WhisperTokenizerFast:
     )
     # Every added token of the export is a Whisper control token (language, task, prompt markers).
     specials = [tok.added_tokens_decoder[i].content for i in sorted(tok.added_tokens_decoder)]
-    tok.add_special_tokens({"additional_special_tokens": specials}, replace_additional_special_tokens=True)
+    tok.add_special_tokens({"additional_special_tokens": specials})  # replaces the list (the default)
     timestamps = [f"<|{i * 0.02:.2f}|>" for i in range(NUM_TIMESTAMPS)]
     tok.add_tokens([AddedToken(t, lstrip=False, rstrip=False, normalized=False) for t in timestamps])
     return tok

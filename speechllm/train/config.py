@@ -40,8 +40,8 @@ class TrainerConfig:
         gradient_accumulation_steps: micro-batches per optimiser step.
         learning_rate: peak learning rate.
         lr_scheduler_type: a `transformers` schedule name (cosine, linear, constant_with_warmup, ...).
-        warmup_ratio: share of the steps spent warming up (used when `warmup_steps` is 0).
-        warmup_steps: warm-up steps (overrides `warmup_ratio` when > 0).
+        warmup_steps: linear warm-up: a share of the steps when below 1 (0.05), else a step count
+            (as `TrainingArguments.warmup_steps`).
         weight_decay: AdamW weight decay.
         max_grad_norm: gradient clipping norm (0 disables clipping).
         precision: auto (bf16 on a GPU that has it, else fp32), bf16, fp16 or fp32.
@@ -66,8 +66,7 @@ class TrainerConfig:
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
     lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.05
-    warmup_steps: int = 0
+    warmup_steps: float = 0.05
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     precision: str = "auto"
@@ -295,8 +294,12 @@ def validate_schema(cfg: DictConfig) -> tuple[TopLevelConfig, TrainerConfig, Mix
         raise ConfigError(f"trainer.max_steps must be -1 (use epochs) or >= 1, got {trainer.max_steps}")
     if trainer.max_steps == -1 and trainer.num_train_epochs <= 0:
         raise ConfigError(f"trainer.num_train_epochs must be > 0, got {trainer.num_train_epochs}")
-    if not 0.0 <= trainer.warmup_ratio < 1.0:
-        raise ConfigError(f"trainer.warmup_ratio must be in [0, 1), got {trainer.warmup_ratio}")
+    if trainer.warmup_steps < 0 or (
+        trainer.warmup_steps >= 1 and trainer.warmup_steps != int(trainer.warmup_steps)
+    ):
+        raise ConfigError(
+            f"trainer.warmup_steps must be a share in [0, 1) or a whole number of steps, got {trainer.warmup_steps}"
+        )
     if trainer.save_steps < 0:
         raise ConfigError(f"trainer.save_steps must be >= 0, got {trainer.save_steps}")
     _check_extra_args(trainer.extra_args)
@@ -337,7 +340,7 @@ def _check_extra_args(extra: dict[str, Any]) -> None:
     known = {f.name for f in dataclasses.fields(TrainingArguments)}
     owned = {f.name for f in dataclasses.fields(TrainerConfig)} | {
         "output_dir", "seed", "data_seed", "bf16", "fp16", "remove_unused_columns", "save_strategy",
-        "logging_dir", "length_column_name",
+        "length_column_name", "train_sampling_strategy",
     }  # fmt: skip
     for key in extra:
         if key not in known:

@@ -56,7 +56,7 @@ def check_resume_config(model_config: dict, ckpt_dir: str | Path) -> None:
     """Refuse to resume from a checkpoint trained under another model config.
 
     Args:
-        model_config: the config of the model built for this run (`SpeechLM.config`).
+        model_config: the config of the model built for this run (`SpeechLM.model_config`).
         ckpt_dir: the `step-N` checkpoint to resume from.
 
     Raises:
@@ -288,14 +288,12 @@ def training_arguments(tr: TrainerConfig, run_dir: Path, seed: int, has_replay: 
     extra.setdefault("use_cpu", _cpu_only())
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
-        logging_dir=str(run_dir / "tensorboard"),
         max_steps=tr.max_steps,
         num_train_epochs=tr.num_train_epochs,
         per_device_train_batch_size=tr.per_device_train_batch_size,
         gradient_accumulation_steps=tr.gradient_accumulation_steps,
         learning_rate=tr.learning_rate,
         lr_scheduler_type=tr.lr_scheduler_type,
-        warmup_ratio=tr.warmup_ratio,
         warmup_steps=tr.warmup_steps,
         weight_decay=tr.weight_decay,
         max_grad_norm=tr.max_grad_norm,
@@ -305,7 +303,7 @@ def training_arguments(tr: TrainerConfig, run_dir: Path, seed: int, has_replay: 
         save_strategy="steps" if tr.save_steps > 0 else "no",
         save_steps=max(tr.save_steps, 1),
         save_total_limit=tr.save_total_limit,
-        group_by_length=tr.group_by_length,
+        train_sampling_strategy="group_by_length" if tr.group_by_length else "random",
         length_column_name="length",
         dataloader_num_workers=tr.dataloader_num_workers,
         seed=seed,
@@ -314,7 +312,6 @@ def training_arguments(tr: TrainerConfig, run_dir: Path, seed: int, has_replay: 
         remove_unused_columns=False,
         # TensorBoard goes through SpeechTensorBoardCallback (added in `train`), not the stock callback.
         report_to=[r for r in tr.report_to if r != "tensorboard"],
-        save_safetensors=True,
         **extra,
     )
 
@@ -363,7 +360,7 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
     if trainable == 0:
         raise ConfigError("nothing to train: the adapter, encoder and LLM are all frozen")
     if resume:
-        check_resume_config(model.config, resume)
+        check_resume_config(model.model_config, resume)
     if tr.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     logger.info("model built in %.1f s", time.perf_counter() - t0)
@@ -417,7 +414,9 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
         if plot and data["steps"]:
             plot_loss(run_dir / "loss_curve.png", data["steps"], title=f"train/loss ({run_dir.name})")
 
-    tensorboard = [SpeechTensorBoardCallback()] if "tensorboard" in tr.report_to else []
+    tensorboard = (
+        [SpeechTensorBoardCallback(str(run_dir / "tensorboard"))] if "tensorboard" in tr.report_to else []
+    )
     probe_callback = []
     if probe_rows:
         from speechllm.eval.probe import ClassProbe

@@ -20,6 +20,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import rotate_checkpoints
 
 from speechllm.train.losses import kd_loss
 
@@ -96,8 +97,17 @@ class TrainCollator:
 
 
 class SpeechTensorBoardCallback(TensorBoardCallback):
-    """TensorBoard logging for SpeechLM, whose `config` is a plain dict (the stock callback expects a
-    `PretrainedConfig` and fails on it); the dict is logged as JSON text instead."""
+    """TensorBoard logging into the run's own folder, with SpeechLM's plain-dict `model_config` logged as
+    JSON text (the stock callback logs only a `PretrainedConfig`).
+
+    Args:
+        log_dir: where the event files go (the run's `tensorboard/` folder, not the checkpoints').
+    """
+
+    def __init__(self, log_dir: str | None = None):
+        super().__init__()
+        if log_dir is not None:
+            self.logging_dir = log_dir
 
     def on_train_begin(self, args, state, control, **kwargs):
         model = kwargs.pop("model", None)
@@ -105,9 +115,9 @@ class SpeechTensorBoardCallback(TensorBoardCallback):
         if (
             self.tb_writer is not None
             and model is not None
-            and isinstance(getattr(model, "config", None), dict)
+            and isinstance(getattr(model, "model_config", None), dict)
         ):
-            self.tb_writer.add_text("model_config", json.dumps(model.config, indent=2, default=str))
+            self.tb_writer.add_text("model_config", json.dumps(model.model_config, indent=2, default=str))
 
 
 class MetricsCallback(TrainerCallback):
@@ -291,10 +301,9 @@ class SpeechTrainer(Trainer):
                     self.state.stateful_callbacks[name] = cb.state()
             # Last: its presence marks the checkpoint complete (see step_checkpoints).
             self.state.save_to_json(os.path.join(output_dir, TRAINER_STATE))
-            self._rotate_checkpoints(use_mtime=False, output_dir=self.args.output_dir)
-
-    def _sorted_checkpoints(self, output_dir=None, checkpoint_prefix=CHECKPOINT_PREFIX, use_mtime=False):
-        return [str(p) for p in step_checkpoints(output_dir or self.args.output_dir)]
+            rotate_checkpoints(
+                self.args.output_dir, self.args.save_total_limit, checkpoint_prefix=CHECKPOINT_PREFIX
+            )
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         speechlm = self.accelerator.unwrap_model(model if model is not None else self.model)
