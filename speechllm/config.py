@@ -2,11 +2,13 @@
 
 Configs travel with checkpoints and experiment presets, so a config must not be able to run arbitrary
 code: `instantiate` refuses any `_target_` that is not in `ALLOWED_TARGETS`, before importing it.
-Everything else in the project builds components from plain keys or registry names.
+Everything else in the project builds components from plain keys or registry names. The small helpers
+that config checks share (`flatten`, `override_value`) live here too.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import hydra.utils
@@ -23,6 +25,27 @@ ALLOWED_TARGETS: frozenset[str] = frozenset(
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the key and what to do."""
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one dict of dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``); lists are values."""
+    if isinstance(config, dict):
+        return {k: v for key, sub in config.items() for k, v in flatten(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): config}
+
+
+def override_value(value: Any) -> str:
+    """A value written as a Hydra command-line override reads it back (lists, null, quoted strings)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    text = str(value)
+    if isinstance(value, str) and (not text or re.search(r"[^\w./:@+-]", text)):
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return text
 
 
 def find_targets(node: Any, path: str = "") -> list[tuple[str, str]]:

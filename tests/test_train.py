@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -167,6 +168,21 @@ def test_missing_data_names_the_prepare_command(tmp_path, monkeypatch):
     command = prepare_command(cfg, validate_schema(cfg)[2])
     assert "python data_prep/prepare.py" in msg and "target=label" in command
     assert "replay.build=[magpie,safety]" in command
+
+
+def test_targets_made_with_other_settings_are_refused_or_remade(smoke_dirs, tmp_path):
+    from speechllm.data.stage import load_stage
+
+    data = tmp_path / "data"
+    shutil.copytree(smoke_dirs["data"], data)
+    dirs = {**smoke_dirs, "data": data}
+    cfg = compose_train([*_paths(dirs, tmp_path / "run"), "target.limit=3", "prepare_missing=false"])
+    with pytest.raises(ConfigError, match=r"made with other settings \(target\.limit: None != 3\)") as err:
+        check_prepared(cfg, validate_schema(cfg)[2])
+    assert "target.limit=3" in str(err.value)  # the printed command makes matching targets
+    cfg = compose_train([*_paths(dirs, tmp_path / "run"), "target.limit=3"])  # the preset: prepare_missing
+    check_prepared(cfg, validate_schema(cfg)[2])
+    assert len(load_stage(data / "smoke" / "targets" / "label")) == 3
 
 
 # ---- the mixture ----

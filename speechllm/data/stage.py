@@ -40,6 +40,8 @@ from typing import Any
 import datasets
 from tqdm.auto import tqdm
 
+from speechllm.config import flatten
+
 logger = logging.getLogger(__name__)
 
 # Bumped when the on-disk layout changes, so old folders are rebuilt rather than misread.
@@ -119,6 +121,27 @@ def is_current(out_dir: str | Path, fingerprint: dict | str | None = None) -> bo
     return fingerprint is None or done.get("config") == fingerprint_of(fingerprint)
 
 
+def settings_differences(out_dir: str | Path, fingerprint: dict) -> list[str]:
+    """What differs between the settings a finished stage was made with and `fingerprint`.
+
+    Returns:
+        [] when the stage is current; else dotted keys with both values (``target.llm: 'a' != 'b'``),
+        or one line saying the stage predates recorded settings.
+    """
+    done = _read_json(Path(out_dir) / _COMPLETE) or {}
+    if done.get("config") == fingerprint_of(fingerprint):
+        return []
+    if "settings" not in done:
+        return ["settings not recorded (made by an older version)"]
+    made = flatten(json.loads(json.dumps(done["settings"], default=str)))
+    wanted = flatten(json.loads(json.dumps(fingerprint, default=str)))
+    return [
+        f"{k}: {made.get(k, '<unset>')!r} != {wanted.get(k, '<unset>')!r}"
+        for k in sorted(made.keys() | wanted.keys())
+        if made.get(k, "<unset>") != wanted.get(k, "<unset>")
+    ]
+
+
 def load_stage(out_dir: str | Path) -> datasets.Dataset:
     """Load a finished stage's dataset; a clear error says when it is missing or unfinished."""
     out_dir = Path(out_dir)
@@ -189,7 +212,7 @@ def _prepare_dir(out_dir: Path, stage_fp: str) -> None:
     os.replace(tmp, out_dir / _FINGERPRINT)
 
 
-def _merge(out_dir: Path, n_chunks: int, key: str, config_fp: str, stage_fp: str, seconds: float) -> None:
+def _merge(out_dir: Path, n_chunks: int, key: str, config: dict, stage_fp: str, seconds: float) -> None:
     parts = [_part_dir(out_dir, i) for i in range(n_chunks)]
     tables = [datasets.load_from_disk(str(p / "rows")) for p in parts if (p / "rows").exists()]
     if tables:
@@ -215,7 +238,8 @@ def _merge(out_dir: Path, n_chunks: int, key: str, config_fp: str, stage_fp: str
     tmp.rmdir()
     (out_dir / _REJECTS).write_text("".join(r + "\n" for r in rejects))
     summary = {
-        "config": config_fp,
+        "config": fingerprint_of(config),
+        "settings": config,  # readable, so a consumer can name what differs from its own settings
         "fingerprint": stage_fp,
         "rows": len(merged),
         "rejects": len(rejects),
@@ -278,7 +302,6 @@ def run_stage(
         duplicates = [k for k in keys if k in seen or seen.add(k)]
         raise ValueError(f"{desc}: duplicate {key} values in the inputs, e.g. {duplicates[:5]}")
 
-    config_fp = fingerprint_of(fingerprint)
     stage_fp = _stage_fingerprint(fingerprint, inputs, chunk_size)
     done = _read_json(out_dir / _COMPLETE)
     if done is not None and done.get("fingerprint") == stage_fp:
@@ -316,7 +339,7 @@ def run_stage(
                     len(missing),
                 )
                 return None
-            _merge(out_dir, len(chunks), key, config_fp, stage_fp, time.perf_counter() - start)
+            _merge(out_dir, len(chunks), key, fingerprint, stage_fp, time.perf_counter() - start)
     (out_dir / "_merge.lock").unlink(missing_ok=True)
     stats = stage_stats(out_dir)
     logger.info(

@@ -411,6 +411,8 @@ def target_config(node: DictConfig | dict | None) -> TargetConfig:
         ValueError: unknown key, bad mode/backend/on_truncated value, or an invalid pool.
     """
     schema = OmegaConf.structured(TargetConfig)
+    if isinstance(node, DictConfig):  # resolve within the whole config (`llm: ${model.llm.source}`)
+        node = OmegaConf.to_container(node, resolve=True)
     try:
         merged = OmegaConf.merge(schema, node or {})
     except Exception as err:  # omegaconf raises several types; all mean "this key/value is wrong"
@@ -719,6 +721,15 @@ def _described_inputs(described, cfg: TargetConfig, seed: int) -> list[dict]:
     ]
 
 
+def targets_fingerprint(cfg: TargetConfig, seed: int) -> dict:
+    """What a targets stage's rows depend on (batch sizes do not), as recorded in its `_complete.json`;
+    training compares its own `target` settings with it (`speechllm.train.config.check_prepared`)."""
+    config = dataclasses.asdict(cfg)
+    config["generation"].pop("batch_size")
+    config["token_filter"].pop("batch_size")
+    return {"stage": "targets", "target": config, "seed": seed}
+
+
 def targets_dir(data_dir: str | Path, data_name: str, mode: str) -> Path:
     """Where the targets of one mode live: ``{data_dir}/{data_name}/targets/{mode}``."""
     return Path(data_dir) / data_name / "targets" / mode
@@ -752,10 +763,7 @@ def build_targets(
 
     inputs = _described_inputs(described, cfg, seed)
     classes = label_classes([dict(r) for r in described]) if cfg.verify.enabled else {}
-    config = dataclasses.asdict(cfg)
-    config["generation"].pop("batch_size")
-    config["token_filter"].pop("batch_size")
-    fingerprint = {"stage": "targets", "target": config, "seed": seed}
+    fingerprint = targets_fingerprint(cfg, seed)
     writer = TargetWriter(cfg, seed=seed, model=model, tokenizer=tokenizer, classes=classes)
     result = run_stage(
         out_dir,

@@ -21,7 +21,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from speechllm.config import ConfigError, check_targets
+from speechllm.config import ConfigError, check_targets, flatten, override_value
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the configs, beside the package
 
 logger = logging.getLogger(__name__)
 
@@ -429,6 +431,7 @@ def prepare_command(cfg: DictConfig, mixture: MixtureConfig) -> list[str]:
         value = OmegaConf.select(cfg, key, default=None)
         if value:
             args.append(f"{key}={value}")
+    args.extend(_preset_target_args(cfg, choices.get("target")))
     if mixture.sources():
         args.append(f"replay.build=[{','.join(mixture.sources())}]")
     elif "replay" in cfg:
@@ -439,6 +442,17 @@ def prepare_command(cfg: DictConfig, mixture: MixtureConfig) -> list[str]:
             args.append(override)
     args.extend(str(a) for a in cfg.get("prepare_args", []) or [])
     return args
+
+
+def _preset_target_args(cfg: DictConfig, choice: str | None) -> list[str]:
+    """`target.<key>=<value>` for each target setting the run has beyond its target group's YAML (set by
+    an experiment preset, e.g. the instruction pool), so the printed command makes matching targets."""
+    group_file = CONF_DIR / "target" / f"{choice}.yaml"
+    if "target" not in cfg or choice is None or not group_file.is_file():
+        return []
+    base = flatten(OmegaConf.to_container(OmegaConf.load(group_file)))
+    run = flatten(OmegaConf.to_container(cfg.target, resolve=True))
+    return [f"target.{k}={override_value(v)}" for k, v in run.items() if k != "llm" and base.get(k) != v]
 
 
 def _command_line_overrides() -> list[str]:
@@ -452,21 +466,24 @@ def _command_line_overrides() -> list[str]:
 
 
 def check_prepared(cfg: DictConfig, mixture: MixtureConfig) -> DataPaths:
-    """Fail (or prepare, with `prepare_missing=true`) when the data the run reads is missing.
+    """Fail (or prepare, with `prepare_missing=true`) when the data the run reads is missing, or when its
+    targets were made with other `target` settings than this run's (another LLM, instruction pool,
+    verification...): training on them would quietly break the self-output principle.
 
     Args:
         cfg: the composed training config.
         mixture: the validated replay mixture.
 
     Returns:
-        The data folders, all present.
+        The data folders, all present and current.
 
     Raises:
-        ConfigError: naming each missing folder and the exact command that makes it.
+        ConfigError: naming each missing or stale folder (and what differs) and the exact command that
+            makes it.
     """
     paths = data_paths(cfg, mixture)
-    missing = [p for p in [paths.targets, *paths.replay.values()] if not is_prepared(p)]
-    if not missing:
+    problems = _unprepared(cfg, paths)
+    if not problems:
         return paths
     command = prepare_command(cfg, mixture)
     if cfg.get("prepare_missing", False):
@@ -474,18 +491,37 @@ def check_prepared(cfg: DictConfig, mixture: MixtureConfig) -> DataPaths:
         import sys
 
         command[0] = sys.executable
-        repo_root = Path(__file__).resolve().parents[2]
+        repo_root = CONF_DIR.parent
         env = dict(os.environ, PYTHONPATH=str(repo_root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         # Absolute data dir: the subprocess runs from the repo root, the run may have started elsewhere.
         command = [a if not a.startswith("paths.data_dir=") else f"paths.data_dir={Path(cfg.paths.data_dir).resolve()}"
                    for a in command]  # fmt: skip
         subprocess.run(command, check=True, cwd=repo_root, env=env)
-        still = [p for p in [paths.targets, *paths.replay.values()] if not is_prepared(p)]
-        if not still:
+        problems = _unprepared(cfg, paths)
+        if not problems:
             return paths
-        missing = still
     raise ConfigError(
-        "prepared data is missing: "
-        + ", ".join(str(p) for p in missing)
+        "prepared data is not this run's: "
+        + "; ".join(problems)
         + f". Make it with:\n  {shlex.join(command)}\nor rerun training with prepare_missing=true."
     )
+
+
+def _unprepared(cfg: DictConfig, paths: DataPaths) -> list[str]:
+    """Missing folders, and targets whose recorded settings differ from the run's `target` settings."""
+    from speechllm.data.stage import settings_differences, stage_stats
+    from speechllm.data.targets import target_config, targets_fingerprint
+
+    problems = [f"{p} is missing" for p in [paths.targets, *paths.replay.values()] if not is_prepared(p)]
+    if problems or "target" not in cfg:
+        return problems
+    try:
+        wanted = target_config(cfg.target)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    # The instruction draw's seed is prepare's, not the run's: any seed's targets serve any training seed.
+    made_with = (stage_stats(paths.targets).get("settings") or {}).get("seed", 0)
+    differences = settings_differences(paths.targets, targets_fingerprint(wanted, made_with))
+    if differences:
+        problems.append(f"{paths.targets} was made with other settings ({'; '.join(differences)})")
+    return problems
