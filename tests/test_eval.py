@@ -249,7 +249,7 @@ def test_partially_labelled_audiofolder_runs_only_its_tasks(smoke_ckpt, tmp_path
     assert any("describe pipeline" in n for n in rep["notes"])
 
 
-def test_audiofolder_rows_without_a_split_are_not_held_out(tmp_path):
+def test_audiofolder_rows_without_a_split_are_not_held_out_unless_no_row_has_one(tmp_path):
     # Data preparation trains on rows without a split value, so evaluation must not score them.
     from speechllm.eval.data import load_audiofolder
 
@@ -263,9 +263,14 @@ def test_audiofolder_rows_without_a_split_are_not_held_out(tmp_path):
             w.writerow([f"{clip_id}.wav", gender, "" if clip_id == "c0" else split])
     data = load_audiofolder(str(folder), "test")
     assert sorted(r["clip_id"] for r in data.rows) == ["c1", "c2"]
-    (folder / "metadata.csv").write_text("file_name,gender\nc0.wav,female\n")
+    (folder / "metadata.csv").write_text("file_name,gender,split\nc0.wav,female,\nc1.wav,male,train\n")
     with pytest.raises(EvalDataError, match="count as 'train'"):
         load_audiofolder(str(folder), "test")
+    # A folder without any split (a benchmark): never trained on, so every row is evaluated.
+    (folder / "metadata.csv").write_text("file_name,gender\nc0.wav,female\nc1.wav,male\n")
+    data = load_audiofolder(str(folder), "test")
+    assert sorted(r["clip_id"] for r in data.rows) == ["c0", "c1"]
+    assert any("every one of its 2 rows" in n for n in data.notes)
 
 
 def test_entry_point_exits_cleanly_on_a_missing_checkpoint(tmp_path):

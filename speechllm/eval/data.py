@@ -93,9 +93,10 @@ def load_audiofolder(
     """Rows of a labelled audiofolder (``metadata.csv`` + audio files), read as the prepare stage reads it.
 
     Every metadata column other than ``file_name``/``split``/``clip_id`` is a label: ``gender``
-    becomes ``label_gender`` (a column already named ``label_gender`` is kept as is). Rows of `split`
-    are kept; rows without a split value count as "train", as they do in data preparation, so a clip
-    is never trained on and evaluated as held out.
+    becomes ``label_gender`` (a column already named ``label_gender`` is kept as is). A folder with no
+    split values at all (a benchmark, a folder of one's own recordings) was never trained on: every row
+    is evaluated. Otherwise rows of `split` are kept, and rows without a split value count as "train",
+    as they do in data preparation, so a clip is never trained on and evaluated as held out.
 
     Args:
         folder: the audiofolder.
@@ -112,11 +113,15 @@ def load_audiofolder(
     from speechllm.corpus.audiofolder import AudioFolderError, read_audiofolder
 
     try:
-        records = read_audiofolder(folder)
+        records = read_audiofolder(folder, default_split="")
     except AudioFolderError as e:
         raise EvalDataError(f"eval.audiofolder={folder!r}: {e}") from e
-    splits = sorted({r["split"] for r in records})
-    records = [r for r in records if r["split"] == split]
+    notes: list[str] = []
+    if records and not any(r["split"] for r in records):
+        notes.append(f"{folder}: no split values, so every one of its {len(records)} rows is evaluated")
+    else:
+        splits = sorted({r["split"] or "train" for r in records})
+        records = [r for r in records if r["split"] == split]
     if not records:
         raise EvalDataError(
             f"{folder!r}: no rows with split=={split!r} (splits present: {splits}); rows without a split "
@@ -130,7 +135,6 @@ def load_audiofolder(
             continue
         # A metadata column already called label_x comes back as label_label_x.
         rows.append({(k[len("label_") :] if k.startswith("label_label_") else k): v for k, v in rec.items()})
-    notes: list[str] = []
     if missing:
         notes.append(
             f"{len(missing)} file(s) listed in metadata.csv are missing and were skipped: {missing[:5]}"
