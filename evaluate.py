@@ -12,25 +12,7 @@ Usage:
 The logic lives in speechllm.eval.runner.evaluate.
 """
 
-import logging
-import sys
-
-import hydra
-from omegaconf import DictConfig
-
-from speechllm.eval.data import EvalDataError
-from speechllm.eval.runner import CheckpointError, evaluate
-
-
-@hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except (CheckpointError, EvalDataError) as e:
-        # A user error, not a bug: one clear line and a non-zero exit, no traceback.
-        logging.getLogger("evaluate").error("%s", e)
-        sys.exit(2)
-
+from speechllm.cli import evaluate_main
 
 if __name__ == "__main__":
-    main()
+    evaluate_main()

@@ -13,28 +13,7 @@ Outputs (in the Hydra run dir): checkpoints/step-N/, checkpoints/final/ (SpeechL
 tensorboard/, train_metrics.json, loss_curve.png, mixture.json. Logic lives in `speechllm.train`.
 """
 
-import sys
-
-import hydra
-from omegaconf import DictConfig
-
-from speechllm.train.launch import shared_run_dir_argv
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    from speechllm.config import ConfigError
-    from speechllm.train import train
-
-    try:
-        train(cfg)
-    except ConfigError as err:
-        # A config mistake is the user's to fix: say what and where, without a traceback.
-        print(f"config error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-
+from speechllm.cli import train_main
 
 if __name__ == "__main__":
-    # Under torchrun/accelerate every rank must write to the same run folder (chosen once, on rank 0).
-    sys.argv = shared_run_dir_argv(sys.argv)
-    main()
+    train_main()

@@ -9,22 +9,7 @@ Usage:
 Each stage skips itself when its output is current and resumes after a kill.
 """
 
-import logging
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # model sources are local paths or packaged wheels
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from speechllm.data.prepare import prepare  # noqa: E402
-
-
-@hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    logging.getLogger().setLevel(logging.INFO)
-    prepare(cfg)
-
+from speechllm.cli import prepare_main
 
 if __name__ == "__main__":
-    main()
+    prepare_main()

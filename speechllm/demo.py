@@ -59,7 +59,7 @@ def sources_digest(skip: tuple[str, ...] = ()) -> str:
         skip: path prefixes, relative to the repository, that cannot change the step's output.
     """
     digest = hashlib.sha256()
-    files = [*REPO.glob("conf/**/*.yaml"), *REPO.glob("speechllm/**/*.py"), *REPO.glob("data_prep/*.py"),
+    files = [*REPO.glob("speechllm/conf/**/*.yaml"), *REPO.glob("speechllm/**/*.py"), *REPO.glob("data_prep/*.py"),
              REPO / "train.py", REPO / "evaluate.py"]  # fmt: skip
     for path in sorted(files):
         rel = path.relative_to(REPO).as_posix()

@@ -22,8 +22,8 @@ from speechllm.describe.features import Clip
 
 Extractor = Callable[[list[Clip], dict], list[dict[str, Any]]]
 
-# conf/attributes/ at the repository root (the package is installed in place).
-ATTRIBUTES_DIR = Path(__file__).resolve().parents[2] / "conf" / "attributes"
+# The package's own configs (`conf/` at the repository root is a link to them).
+ATTRIBUTES_DIR = Path(__file__).resolve().parents[1] / "conf" / "attributes"
 
 
 @dataclass(frozen=True)

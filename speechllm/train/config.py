@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from speechllm.config import ConfigError, check_targets, flatten, override_value
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the configs, beside the package
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the package's configs (linked as conf/ at the root)
 
 logger = logging.getLogger(__name__)
 
@@ -490,13 +489,11 @@ def check_prepared(cfg: DictConfig, mixture: MixtureConfig) -> DataPaths:
         import subprocess
         import sys
 
-        command[0] = sys.executable
-        repo_root = CONF_DIR.parent
-        env = dict(os.environ, PYTHONPATH=str(repo_root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        # Absolute data dir: the subprocess runs from the repo root, the run may have started elsewhere.
-        command = [a if not a.startswith("paths.data_dir=") else f"paths.data_dir={Path(cfg.paths.data_dir).resolve()}"
-                   for a in command]  # fmt: skip
-        subprocess.run(command, check=True, cwd=repo_root, env=env)
+        # The same overrides, run by the installed package's own entry point (any working folder); an
+        # absolute data dir, since the run may have changed folders.
+        overrides = [a if not a.startswith("paths.data_dir=") else f"paths.data_dir={Path(cfg.paths.data_dir).resolve()}"
+                     for a in command[2:]]  # fmt: skip
+        subprocess.run([sys.executable, "-m", "speechllm.cli", "prepare", *overrides], check=True)
         problems = _unprepared(cfg, paths)
         if not problems:
             return paths

