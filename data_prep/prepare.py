@@ -1,4 +1,4 @@
-"""Prepare a dataset: corpus -> described clips (-> targets -> replay, as those stages are added).
+"""Prepare a dataset: corpus -> described clips -> targets -> replay (the same as `speechllm-prepare`).
 
 Usage:
     python data_prep/prepare.py                                   # the espeak-ng demo corpus into data/demo

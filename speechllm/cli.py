@@ -22,10 +22,15 @@ CONF = str(Path(__file__).resolve().parent / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="prepare")
 def _prepare(cfg: DictConfig) -> None:
+    from speechllm.config import ConfigError
     from speechllm.data.prepare import prepare
 
     logging.getLogger().setLevel(logging.INFO)
-    prepare(cfg)
+    try:
+        prepare(cfg)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def prepare_main() -> None:

@@ -218,3 +218,19 @@ def test_entry_point_on_an_audiofolder(bad_folder, tmp_path):
     lines = [json.loads(x) for x in (out / "bad" / "rejects.jsonl").read_text().splitlines()]
     assert {x["clip_id"] for x in lines} == set(rejected)
     assert all(x["stage"] == "described" and x["reason"] for x in lines)
+
+
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("+data.sise=3", "unknown config key 'data.sise'"),
+        ("target.instructions=nope", "unknown instruction pool"),
+    ],
+)
+def test_entry_point_reports_a_config_mistake_in_one_line(tmp_path, override, says):
+    cmd = [sys.executable, str(REPO / "data_prep/prepare.py"), f"paths.data_dir={tmp_path}", override,
+           f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 2
+    assert "config error:" in result.stderr and says in result.stderr
+    assert "Traceback" not in result.stderr

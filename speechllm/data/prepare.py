@@ -2,7 +2,8 @@
 
 `STAGES` is the pipeline: each entry is `(name, function(cfg, state))`. A stage reads what earlier
 ones left in `state` and adds its own output; each is resumable and skips itself when current, so
-`prepare(cfg)` can always be rerun. Later stages (targets, replay) append themselves to `STAGES`.
+`prepare(cfg)` can always be rerun. A config mistake raises `ConfigError`, which the entry point
+reports in one line.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from speechllm.config import ConfigError
 from speechllm.corpus import generate_corpus, read_audiofolder
 from speechllm.data.describe_stage import run_describe
-from speechllm.data.replay import run_replay
+from speechllm.data.replay import replay_config, run_replay
 from speechllm.data.stage import read_rejects
-from speechllm.data.targets import run_targets
+from speechllm.data.targets import run_targets, target_config
 
 logger = logging.getLogger(__name__)
 
@@ -37,17 +39,17 @@ def check_data_config(data: DictConfig | dict) -> None:
     Every data config has `name`, `generate` and `path`; `generate: espeak` adds the generator's keys.
 
     Raises:
-        ValueError: a key the chosen corpus does not read, or an unknown generator.
+        ConfigError: a key the chosen corpus does not read, or an unknown generator.
     """
     from speechllm.corpus.espeak import CONFIG_KEYS
 
     generator = data.get("generate")
     if generator not in (None, "espeak"):
-        raise ValueError(f"data.generate={generator!r}: the only corpus generator is 'espeak' (or null)")
+        raise ConfigError(f"data.generate={generator!r}: the only corpus generator is 'espeak' (or null)")
     known = ("name", "generate", "path", *(CONFIG_KEYS if generator == "espeak" else ()))
     unknown = [k for k in data.keys() if k not in known]
     if unknown:
-        raise ValueError(f"unknown config key 'data.{unknown[0]}'. Known keys of data: {list(known)}")
+        raise ConfigError(f"unknown config key 'data.{unknown[0]}'. Known keys of data: {list(known)}")
 
 
 def corpus_stage(cfg: DictConfig, state: dict[str, Any]) -> None:
@@ -102,13 +104,19 @@ def prepare(cfg: DictConfig, stages: list[tuple[str, Stage]] | None = None) -> d
     Returns:
         The state the stages built (e.g. `inputs`, `described`, `described_dir`).
     """
+    # Every group's settings are checked before any stage spends time (a typo in `target` must not wait
+    # for the corpus and its transcripts).
     check_data_config(cfg.data)
+    if "target" in cfg:
+        target_config(cfg.target)
+    if "replay" in cfg:
+        replay_config(cfg.replay)
     state: dict[str, Any] = {}
     stages = stages or STAGES
     selected = list(cfg.get("stages") or [name for name, _ in stages])
     unknown = sorted(set(selected) - {name for name, _ in stages})
     if unknown:
-        raise ValueError(f"stages={selected}: unknown stage(s) {unknown}; known: {[n for n, _ in stages]}")
+        raise ConfigError(f"stages={selected}: unknown stage(s) {unknown}; known: {[n for n, _ in stages]}")
     for name, stage in stages:
         if name not in selected:
             logger.info("stage %s: not selected (stages=%s)", name, selected)

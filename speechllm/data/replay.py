@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from speechllm.config import ConfigError
 from speechllm.data.targets import Generation, GenerationConfig, chat_prompt, generate_texts, trim_to_sentence
 
 logger = logging.getLogger(__name__)
@@ -278,24 +279,24 @@ def replay_config(node: DictConfig | dict | None) -> ReplayConfig:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(ReplayConfig), node or {})
     except Exception as err:  # omegaconf raises several types; all mean "this key/value is wrong"
-        raise ValueError(f"bad replay config: {err}") from None
+        raise ConfigError(f"bad replay config: {err}") from None
     cfg = _to_dataclass(ReplayConfig, OmegaConf.to_container(merged))
     for name in list(cfg.build) + list(cfg.weights):
         if name not in SOURCES:
-            raise ValueError(f"replay: unknown source {name!r}; known: {SOURCES}")
+            raise ConfigError(f"replay: unknown source {name!r}; known: {SOURCES}")
     if cfg.ratio < 0 or any(w < 0 for w in cfg.weights.values()):
-        raise ValueError("replay.ratio and replay.weights must be >= 0")
+        raise ConfigError("replay.ratio and replay.weights must be >= 0")
     for name, how in (("magpie", cfg.magpie.answer_on_truncated), ("safety", cfg.safety.answer_on_truncated)):
         if how not in ("trim", "drop"):
-            raise ValueError(f"replay.{name}.answer_on_truncated={how!r}: use trim or drop")
+            raise ConfigError(f"replay.{name}.answer_on_truncated={how!r}: use trim or drop")
     if cfg.magpie.size < 1 or cfg.magpie.oversample < 1.0 or cfg.magpie.chunk_size < 1:
-        raise ValueError("replay.magpie: size and chunk_size must be >= 1 and oversample >= 1.0")
+        raise ConfigError("replay.magpie: size and chunk_size must be >= 1 and oversample >= 1.0")
     for name in ("harmful", "lookalike"):
         count = getattr(cfg.safety, name)
         if count is not None and count < 0:
-            raise ValueError(f"replay.safety.{name}={count} must be >= 0, or null for all")
+            raise ConfigError(f"replay.safety.{name}={count} must be >= 0, or null for all")
     if cfg.experience.size < 1:
-        raise ValueError(f"replay.experience.size={cfg.experience.size} must be >= 1")
+        raise ConfigError(f"replay.experience.size={cfg.experience.size} must be >= 1")
     cfg.magpie.instruction.check("replay.magpie.instruction")
     cfg.magpie.answer.check("replay.magpie.answer")
     cfg.safety.answer.check("replay.safety.answer")

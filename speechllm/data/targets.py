@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from speechllm.config import ConfigError
 from speechllm.data.instructions import (
     LABEL_CLAUSES,
     LABEL_TRANSCRIPT_TEMPLATE,
@@ -416,7 +417,7 @@ def target_config(node: DictConfig | dict | None) -> TargetConfig:
     try:
         merged = OmegaConf.merge(schema, node or {})
     except Exception as err:  # omegaconf raises several types; all mean "this key/value is wrong"
-        raise ValueError(f"bad target config: {err}") from None
+        raise ConfigError(f"bad target config: {err}") from None
     cfg = TargetConfig(
         **{
             k: v
@@ -429,25 +430,28 @@ def target_config(node: DictConfig | dict | None) -> TargetConfig:
     )
     cfg.verify.check()
     if cfg.verify.enabled and cfg.mode == "label":
-        raise ValueError("target.verify needs an LLM's answers; label targets are right by construction")
+        raise ConfigError("target.verify needs an LLM's answers; label targets are right by construction")
     if cfg.mode not in MODES:
-        raise ValueError(f"target.mode={cfg.mode!r} is not one of {MODES}")
+        raise ConfigError(f"target.mode={cfg.mode!r} is not one of {MODES}")
     if cfg.backend not in ("hf", "vllm"):
-        raise ValueError(f"target.backend={cfg.backend!r}: use hf or vllm")
+        raise ConfigError(f"target.backend={cfg.backend!r}: use hf or vllm")
     if cfg.on_truncated not in ("trim", "drop", "keep"):
-        raise ValueError(f"target.on_truncated={cfg.on_truncated!r}: use trim, drop or keep")
+        raise ConfigError(f"target.on_truncated={cfg.on_truncated!r}: use trim, drop or keep")
     cfg.generation.check("target.generation")
     if cfg.chunk_size < 1 or cfg.token_filter.batch_size < 1:
-        raise ValueError("target.chunk_size and target.token_filter.batch_size must be >= 1")
+        raise ConfigError("target.chunk_size and target.token_filter.batch_size must be >= 1")
     if cfg.limit is not None and cfg.limit < 1:
-        raise ValueError(f"target.limit={cfg.limit} must be >= 1, or null for every clip")
+        raise ConfigError(f"target.limit={cfg.limit} must be >= 1, or null for every clip")
     if not 0.0 <= cfg.token_filter.threshold <= 1.0:
-        raise ValueError(
+        raise ConfigError(
             f"target.token_filter.threshold={cfg.token_filter.threshold} is a probability: use [0, 1]"
         )
-    cfg.instructions = resolve_pool(cfg.instructions)
+    try:
+        cfg.instructions = resolve_pool(cfg.instructions)
+    except ValueError as err:
+        raise ConfigError(f"target.instructions: {err}") from None
     if not 1 <= cfg.instructions_per_clip <= len(set(cfg.instructions)):
-        raise ValueError(
+        raise ConfigError(
             f"target.instructions_per_clip={cfg.instructions_per_clip} must be between 1 and the pool's "
             f"{len(set(cfg.instructions))} distinct instructions"
         )
