@@ -1,6 +1,7 @@
 """The describe stage and data_prep/prepare.py on an audiofolder full of bad files."""
 
 import csv
+import io
 import json
 import pickle
 import shutil
@@ -234,3 +235,66 @@ def test_entry_point_reports_a_config_mistake_in_one_line(tmp_path, override, sa
     assert result.returncode == 2
     assert "config error:" in result.stderr and says in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _wav_bytes(seconds: float, hz: float) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, _tone(seconds, hz=hz), SR, format="WAV")
+    return buffer.getvalue()
+
+
+def test_hf_dataset_is_a_corpus_with_mapped_columns(tmp_path):
+    """data=hf: an Audio column (decoded without torchcodec), a split column, a transcript and labels."""
+    source = datasets.Dataset.from_dict(
+        {
+            "audio": [{"bytes": _wav_bytes(1.0, 150), "path": None}, {"bytes": _wav_bytes(0.8, 220), "path": None},
+                      {"bytes": b"not a wav file", "path": None}],
+            "utt": ["u1", "u2", "u3"],
+            "sex": ["male", "female", "male"],
+            "sentence": ["hello there", "good morning", "broken"],
+            "part": ["train", "test", "train"],
+        }
+    ).cast_column("audio", datasets.Audio())  # fmt: skip
+    source.save_to_disk(str(tmp_path / "src"))
+    out = tmp_path / "data"
+    cmd = [
+        sys.executable, str(REPO / "data_prep/prepare.py"), "data=hf", "data.name=mine",
+        f"data.source={tmp_path / 'src'}", "data.columns.clip_id=utt", "data.columns.split=part",
+        "data.columns.text=sentence", "+data.labels.gender=sex", f"paths.data_dir={out}",
+        "describe.attributes=[transcript,duration]", "+describe.overrides.transcript.methods=[label]",
+        "stages=[corpus,describe]", f"hydra.run.dir={tmp_path / 'hydra'}",
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    described = datasets.load_from_disk(str(out / "mine" / "described"))
+    rows = {r["clip_id"]: r for r in described}
+    assert set(rows) == {"u1", "u2"}
+    assert rows["u1"]["split"] == "train" and rows["u2"]["split"] == "test"
+    assert rows["u2"]["label_gender"] == "female" and rows["u1"]["transcript"] == "hello there"
+    assert abs(rows["u2"]["duration"] - 0.8) < 0.05
+    rejects = [json.loads(x) for x in (out / "mine" / "corpus" / "hf_rejects.jsonl").read_text().splitlines()]
+    assert [r["clip_id"] for r in rejects] == ["u3"] and "not readable" in rejects[0]["reason"]
+
+    # A column the dataset lacks is named before anything is written.
+    bad = [c if not c.startswith("+data.labels.gender") else "+data.labels.gender=gender" for c in cmd]
+    result = subprocess.run([*bad[:-1], f"hydra.run.dir={tmp_path / 'h2'}", "data.name=other"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert result.returncode == 2 and "no column(s) 'gender' (for label gender)" in result.stderr
+
+
+def test_hf_dataset_of_arrays_and_paths(tmp_path):
+    from speechllm.corpus.hf import write_hf_corpus
+
+    (tmp_path / "src").mkdir()
+    sf.write(tmp_path / "src" / "a.wav", _tone(0.5), SR)  # a relative path: beside the dataset's files
+    arrays = [{"array": _tone(0.3).tolist(), "sampling_rate": SR}]
+    datasets.Dataset.from_dict({"wav": ["a.wav"], "arr": arrays}).to_parquet(
+        str(tmp_path / "src" / "part.parquet")
+    )
+    by_path = write_hf_corpus(tmp_path / "c1", {"source": str(tmp_path / "src"), "source_split": "train",
+                                                "columns": {"audio": "wav"}})  # fmt: skip
+    by_array = write_hf_corpus(tmp_path / "c2", {"source": str(tmp_path / "src"), "source_split": "train",
+                                                 "columns": {"audio": "arr"}})  # fmt: skip
+    assert sf.info(str(by_path / "audio" / "000000.wav")).duration == pytest.approx(0.5)
+    assert sf.info(str(by_array / "audio" / "000000.wav")).duration == pytest.approx(0.3)
+    assert [r["split"] for r in read_audiofolder(by_path)] == ["train"]

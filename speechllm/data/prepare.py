@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from speechllm.config import ConfigError
 from speechllm.corpus import generate_corpus, read_audiofolder
+from speechllm.corpus.hf import write_hf_corpus
 from speechllm.data.describe_stage import run_describe
 from speechllm.data.replay import replay_config, run_replay
 from speechllm.data.stage import read_rejects
@@ -36,27 +37,33 @@ def data_root(cfg: DictConfig) -> Path:
 def check_data_config(data: DictConfig | dict) -> None:
     """Refuse unknown `data` keys by name (a typo would otherwise be ignored).
 
-    Every data config has `name`, `generate` and `path`; `generate: espeak` adds the generator's keys.
+    Every data config has `name`, `generate` and `path`; `generate: espeak` or `hf` adds its keys.
 
     Raises:
         ConfigError: a key the chosen corpus does not read, or an unknown generator.
     """
-    from speechllm.corpus.espeak import CONFIG_KEYS
+    from speechllm.corpus import espeak, hf
 
     generator = data.get("generate")
-    if generator not in (None, "espeak"):
-        raise ConfigError(f"data.generate={generator!r}: the only corpus generator is 'espeak' (or null)")
-    known = ("name", "generate", "path", *(CONFIG_KEYS if generator == "espeak" else ()))
+    generators = {None: (), "espeak": espeak.CONFIG_KEYS, "hf": hf.CONFIG_KEYS}
+    if generator not in generators:
+        raise ConfigError(
+            f"data.generate={generator!r}: use espeak (the demo corpus), hf (a datasets dataset) or null"
+        )
+    known = ("name", "generate", "path", *generators[generator])
     unknown = [k for k in data.keys() if k not in known]
     if unknown:
         raise ConfigError(f"unknown config key 'data.{unknown[0]}'. Known keys of data: {list(known)}")
 
 
 def corpus_stage(cfg: DictConfig, state: dict[str, Any]) -> None:
-    """Generate the corpus when the data config asks for it (`data.generate: espeak`); read its rows."""
+    """Generate the corpus when the data config asks for it (`data.generate: espeak`), or write a `datasets`
+    dataset out as one (`hf`); read its rows."""
     path = Path(cfg.data.path)
     if cfg.data.get("generate") == "espeak":
         generate_corpus(path, OmegaConf.to_container(cfg.data, resolve=True), num_proc=cfg.get("num_proc", 1))
+    elif cfg.data.get("generate") == "hf":
+        write_hf_corpus(path, OmegaConf.to_container(cfg.data, resolve=True))
     state["corpus_dir"] = path
     state["inputs"] = read_audiofolder(path)
     logger.info("corpus: %d clips listed in %s", len(state["inputs"]), path / "metadata.csv")
