@@ -273,6 +273,41 @@ def test_audiofolder_rows_without_a_split_are_not_held_out_unless_no_row_has_one
     assert any("every one of its 2 rows" in n for n in data.notes)
 
 
+def test_external_instruction_set_is_scored_against_its_references(smoke_ckpt, tmp_path):
+    """Rows of (audio, instruction, reference): choices are parsed as labels, the rest exact-matched."""
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    rows = [
+        ("q0.wav", "Is there speech in this clip? Answer yes or no.", "yes", "speech_present", "yes|no"),
+        ("q1.wav", "Is there speech in this clip? Answer yes or no.", "no", "speech_present", "yes|no"),
+        ("q2.wav", "Is there speech in this clip? Answer yes or no.", "yes", "speech_present", "yes|no"),
+        ("q3.wav", "Name the instrument you hear.", "A sine tone.", "instrument", ""),
+        ("q4.wav", "Name the instrument you hear.", "sine tone", "instrument", ""),
+    ]
+    with open(folder / "metadata.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file_name", "instruction", "answer", "task", "choices"])
+        for i, row in enumerate(rows):
+            _tone(folder / row[0], 150 + 40 * i)
+            w.writerow(row)
+    out = tmp_path / "run"
+    rep = evaluate(
+        _cfg(f"checkpoint={smoke_ckpt}", f"eval.instruction_set={folder}", "eval.baseline=false",
+             "eval.ceiling=false", "eval.retention.format=false", "eval.max_clips=null"),
+        out_dir=str(out),
+    )  # fmt: skip
+    yes_no, instrument = rep["unseen"]["speech_present"], rep["unseen"]["instrument"]
+    assert yes_no["n"] == 3 and yes_no["chance"] == pytest.approx(2 / 3)
+    assert instrument["n"] == 2 and instrument["metric"] == "exact match"
+    assert instrument["chance"] == 1.0  # both references normalise to "sine tone"
+    answers = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    assert [a["gold"] for a in answers if a["task"] == "instrument"] == ["sine tone", "sine tone"]
+    assert "instrument (exact match)" in (out / "report.md").read_text()
+    (folder / "metadata.csv").write_text("file_name,question\nq0.wav,what?\n")
+    with pytest.raises(EvalDataError, match="needs the column"):
+        evaluate(_cfg(f"checkpoint={smoke_ckpt}", f"eval.instruction_set={folder}"), out_dir=str(out))
+
+
 def test_entry_point_exits_cleanly_on_a_missing_checkpoint(tmp_path):
     """evaluate.py with a checkpoint that does not exist: exit code 2 and one clear line, no traceback."""
     proc = subprocess.run(

@@ -9,6 +9,7 @@ labels for the rest) and otherwise are rendered from the labels alone, which the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -35,6 +36,7 @@ class EvalData:
     rows: list[dict]
     name: str
     notes: list[str] = field(default_factory=list)
+    items: list | None = None  # an external instruction set's own questions (None: the unseen tasks)
 
 
 def subsample(rows: list[dict], max_clips: int | None, seed: int = 0) -> list[dict]:
@@ -88,7 +90,7 @@ def load_described(
 
 
 def load_audiofolder(
-    folder: str, split: str = "test", max_clips: int | None = None, seed: int = 0
+    folder: str, split: str = "test", max_clips: int | None = None, seed: int = 0, every_row: bool = False
 ) -> EvalData:
     """Rows of a labelled audiofolder (``metadata.csv`` + audio files), read as the prepare stage reads it.
 
@@ -102,6 +104,7 @@ def load_audiofolder(
         folder: the audiofolder.
         split: split to evaluate.
         max_clips: keep N rows (see :func:`subsample`; None: all).
+        every_row: evaluate every row whatever its split (an instruction set brought for evaluation).
         seed: the draw's seed.
 
     Returns:
@@ -117,7 +120,9 @@ def load_audiofolder(
     except AudioFolderError as e:
         raise EvalDataError(f"eval.audiofolder={folder!r}: {e}") from e
     notes: list[str] = []
-    if records and not any(r["split"] for r in records):
+    if every_row:
+        pass
+    elif records and not any(r["split"] for r in records):
         notes.append(f"{folder}: no split values, so every one of its {len(records)} rows is evaluated")
     else:
         splits = sorted({r["split"] or "train" for r in records})
@@ -142,6 +147,49 @@ def load_audiofolder(
     if not rows:
         raise EvalDataError(f"{folder!r}: none of the listed audio files exists (e.g. {missing[:3]})")
     return EvalData(rows=subsample(rows, max_clips, seed), name=os.path.abspath(folder), notes=notes)
+
+
+INSTRUCTION_COLUMNS = ("instruction", "answer", "task", "choices")
+
+
+def load_instruction_set(folder: str, max_clips: int | None = None, seed: int = 0) -> EvalData:
+    """An external instruction set (Dynamic-SUPERB / AIR-Bench style): an audiofolder whose
+    ``metadata.csv`` has, besides ``file_name``, an ``instruction`` and a reference ``answer`` per row,
+    and optionally ``task`` (rows are scored per task; default ``instructions``) and ``choices``
+    (``yes|no``: the answer is parsed to one of them, as the unseen tasks are; without, the answer must
+    match the reference exactly after :func:`speechllm.eval.tasks.normalize_answer`). Every row is
+    evaluated: a set brought for evaluation was not trained on. Other columns are labels.
+
+    Raises:
+        EvalDataError: not an audiofolder, no instruction or answer column, or no audio file present.
+    """
+    from speechllm.eval.tasks import Item, normalize_answer
+
+    data = load_audiofolder(folder, max_clips=max_clips, seed=seed, every_row=True)
+    missing = [c for c in ("instruction", "answer") if not any(f"label_{c}" in r for r in data.rows)]
+    if missing:
+        raise EvalDataError(f"eval.instruction_set={folder!r}: metadata.csv needs the column(s) {missing}")
+    items = []
+    for i, row in enumerate(data.rows):
+        spec = {c: str(row.pop(f"label_{c}", "") or "").strip() for c in INSTRUCTION_COLUMNS}
+        if not spec["instruction"] or not spec["answer"]:
+            data.notes.append(f"{row['clip_id']}: no instruction or answer; not scored")
+            continue
+        choices = tuple(dict.fromkeys(c.strip().lower() for c in spec["choices"].split("|") if c.strip()))
+        if choices and spec["answer"].lower() not in choices:
+            raise EvalDataError(
+                f"{folder!r}, {row['clip_id']}: answer {spec['answer']!r} is not one of {choices}"
+            )
+        task = spec["task"] or "instructions"
+        gold = spec["answer"].lower() if choices else normalize_answer(spec["answer"])
+        items.append(Item(i, task, spec["instruction"], gold, choices, exact=not choices))
+    if not items:
+        raise EvalDataError(f"eval.instruction_set={folder!r}: no row has both an instruction and an answer")
+    data.items = items
+    data.notes.append(
+        f"external instruction set {folder}: {len(items)} instructions, each scored against its reference"
+    )
+    return data
 
 
 def describe_rows(rows: list[dict], describe_cfg: dict) -> tuple[list[dict], list[dict]]:
@@ -213,6 +261,12 @@ def add_descriptions(data: EvalData, describe_cfg: dict | None) -> EvalData:
             by_id = {r["clip_id"]: r for r in described}
             for rej in rejects:
                 data.notes.append(f"clip {rej['clip_id']} rejected by describe: {rej['reason']}")
+            if data.items is not None:  # an instruction set's questions follow their clips' new places
+                kept = [i for i, row in enumerate(data.rows) if row["clip_id"] in by_id]
+                where = {old: new for new, old in enumerate(kept)}
+                data.items = [
+                    dataclasses.replace(it, row=where[it.row]) for it in data.items if it.row in where
+                ]
             data.rows = [
                 {
                     **row,

@@ -79,6 +79,7 @@ def render_markdown(report: dict, plots: Sequence[str] = ()) -> str:
         c = report.get("ceiling", {}).get(task, {})
         b = report.get("baseline", {}).get(task, {})
         name = f"{task} (word acc.; WER {_fmt(u.get('wer'))})" if "wer" in u else task
+        name = f"{task} ({u['metric']})" if "metric" in u else name
         lines.append(
             f"| {name} | {u.get('n')} | {_fmt(u.get('accuracy'))} | {_fmt(u.get('balanced_accuracy'))} | "
             f"{_fmt(c.get('accuracy'))} | "

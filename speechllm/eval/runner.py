@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
@@ -26,10 +27,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from speechllm import parsing
 from speechllm.eval import retention
-from speechllm.eval.data import EvalData, EvalDataError, add_descriptions, load_audiofolder, load_described
+from speechllm.eval.data import (
+    EvalData,
+    EvalDataError,
+    add_descriptions,
+    load_audiofolder,
+    load_described,
+    load_instruction_set,
+)
 from speechllm.eval.generation import generate_chat
 from speechllm.eval.report import write_report
-from speechllm.eval.tasks import Item, balanced_accuracy, build_items, chance_level, select_tasks
+from speechllm.eval.tasks import (
+    Item,
+    balanced_accuracy,
+    build_items,
+    chance_level,
+    normalize_answer,
+    select_tasks,
+)
 from speechllm.model.speechlm import CheckpointError
 
 __all__ = ["CheckpointError", "evaluate"]
@@ -244,12 +259,15 @@ def text_answers(
 
 
 def parse_answers(items: Sequence[Item], answers: Sequence[str]) -> list[str | None]:
-    """Parsed label (label tasks) or extracted transcript (content) per item."""
+    """Parsed label (label tasks), extracted transcript (content) or normalized text (exact match) per item."""
     out: list[str | None] = []
     for it, a in zip(items, answers, strict=True):
-        out.append(
-            parsing.extract_transcript(a) if not it.classes else parsing.parse_label(a, it.task, it.classes)
-        )
+        if it.exact:
+            out.append(normalize_answer(a) or None)
+        elif it.classes:
+            out.append(parsing.parse_label(a, it.task, it.classes))
+        else:
+            out.append(parsing.extract_transcript(a))
     return out
 
 
@@ -270,7 +288,16 @@ def score(items: Sequence[Item], parsed: Sequence[str | None]) -> dict[str, dict
     out: dict[str, dict] = {}
     for task, pairs in by_task.items():
         golds = [it.gold for it, _ in pairs]
-        if pairs[0][0].classes:
+        if pairs[0][0].exact:
+            out[task] = {
+                "accuracy": sum(p == it.gold for it, p in pairs) / len(pairs),
+                "metric": "exact match",
+                "n": len(pairs),
+                "answered": sum(p is not None for _, p in pairs) / len(pairs),
+                "chance": max(Counter(golds).values()) / len(golds),  # always the most frequent reference
+                "chance_uniform": 1.0 / len(set(golds)),
+            }
+        elif pairs[0][0].classes:
             classes = pairs[0][0].classes
             majority, uniform = chance_level(golds, classes)
             out[task] = {
@@ -395,8 +422,13 @@ def format_items(rows: Sequence[dict], max_clips: int) -> tuple[list[Item], list
 
 
 def load_data(cfg: DictConfig) -> EvalData:
-    """The rows to evaluate, from ``eval.audiofolder`` if set (then described), else the described split."""
+    """The rows to evaluate: ``eval.instruction_set`` (its own questions) or ``eval.audiofolder`` if set
+    (then described), else the described split."""
     e = cfg.eval
+    if e.get("instruction_set"):
+        data = load_instruction_set(str(e.instruction_set), max_clips=e.max_clips, seed=e.seed)
+        describe_cfg = OmegaConf.to_container(cfg.describe, resolve=True) if e.describe_audiofolder else None
+        return add_descriptions(data, describe_cfg)
     if e.get("audiofolder"):
         data = load_audiofolder(str(e.audiofolder), split=e.split, max_clips=e.max_clips, seed=e.seed)
         describe_cfg = OmegaConf.to_container(cfg.describe, resolve=True) if e.describe_audiofolder else None
@@ -457,10 +489,13 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     rows = data.rows
     if n := ensure_transcripts(model, rows):
         data.notes.append(f"{n} clip(s) had no transcript; the checkpoint's Whisper transcribed them")
-    columns = sorted({k for r in rows for k in r})
-    tasks, skipped = select_tasks(columns, list(e.tasks) if e.get("tasks") else None)
-    items, dropped = build_items(rows, tasks, e.questions_per_task, e.seed)
-    skipped.update(dropped)
+    if data.items is not None:  # an external instruction set brings its own questions and references
+        items, skipped = data.items, {}
+    else:
+        columns = sorted({k for r in rows for k in r})
+        tasks, skipped = select_tasks(columns, list(e.tasks) if e.get("tasks") else None)
+        items, dropped = build_items(rows, tasks, e.questions_per_task, e.seed)
+        skipped.update(dropped)
     for name, why in skipped.items():
         log.info("skipping task %s: %s", name, why)
     if not items:

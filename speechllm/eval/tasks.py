@@ -15,6 +15,7 @@ Tasks:
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -102,6 +103,8 @@ class Item:
         question: the question as asked.
         gold: the gold label (lowercased) or transcript.
         classes: the task's classes (empty for content).
+        exact: scored by exact match with `gold` (an external instruction set's free-form reference),
+            after :func:`normalize_answer`, instead of as a label or a transcript.
     """
 
     row: int
@@ -109,6 +112,13 @@ class Item:
     question: str
     gold: str
     classes: tuple[str, ...]
+    exact: bool = False
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercase words only (punctuation, articles and extra spaces dropped), for exact-match scoring."""
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return " ".join(w for w in words if w not in ("a", "an", "the"))
 
 
 def all_unseen_questions() -> set[str]:
