@@ -4,6 +4,7 @@ console scripts run from any folder, and a user's own config folder adds presets
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,18 @@ REPO = Path(__file__).resolve().parents[1]
 def installed(tmp_path_factory) -> Path:
     """The checkout built and installed (not editable) into a folder of its own; no network."""
     site = tmp_path_factory.mktemp("site")
+    # Built from a copy: a local build writes build/ and *.egg-info beside the sources.
+    source = tmp_path_factory.mktemp("src") / "speechllm"
+    top = {".git", ".venv", "data", "runs", "outputs", "multirun", "build", ".pytest_cache", ".ruff_cache"}
+
+    def skip(folder: str, names: list[str]) -> set[str]:  # the checkout's work folders, at its top only
+        here = top if Path(folder) == REPO else set()
+        return {n for n in names if n in here or n == "__pycache__" or n.endswith(".egg-info")}
+
+    shutil.copytree(REPO, source, symlinks=True, ignore=skip)
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(site), str(REPO)],
+         "--target", str(site), str(source)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     return site
