@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import soundfile as sf
@@ -293,7 +294,7 @@ def test_external_instruction_set_is_scored_against_its_references(smoke_ckpt, t
     out = tmp_path / "run"
     rep = evaluate(
         _cfg(f"checkpoint={smoke_ckpt}", f"eval.instruction_set={folder}", "eval.baseline=false",
-             "eval.ceiling=false", "eval.retention.format=false", "eval.max_clips=null"),
+             "eval.ceiling=false", "eval.retention.format=false", "eval.max_clips=null", "eval.describe_audiofolder=false"),
         out_dir=str(out),
     )  # fmt: skip
     yes_no, instrument = rep["unseen"]["speech_present"], rep["unseen"]["instrument"]
@@ -303,6 +304,19 @@ def test_external_instruction_set_is_scored_against_its_references(smoke_ckpt, t
     answers = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
     assert [a["gold"] for a in answers if a["task"] == "instrument"] == ["sine tone", "sine tone"]
     assert "instrument (exact match)" in (out / "report.md").read_text()
+    # The same set as a `datasets` dataset (an `audio` column of wav bytes) is read the same way.
+    as_dataset = datasets.Dataset.from_dict(
+        {"audio": [{"bytes": (folder / r[0]).read_bytes(), "path": None} for r in rows],
+         **{c: [r[i + 1] for r in rows] for i, c in enumerate(["instruction", "answer", "task", "choices"])}}
+    ).cast_column("audio", datasets.Audio())  # fmt: skip
+    as_dataset.save_to_disk(str(tmp_path / "bench_ds"))
+    again = evaluate(
+        _cfg(f"checkpoint={smoke_ckpt}", f"eval.instruction_set={tmp_path / 'bench_ds'}", "eval.baseline=false",
+             "eval.ceiling=false", "eval.retention.format=false", "eval.max_clips=null", "eval.describe_audiofolder=false",
+             f"paths.cache_dir={tmp_path / 'cache'}"),
+        out_dir=str(tmp_path / "run2"),
+    )  # fmt: skip
+    assert {t: u["n"] for t, u in again["unseen"].items()} == {"speech_present": 3, "instrument": 2}
     (folder / "metadata.csv").write_text("file_name,question\nq0.wav,what?\n")
     with pytest.raises(EvalDataError, match="needs the column"):
         evaluate(_cfg(f"checkpoint={smoke_ckpt}", f"eval.instruction_set={folder}"), out_dir=str(out))

@@ -244,7 +244,8 @@ def _wav_bytes(seconds: float, hz: float) -> bytes:
 
 
 def test_hf_dataset_is_a_corpus_with_mapped_columns(tmp_path):
-    """data=hf: an Audio column (decoded without torchcodec), a split column, a transcript and labels."""
+    """data=hf: an Audio column (decoded without torchcodec), a split column, a transcript and labels,
+    through describe to (label) targets."""
     source = datasets.Dataset.from_dict(
         {
             "audio": [{"bytes": _wav_bytes(1.0, 150), "path": None}, {"bytes": _wav_bytes(0.8, 220), "path": None},
@@ -259,13 +260,15 @@ def test_hf_dataset_is_a_corpus_with_mapped_columns(tmp_path):
     out = tmp_path / "data"
     cmd = [
         sys.executable, str(REPO / "data_prep/prepare.py"), "data=hf", "data.name=mine",
-        f"data.source={tmp_path / 'src'}", "data.columns.clip_id=utt", "data.columns.split=part",
+        f"data.path={tmp_path / 'src'}", "data.columns.clip_id=utt", "data.columns.split=part",
         "data.columns.text=sentence", "+data.labels.gender=sex", f"paths.data_dir={out}",
         "describe.attributes=[transcript,duration]", "+describe.overrides.transcript.methods=[label]",
-        "stages=[corpus,describe]", f"hydra.run.dir={tmp_path / 'hydra'}",
+        "target=label", "stages=[corpus,describe,targets]", f"hydra.run.dir={tmp_path / 'hydra'}",
     ]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    targets = datasets.load_from_disk(str(out / "mine" / "targets" / "label"))
+    assert [r["target"] for r in targets] == ['Someone says: "hello there" The speaker is male.']
     described = datasets.load_from_disk(str(out / "mine" / "described"))
     rows = {r["clip_id"]: r for r in described}
     assert set(rows) == {"u1", "u2"}
@@ -291,9 +294,9 @@ def test_hf_dataset_of_arrays_and_paths(tmp_path):
     datasets.Dataset.from_dict({"wav": ["a.wav"], "arr": arrays}).to_parquet(
         str(tmp_path / "src" / "part.parquet")
     )
-    by_path = write_hf_corpus(tmp_path / "c1", {"source": str(tmp_path / "src"), "source_split": "train",
+    by_path = write_hf_corpus(tmp_path / "c1", {"path": str(tmp_path / "src"), "source_split": "train",
                                                 "columns": {"audio": "wav"}})  # fmt: skip
-    by_array = write_hf_corpus(tmp_path / "c2", {"source": str(tmp_path / "src"), "source_split": "train",
+    by_array = write_hf_corpus(tmp_path / "c2", {"path": str(tmp_path / "src"), "source_split": "train",
                                                  "columns": {"audio": "arr"}})  # fmt: skip
     assert sf.info(str(by_path / "audio" / "000000.wav")).duration == pytest.approx(0.5)
     assert sf.info(str(by_array / "audio" / "000000.wav")).duration == pytest.approx(0.3)

@@ -27,7 +27,7 @@ from speechllm.config import ConfigError
 logger = logging.getLogger(__name__)
 
 # The `data` keys of `data/hf.yaml` (besides name, generate and path, which every data config has).
-CONFIG_KEYS = ("source", "source_split", "streaming", "max_rows", "columns", "labels")
+CONFIG_KEYS = ("source_split", "streaming", "max_rows", "columns", "labels")
 VERSION = 1  # part of the fingerprint: raised when the same config would write a different folder
 
 
@@ -40,14 +40,21 @@ def _load(source: str, split: str | None, streaming: bool):
     else:
         data = datasets.load_dataset(str(folder) if folder.exists() else source, streaming=streaming)
     if isinstance(data, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        if split is None and len(data) == 1:
+            split = next(iter(data))  # one split (a parquet folder loads as "train"): that is the dataset
         if split is None:
             raise ConfigError(
-                f"data.source={source!r} has splits {list(data)}: choose one with data.source_split"
+                f"data.path={source!r} has splits {list(data)}: choose one with data.source_split"
             )
         if split not in data:
             raise ConfigError(f"data.source_split={split!r}: {source!r} has splits {list(data)}")
         data = data[split]
     return data
+
+
+def dataset_columns(source: str, split: str | None = None) -> list[str]:
+    """The column names of a dataset (hub id or local folder)."""
+    return list(_load(source, split, streaming=True).column_names or [])
 
 
 def _undecoded(data, column: str):
@@ -89,8 +96,8 @@ def write_hf_corpus(out_dir: str | os.PathLike, cfg: dict) -> Path:
     """Write a dataset's audio and columns as an audiofolder in `out_dir` (skipped when current).
 
     Args:
-        out_dir: the corpus folder (`data.path`).
-        cfg: the `data` config: `source`, `source_split`, `streaming`, `max_rows`, `columns` (which source
+        out_dir: the corpus folder (`{paths.data_dir}/{data.name}/corpus`).
+        cfg: the `data` config: `path` (hub id or local folder), `source_split`, `streaming`, `max_rows`, `columns` (which source
             column holds `audio`, and optionally `clip_id`, `split`, `text`) and `labels` (label name ->
             source column, e.g. `{gender: speaker_gender}`).
 
@@ -101,7 +108,7 @@ def write_hf_corpus(out_dir: str | os.PathLike, cfg: dict) -> Path:
         ConfigError: a mapped column the dataset does not have, or no readable audio at all.
     """
     out_dir = Path(out_dir)
-    fingerprint = {"version": VERSION, **{k: cfg.get(k) for k in CONFIG_KEYS}}
+    fingerprint = {"version": VERSION, "path": cfg["path"], **{k: cfg.get(k) for k in CONFIG_KEYS}}
     marker = out_dir / "_corpus.json"
     if (
         (out_dir / "metadata.csv").is_file()
@@ -113,19 +120,19 @@ def write_hf_corpus(out_dir: str | os.PathLike, cfg: dict) -> Path:
     columns = dict(cfg.get("columns") or {})
     labels = dict(cfg.get("labels") or {})
     audio_column = columns.get("audio", "audio")
-    data = _load(str(cfg["source"]), cfg.get("source_split"), bool(cfg.get("streaming")))
+    data = _load(str(cfg["path"]), cfg.get("source_split"), bool(cfg.get("streaming")))
     names = list(data.column_names or [])
     wanted = {"audio": audio_column, **{k: v for k, v in columns.items() if k != "audio" and v},
               **{f"label {k}": v for k, v in labels.items()}}  # fmt: skip
     missing = {k: v for k, v in wanted.items() if names and v not in names}
     if missing:
         raise ConfigError(
-            f"data.source={cfg['source']!r} has no column(s) "
+            f"data.path={cfg['path']!r} has no column(s) "
             + ", ".join(f"{v!r} (for {k})" for k, v in missing.items())
             + f"; its columns: {names}"
         )
     data = _undecoded(data, audio_column)
-    base = Path(str(cfg["source"])).expanduser() if Path(str(cfg["source"])).expanduser().exists() else None
+    base = Path(str(cfg["path"])).expanduser() if Path(str(cfg["path"])).expanduser().exists() else None
     audio_dir = out_dir / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
     header = ["file_name", "clip_id", "split", *(["text"] if columns.get("text") else []), *labels]
@@ -148,15 +155,13 @@ def write_hf_corpus(out_dir: str | os.PathLike, cfg: dict) -> Path:
         line.update({name: "" if row[col] is None else str(row[col]) for name, col in labels.items()})
         lines.append(line)
     if not lines:
-        raise ConfigError(
-            f"data.source={cfg['source']!r}: no row with readable audio ({len(rejects)} rejected)"
-        )
+        raise ConfigError(f"data.path={cfg['path']!r}: no row with readable audio ({len(rejects)} rejected)")
     with open(out_dir / "metadata.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=header)
         writer.writeheader()
         writer.writerows(lines)
     (out_dir / "hf_rejects.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rejects))
     marker.write_text(json.dumps(fingerprint))
-    logger.info("corpus: %d clips written from %s (%d unreadable) -> %s", len(lines), cfg["source"],
+    logger.info("corpus: %d clips written from %s (%d unreadable) -> %s", len(lines), cfg["path"],
                 len(rejects), out_dir)  # fmt: skip
     return out_dir

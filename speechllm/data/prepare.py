@@ -62,8 +62,10 @@ def corpus_stage(cfg: DictConfig, state: dict[str, Any]) -> None:
     path = Path(cfg.data.path)
     if cfg.data.get("generate") == "espeak":
         generate_corpus(path, OmegaConf.to_container(cfg.data, resolve=True), num_proc=cfg.get("num_proc", 1))
-    elif cfg.data.get("generate") == "hf":
-        write_hf_corpus(path, OmegaConf.to_container(cfg.data, resolve=True))
+    elif (
+        cfg.data.get("generate") == "hf"
+    ):  # `path` is the dataset; its audiofolder copy goes beside the stages
+        path = write_hf_corpus(data_root(cfg) / "corpus", OmegaConf.to_container(cfg.data, resolve=True))
     state["corpus_dir"] = path
     state["inputs"] = read_audiofolder(path)
     logger.info("corpus: %d clips listed in %s", len(state["inputs"]), path / "metadata.csv")

@@ -14,6 +14,7 @@ import logging
 import os
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -152,19 +153,38 @@ def load_audiofolder(
 INSTRUCTION_COLUMNS = ("instruction", "answer", "task", "choices")
 
 
-def load_instruction_set(folder: str, max_clips: int | None = None, seed: int = 0) -> EvalData:
+def _dataset_as_audiofolder(source: str, root: Path) -> Path:
+    """A `datasets` dataset (save_to_disk folder, parquet files or hub id) with an `audio` column and the
+    instruction columns, written once as an audiofolder under `root` (see `speechllm.corpus.hf`)."""
+    import hashlib
+
+    from speechllm.corpus.hf import dataset_columns, write_hf_corpus
+
+    names = dataset_columns(source)
+    cfg = {"path": source, "columns": {"audio": "audio"},
+           "labels": {c: c for c in INSTRUCTION_COLUMNS if c in names}}  # fmt: skip
+    return write_hf_corpus(root / hashlib.sha256(source.encode()).hexdigest()[:16], cfg)
+
+
+def load_instruction_set(
+    folder: str, max_clips: int | None = None, seed: int = 0, cache_dir: str | None = None
+) -> EvalData:
     """An external instruction set (Dynamic-SUPERB / AIR-Bench style): an audiofolder whose
     ``metadata.csv`` has, besides ``file_name``, an ``instruction`` and a reference ``answer`` per row,
     and optionally ``task`` (rows are scored per task; default ``instructions``) and ``choices``
     (``yes|no``: the answer is parsed to one of them, as the unseen tasks are; without, the answer must
     match the reference exactly after :func:`speechllm.eval.tasks.normalize_answer`). Every row is
-    evaluated: a set brought for evaluation was not trained on. Other columns are labels.
+    evaluated: a set brought for evaluation was not trained on. Other columns are labels. A `datasets`
+    dataset with the same columns (and `audio`) is read too: written once as an audiofolder under
+    `cache_dir`.
 
     Raises:
         EvalDataError: not an audiofolder, no instruction or answer column, or no audio file present.
     """
     from speechllm.eval.tasks import Item, normalize_answer
 
+    if cache_dir is not None and not (Path(folder) / "metadata.csv").is_file():
+        folder = str(_dataset_as_audiofolder(folder, Path(cache_dir) / "instruction-sets"))
     data = load_audiofolder(folder, max_clips=max_clips, seed=seed, every_row=True)
     missing = [c for c in ("instruction", "answer") if not any(f"label_{c}" in r for r in data.rows)]
     if missing:

@@ -426,7 +426,9 @@ def load_data(cfg: DictConfig) -> EvalData:
     (then described), else the described split."""
     e = cfg.eval
     if e.get("instruction_set"):
-        data = load_instruction_set(str(e.instruction_set), max_clips=e.max_clips, seed=e.seed)
+        data = load_instruction_set(
+            str(e.instruction_set), max_clips=e.max_clips, seed=e.seed, cache_dir=str(cfg.paths.cache_dir)
+        )
         describe_cfg = OmegaConf.to_container(cfg.describe, resolve=True) if e.describe_audiofolder else None
         return add_descriptions(data, describe_cfg)
     if e.get("audiofolder"):
