@@ -4,7 +4,7 @@ scripts of the installed package, and `python -m speechllm.cli prepare|train|eva
 The checkout's `data_prep/prepare.py`, `train.py` and `evaluate.py` call these same functions. The
 configs ship inside the package (`speechllm/conf/`, linked as `conf/` at the repository root), so an
 installed package runs from any folder; add your own presets or groups with Hydra's `--config-dir DIR`
-(searched before the package's own) or `hydra.searchpath=[file:///DIR]`.
+or `hydra.searchpath=[file:///DIR]` (searched after the package's own configs, so use new names).
 """
 
 from __future__ import annotations
