@@ -7,6 +7,7 @@ here, so metadata.csv is read with `csv` and audio stays a file path, read later
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -16,6 +17,20 @@ RESERVED = {"file_name", "split", "clip_id"}
 
 class AudioFolderError(ValueError):
     """An audiofolder that cannot be read at all (no metadata.csv, no file_name column, ...)."""
+
+
+CORPUS_MARKER = "_corpus.json"  # the settings a generated corpus was written with
+
+
+def corpus_is_current(out_dir: Path, fingerprint: dict) -> bool:
+    """A corpus written by a generator (espeak, a `datasets` dataset) is current when its metadata.csv exists
+    and its marker holds the same settings."""
+    marker = out_dir / CORPUS_MARKER
+    return (
+        (out_dir / "metadata.csv").is_file()
+        and marker.is_file()
+        and json.loads(marker.read_text()) == fingerprint
+    )
 
 
 def read_audiofolder(path: str | os.PathLike, default_split: str = "train") -> list[dict]:

@@ -36,6 +36,7 @@ import numpy as np
 import soundfile as sf
 
 from speechllm.audio import SAMPLE_RATE, load_audio
+from speechllm.corpus.audiofolder import CORPUS_MARKER, corpus_is_current
 from speechllm.corpus.sentences import SENTENCES
 
 logger = logging.getLogger(__name__)
@@ -277,12 +278,8 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) ->
     """
     out_dir = Path(out_dir)
     fingerprint = {"plan_version": PLAN_VERSION, **{k: cfg[k] for k in CONFIG_KEYS}}
-    marker = out_dir / "_corpus.json"
-    if (
-        (out_dir / "metadata.csv").exists()
-        and marker.exists()
-        and json.loads(marker.read_text()) == fingerprint
-    ):
+    marker = out_dir / CORPUS_MARKER
+    if corpus_is_current(out_dir, fingerprint):
         logger.info("demo corpus: up to date in %s", out_dir)
         return out_dir
     # A different config: old wavs would not match their new labels.

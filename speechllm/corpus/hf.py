@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import logging
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import numpy as np
 import soundfile as sf
 
 from speechllm.config import ConfigError
+from speechllm.corpus.audiofolder import CORPUS_MARKER, corpus_is_current
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +86,6 @@ def _read_audio(value: Any, base: Path | None) -> tuple[np.ndarray, int]:
     raise ValueError(f"no audio in {type(value).__name__} value")
 
 
-def _rows(data, max_rows: int | None) -> Iterable[tuple[int, dict]]:
-    for index, row in enumerate(data):
-        if max_rows is not None and index >= max_rows:
-            return
-        yield index, row
-
-
 def write_hf_corpus(out_dir: str | os.PathLike, cfg: dict) -> Path:
     """Write a dataset's audio and columns as an audiofolder in `out_dir` (skipped when current).
 
@@ -109,12 +103,7 @@ def write_hf_corpus(out_dir: str | os.PathLike, cfg: dict) -> Path:
     """
     out_dir = Path(out_dir)
     fingerprint = {"version": VERSION, "path": cfg["path"], **{k: cfg.get(k) for k in CONFIG_KEYS}}
-    marker = out_dir / "_corpus.json"
-    if (
-        (out_dir / "metadata.csv").is_file()
-        and marker.is_file()
-        and json.loads(marker.read_text()) == fingerprint
-    ):
+    if corpus_is_current(out_dir, fingerprint):
         logger.info("corpus: %s is current", out_dir)
         return out_dir
     columns = dict(cfg.get("columns") or {})
@@ -132,12 +121,13 @@ def write_hf_corpus(out_dir: str | os.PathLike, cfg: dict) -> Path:
             + f"; its columns: {names}"
         )
     data = _undecoded(data, audio_column)
-    base = Path(str(cfg["path"])).expanduser() if Path(str(cfg["path"])).expanduser().exists() else None
+    source = Path(str(cfg["path"])).expanduser()
+    base = source if source.exists() else None  # relative audio paths are relative to a local dataset
     audio_dir = out_dir / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
     header = ["file_name", "clip_id", "split", *(["text"] if columns.get("text") else []), *labels]
     lines, rejects = [], []
-    for index, row in _rows(data, cfg.get("max_rows")):
+    for index, row in itertools.islice(enumerate(data), cfg.get("max_rows")):
         clip_id = str(row[columns["clip_id"]]) if columns.get("clip_id") else f"{index:06d}"
         try:
             samples, rate = _read_audio(row[audio_column], base)
@@ -161,7 +151,7 @@ def write_hf_corpus(out_dir: str | os.PathLike, cfg: dict) -> Path:
         writer.writeheader()
         writer.writerows(lines)
     (out_dir / "hf_rejects.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rejects))
-    marker.write_text(json.dumps(fingerprint))
+    (out_dir / CORPUS_MARKER).write_text(json.dumps(fingerprint))  # last: the folder is complete
     logger.info("corpus: %d clips written from %s (%d unreadable) -> %s", len(lines), cfg["path"],
                 len(rejects), out_dir)  # fmt: skip
     return out_dir
