@@ -297,6 +297,21 @@ def test_label_and_paraphrase_modes_share_columns(talky, tmp_path):
     assert "no label_" in read_rejects(tmp_path / "bare")[0]["reason"]
 
 
+def test_label_answers_say_what_the_instruction_asks():
+    row = {"label_text": "Hello there.", "label_gender": "female", "label_pitch": "low", "label_speed": "fast"}
+    assert label_answer(row, "Is the speaker a man or a woman?") == "The speaker is female."
+    assert label_answer(row, "How fast does the speaker talk?") == "They speak at a fast pace."
+    assert label_answer(row, "What words are spoken in this clip?") == 'Someone says: "Hello there."'
+    # An open request gets every clause; a question about a label the row lacks gets nothing to train on.
+    assert label_answer(row, "Describe the audio clip.") == label_answer(row)
+    assert label_answer(row, "What accent does the speaker have?") is None
+    # Every question of the `attributes` pool is answered by exactly the clause(s) it asks about.
+    full = {**row, "label_accent": "irish", "label_volume": "loud"}
+    for question in INSTRUCTION_POOLS["attributes"]:
+        answer = label_answer(full, question)
+        assert answer and answer != label_answer(full), question
+
+
 def test_targets_are_redone_when_a_copied_column_changes(tmp_path):
     # Target rows carry the described audio path and split; a moved corpus or a clip moved to the test
     # split must not leave the old values behind (test audio would leak into training).

@@ -52,27 +52,43 @@ INSTRUCTION_POOLS: dict[str, list[str]] = {
         "Is the speaker a man or a woman?",
         "What is the gender of the person speaking?",
         "Tell me whether you hear a male or a female voice.",
+        "Male or female: who is talking here?",
+        "Is it a woman or a man who speaks in this clip?",
+        "Which gender would you assign to this speaker?",
         "What accent does the speaker have?",
         "Which English accent do you hear in this voice?",
         "Name the speaker's accent.",
+        "Does the speaker have a Scottish, American, Caribbean or British accent?",
+        "Identify the accent of the voice in a word or two.",
         "How high or low is the speaker's voice?",
         "Describe the pitch of the voice.",
         "What pitch does the person speak at?",
+        "Is the voice low, normal or high in pitch?",
+        "Tell me the pitch of the speaker's voice in one word.",
         "How fast does the speaker talk?",
         "Describe the speaking pace in this recording.",
         "What is the speaking rate of this person?",
+        "Is the speech slow, normal or fast in pace?",
+        "Give the speed of the speech in one word.",
         "How loud is the voice in this recording?",
         "Describe the loudness of the speech.",
         "What is the volume of the speaker's voice?",
+        "Is the voice quiet, normal or loud?",
+        "Tell me the volume of the recording in one word.",
         "What does the speaker say?",
         "What words are spoken in this clip?",
     ],
 }
 
+# Words of an instruction that asks what was said (the `label` answer is then the transcript).
+CONTENT_KEYWORDS: tuple[str, ...] = ("say", "says", "said", "words", "spoken", "transcribe")
+
 # Which attribute an instruction asks about, by the words it uses (whole words or phrases, lowercase).
 # Verified self-output (`target.verify`) requires the answer to state each asked attribute correctly.
 ATTRIBUTE_KEYWORDS: dict[str, tuple[str, ...]] = {
-    "gender": ("gender", "man or woman", "a man or a woman", "male or a female", "male or female", "sex"),
+    "gender": (
+        "gender", "man or woman", "a man or a woman", "woman or a man", "male or a female", "male or female", "sex"
+    ),
     "accent": ("accent",),
     "pitch": ("pitch", "high or low", "how high"),
     "speed": ("pace", "speed", "how fast", "speaking rate", "fast"),
@@ -84,6 +100,11 @@ def asked_attributes(instruction: str) -> list[str]:
     """The attributes an instruction asks about (see :data:`ATTRIBUTE_KEYWORDS`), in table order."""
     words = " " + " ".join(re.findall(r"[a-z]+", instruction.lower())) + " "
     return [name for name, keys in ATTRIBUTE_KEYWORDS.items() if any(f" {k} " in words for k in keys)]
+
+
+def asks_content(instruction: str) -> bool:
+    """Whether an instruction asks what was said (see :data:`CONTENT_KEYWORDS`)."""
+    return bool(set(re.findall(r"[a-z]+", instruction.lower())) & set(CONTENT_KEYWORDS))
 
 
 # `label` mode: the "human data" baseline. The answer is assembled from gold label columns: one

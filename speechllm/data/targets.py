@@ -34,6 +34,8 @@ from speechllm.data.instructions import (
     LABEL_CLAUSES,
     LABEL_TRANSCRIPT_TEMPLATE,
     PARAPHRASE_TEMPLATE,
+    asked_attributes,
+    asks_content,
     pick_instructions,
     resolve_pool,
 )
@@ -462,20 +464,29 @@ def target_config(node: DictConfig | dict | None) -> TargetConfig:
 # Answers from labels
 
 
-def label_answer(row: dict) -> str | None:
+def label_answer(row: dict, instruction: str | None = None) -> str | None:
     """The template answer written from a row's gold ``label_*`` columns.
+
+    A question about one attribute ("Is the speaker a man or a woman?") is answered with that
+    attribute's clause, and one about the words spoken with the transcript, as a person would answer
+    it; any other instruction ("Describe the audio") with every clause the row has labels for.
 
     Args:
         row: a described row.
+        instruction: what the answer responds to (None: every clause).
 
     Returns:
-        The answer text, or None when the row has no usable label.
+        The answer text, or None when the row has no usable label for it.
     """
+    asked = asked_attributes(instruction) if instruction else []
+    content_only = bool(instruction) and not asked and asks_content(instruction)
     parts = []
     text = row.get("label_text")
-    if isinstance(text, str) and text.strip():
+    if isinstance(text, str) and text.strip() and not asked:
         parts.append(LABEL_TRANSCRIPT_TEMPLATE.format(v=text.strip()))
     for name, template in LABEL_CLAUSES.items():
+        if content_only or (asked and name not in asked):
+            continue
         value = row.get(f"label_{name}")
         if value is None or (isinstance(value, str) and not value.strip()):
             continue
@@ -558,7 +569,7 @@ class TargetWriter:
         if self.cfg.mode == "self_output":
             return description_messages(row["description"], instruction, self.cfg.system)
         if self.cfg.mode == "paraphrase":
-            answer = label_answer(row)
+            answer = label_answer(row, instruction)
             if answer is None:
                 return None
             content = PARAPHRASE_TEMPLATE.format(instruction=instruction, answer=answer)
@@ -586,9 +597,9 @@ class TargetWriter:
                 "target_generation": record,
             }
             if self.cfg.mode == "label":
-                answer = label_answer(row)
+                answer = label_answer(row, instruction)
                 if answer is None:
-                    rejects.append({**key, "reason": "no label_* columns to build a label answer from"})
+                    rejects.append({**key, "reason": "no label_* column answers the instruction"})
                     continue
                 rows.append({**out, "target": answer, "target_llm": "", "target_prompt": ""})
                 continue
