@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from test_train import smoke_cfg, smoke_dirs  # noqa: F401  (the session fixture)
+from test_train import smoke_cfg, smoke_dirs, step_losses  # noqa: F401  (the session fixture)
 
 from speechllm.data.instructions import INSTRUCTION_POOLS, asked_attributes
 from speechllm.data.targets import Generation, TargetWriter, target_config
@@ -59,6 +59,25 @@ def test_smoke_run_with_alignment_warmup_and_probe_writes_a_learning_curve(smoke
     assert set(curve["chance"]) >= {"gender", "accent"} and (run / "learning_curve.png").is_file()
     for entry in curve["history"]:
         assert all(0.0 <= entry[t] <= 1.0 for t in curve["chance"])
+
+
+def test_alignment_warmup_is_stored_and_reused_exactly(smoke_dirs, tmp_path, caplog):  # noqa: F811
+    settings = ["align.weight=1.0", "align.pretrain_steps=12", "align.pretrain_learning_rate=2.5e-3",
+                f"paths.cache_dir={tmp_path / 'cache'}", "trainer.max_steps=2"]  # fmt: skip
+    first = train(smoke_cfg(smoke_dirs, tmp_path / "a", *settings))
+    assert len(list((tmp_path / "cache" / "align-warmup").glob("*.safetensors"))) == 1
+    with caplog.at_level("INFO", logger="speechllm.train.align"):
+        again = train(smoke_cfg(smoke_dirs, tmp_path / "b", *settings))
+    assert "alignment warm-up: reused" in caplog.text
+    # Loaded, the warm-up gives what taking its steps gave: the same history and the same training losses.
+    assert again["align_warmup"] == first["align_warmup"]
+    assert step_losses(again) == step_losses(first)
+    # Anything the warm-up depends on (here its learning rate) makes a new one.
+    caplog.clear()
+    with caplog.at_level("INFO", logger="speechllm.train.align"):
+        train(smoke_cfg(smoke_dirs, tmp_path / "c", *settings[:-1], "align.pretrain_learning_rate=1e-3"))
+    assert "reused" not in caplog.text
+    assert len(list((tmp_path / "cache" / "align-warmup").glob("*.safetensors"))) == 2
 
 
 def test_alignment_config_errors_name_the_problem(smoke_dirs, tmp_path):  # noqa: F811

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from speechllm import parsing
+from speechllm.digests import key_digest, weights_digest
 from speechllm.eval import retention
 from speechllm.eval.data import (
     EvalData,
@@ -129,14 +129,6 @@ def untrained_model(model_cfg: dict, seed: int):
 # ----- answers that do not depend on the trained weights, computed once -------------------------------
 
 
-def weights_digest(module: torch.nn.Module) -> str:
-    """A short digest of a module's weights (names, shapes and sums): equal weights give equal digests."""
-    h = hashlib.sha256()
-    for name, p in module.state_dict().items():
-        h.update(f"{name}:{tuple(p.shape)}:{float(p.detach().double().sum()):.8e};".encode())
-    return h.hexdigest()[:20]
-
-
 def reused_answers(cache_dir: str | None, kind: str, key: dict, compute) -> tuple[list[str], bool]:
     """Answers stored under a digest of everything they depend on, or computed and stored.
 
@@ -155,8 +147,7 @@ def reused_answers(cache_dir: str | None, kind: str, key: dict, compute) -> tupl
     """
     if not cache_dir:
         return compute(), False
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    path = os.path.join(cache_dir, "eval-answers", f"{kind}-{digest}.json")
+    path = os.path.join(cache_dir, "eval-answers", f"{kind}-{key_digest(key)}.json")
     if os.path.isfile(path):
         with open(path) as f:
             return json.load(f)["answers"], True

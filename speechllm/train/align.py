@@ -23,13 +23,19 @@ measured from the signal; gender and accent come from labels), never from the au
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
+
+from speechllm.audio import file_stamp
+from speechllm.digests import key_digest, weights_digest
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +70,20 @@ class AlignmentText:
         return render(self.renderer, dict(row), self.attributes, self.configs).strip()
 
 
+# Part of every stored warm-up's key: raise it when the warm-up's computation changes.
+WARMUP_VERSION = 1
+
+
 def pretrain_alignment(model, rows: Sequence[dict], texts: Sequence[str], features: Callable[[dict], torch.Tensor],
                        *, steps: int, batch_size: int, learning_rate: float, seed: int,
-                       filler: str = "\n") -> list[dict]:  # fmt: skip
+                       filler: str = "\n", cache_dir: str | None = None,
+                       encoder_key: str | None = None) -> list[dict]:  # fmt: skip
     """Alignment-only warm-up of the adapter (no LLM pass): AdamW, constant learning rate.
+
+    With `cache_dir`, the warmed-up adapter is stored in `<cache_dir>/align-warmup/<digest>.safetensors`,
+    keyed by everything the result depends on: the adapter's initial weights, the LLM's input
+    embeddings, the tokenized texts, the encoder, the clips' audio file stamps and the settings. A later
+    run with the same key loads it (bit for bit what the steps would give) instead of taking them.
 
     Args:
         model: the SpeechLM (only `model.adapter` is updated).
@@ -79,6 +95,9 @@ def pretrain_alignment(model, rows: Sequence[dict], texts: Sequence[str], featur
         learning_rate: AdamW learning rate.
         seed: batch sampling.
         filler: see :class:`AlignmentTargets`.
+        cache_dir: where warm-ups are stored and reused (None: always warm up).
+        encoder_key: what fixes the encoder's features (the feature cache's fingerprint); None: a digest
+            of the encoder's weights.
 
     Returns:
         The loss history, [{"step", "align_loss"}] every 10% of the steps.
@@ -95,6 +114,24 @@ def pretrain_alignment(model, rows: Sequence[dict], texts: Sequence[str], featur
     pairs = list(clips.values())
     if not pairs or steps <= 0:
         return []
+    stored = None
+    if cache_dir:
+        key = {
+            "version": WARMUP_VERSION,
+            "adapter": weights_digest(model.adapter),
+            "embeddings": weights_digest(model.llm.get_input_embeddings()),
+            "encoder": encoder_key or weights_digest(model.encoder),
+            "clips": [
+                [r["clip_id"], file_stamp(r["audio_path"]), model.tokenizer(t)["input_ids"]] for r, t in pairs
+            ],
+            "settings": [steps, batch_size, learning_rate, seed, filler],
+        }
+        stored = Path(cache_dir) / "align-warmup" / key_digest(key)
+        if _load_warmup(model, stored):
+            history = json.loads(stored.with_suffix(".json").read_text())["history"]
+            logger.info("alignment warm-up: reused %s (%d steps on %d clips)", stored.with_suffix(".safetensors"),
+                        steps, len(pairs))  # fmt: skip
+            return history
     targets = AlignmentTargets(model.tokenizer, filler)
     feats = {r["clip_id"]: features(r) for r, _ in pairs}
     embeddings = model.llm.get_input_embeddings().weight
@@ -122,4 +159,30 @@ def pretrain_alignment(model, rows: Sequence[dict], texts: Sequence[str], featur
         model.train(was_training)
     logger.info("alignment warm-up: %d steps on %d clips in %.0f s, loss %.4f -> %.4f", steps, len(pairs),
                 time.perf_counter() - start, history[0]["align_loss"], history[-1]["align_loss"])  # fmt: skip
+    if stored is not None:
+        _store_warmup(model, stored, history)
     return history
+
+
+def _load_warmup(model, stored: Path) -> bool:
+    """Load a stored warm-up into `model.adapter`; False when there is none."""
+    from safetensors.torch import load_file
+
+    weights, meta = stored.with_suffix(".safetensors"), stored.with_suffix(".json")
+    if not (weights.is_file() and meta.is_file()):
+        return False
+    model.adapter.load_state_dict(load_file(str(weights)), strict=True)
+    return True
+
+
+def _store_warmup(model, stored: Path, history: list[dict]) -> None:
+    """Write the adapter (safetensors) and the loss history; atomic, so a killed run leaves no half file."""
+    from safetensors.torch import save_file
+
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f".tmp{os.getpid()}"
+    state = {k: v.detach().contiguous().clone() for k, v in model.adapter.state_dict().items()}
+    save_file(state, str(stored) + tmp + ".safetensors")
+    Path(str(stored) + tmp + ".json").write_text(json.dumps({"history": history}))
+    os.replace(str(stored) + tmp + ".safetensors", stored.with_suffix(".safetensors"))
+    os.replace(str(stored) + tmp + ".json", stored.with_suffix(".json"))

@@ -110,6 +110,9 @@ class AlignConfig:
         renderer: how the text is written (`speechllm.describe.render`: natural | sentences | desta2).
         attributes: the attributes it mentions, in order.
         filler: text whose token fills the audio slots past the description.
+        reuse: store the warm-up's adapter under `<paths.cache_dir>/align-warmup/` keyed by everything it
+            depends on, and load it instead of warming up again (runs that differ only after the warm-up,
+            such as the variants of a study, share one).
     """
 
     weight: float = 0.0
@@ -121,6 +124,7 @@ class AlignConfig:
         default_factory=lambda: ["gender", "accent", "pitch", "speaking_rate", "volume"]
     )
     filler: str = "\n"
+    reuse: bool = True
 
     @property
     def enabled(self) -> bool:

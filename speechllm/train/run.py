@@ -390,7 +390,8 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
         align_history = pretrain_alignment(
             model, speech, [r["align_text"] for r in speech], features, steps=top.align.pretrain_steps,
             batch_size=top.align.pretrain_batch_size, learning_rate=top.align.pretrain_learning_rate,
-            seed=top.seed, filler=top.align.filler,
+            seed=top.seed, filler=top.align.filler, cache_dir=str(cfg.paths.cache_dir) if top.align.reuse else None,
+            encoder_key=feature_cache.dir.name if feature_cache is not None else None,
         )  # fmt: skip
 
     args = training_arguments(tr, run_dir, top.seed, has_replay=mixture.composition["replay"] > 0)
