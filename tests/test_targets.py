@@ -298,7 +298,12 @@ def test_label_and_paraphrase_modes_share_columns(talky, tmp_path):
 
 
 def test_label_answers_say_what_the_instruction_asks():
-    row = {"label_text": "Hello there.", "label_gender": "female", "label_pitch": "low", "label_speed": "fast"}
+    row = {
+        "label_text": "Hello there.",
+        "label_gender": "female",
+        "label_pitch": "low",
+        "label_speed": "fast",
+    }
     assert label_answer(row, "Is the speaker a man or a woman?") == "The speaker is female."
     assert label_answer(row, "How fast does the speaker talk?") == "They speak at a fast pace."
     assert label_answer(row, "What words are spoken in this clip?") == 'Someone says: "Hello there."'
