@@ -86,7 +86,16 @@ CONTENT_KEYWORDS: tuple[str, ...] = ("say", "says", "said", "words", "spoken", "
 # Which attribute an instruction asks about, by the words it uses (whole words or phrases, lowercase).
 # Verified self-output (`target.verify`) requires the answer to state each asked attribute correctly.
 ATTRIBUTE_KEYWORDS: dict[str, tuple[str, ...]] = {
-    "gender": ("gender", "man or woman", "a man or a woman", "woman or a man", "male or female", "sex"),
+    "gender": (
+        "gender",
+        "man or woman",
+        "woman or man",
+        "a man or a woman",
+        "woman or a man",
+        "male or a female",
+        "male or female",
+        "sex",
+    ),
     "accent": ("accent",),
     "pitch": ("pitch", "high or low", "how high"),
     "speed": ("pace", "speed", "how fast", "speaking rate", "fast"),
