@@ -22,8 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -113,6 +111,28 @@ def results_table(report: dict) -> str:
     return "\n".join(rows)
 
 
+def prepare_command_for(data_dir: str, overrides: list[str]) -> list[str]:
+    """The `data_prep/prepare.py` command that makes the data `train.py experiment=default` reads, with
+    the preset's target settings (instruction pool, verification, generation) and the user's overrides:
+    the one training would print if the data were missing."""
+    from hydra import compose, initialize_config_dir
+
+    from speechllm.train.config import CONF_DIR, prepare_command, validate_schema
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=["experiment=default", f"paths.data_dir={data_dir}", *overrides],
+            return_hydra_config=True,
+        )
+    _, _, mixture = validate_schema(cfg)
+    command = prepare_command(cfg, mixture)
+    # Outside a Hydra app the user's overrides of the shared groups are not seen by prepare_command.
+    return command + [
+        o for o in overrides if o.split(".")[0] in ("data", "target", "replay") and o not in command
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -129,13 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     python = sys.executable
     times: dict[str, float] = {}
 
-    # Targets are built as the default experiment that training runs says (its pool, count, verification).
-    target = OmegaConf.load(REPO / "conf" / "experiment" / "default.yaml").target
-    prepare = [python, "data_prep/prepare.py", f"paths.data_dir={data_dir}"] + [
-        f"target.{key}={OmegaConf.select(target, key)}"
-        for key in ("instructions", "instructions_per_clip", "verify.enabled")
-        if OmegaConf.select(target, key) is not None
-    ]
+    prepare = [python, *prepare_command_for(data_dir, args.overrides)[1:]]
     times["prepare"] = _run("prepare", prepare, out / "logs")
 
     train_dir = out / "train"

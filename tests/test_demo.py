@@ -33,3 +33,13 @@ def test_steps_are_redone_when_code_or_configs_change(tmp_path, monkeypatch):
     # Newer inputs than the output, or another command, also mean redo.
     assert not demo._is_fresh(out / "config.json", os.path.getmtime(out / "config.json") + 1, record)
     assert not demo._is_fresh(out / "config.json", 0.0, {**record, "command": ["train.py", "seed=1"]})
+
+
+def test_demo_prepares_the_targets_the_default_experiment_trains_on():
+    from omegaconf import OmegaConf
+
+    preset = OmegaConf.load(demo.REPO / "conf" / "experiment" / "default.yaml")
+    command = demo.prepare_command_for("/tmp/d", ["target.generation.seed=3", "trainer.num_train_epochs=1"])
+    assert command[1] == "data_prep/prepare.py" and "paths.data_dir=/tmp/d" in command
+    assert f"target.instructions={preset.target.instructions}" in command
+    assert "target.generation.seed=3" in command and not any(c.startswith("trainer.") for c in command)
