@@ -1,7 +1,7 @@
 """Target generation throughput: batched (left-padded, length-sorted) vs one prompt at a time.
 
 Both runs generate greedy answers for the same description prompts with the same model, the way the
-targets stage does (`speechllm.data.targets.generate_texts`); throughput counts only the answer
+targets stage does (`speechllm.textllm.generate_texts`); throughput counts only the answer
 tokens actually produced (up to each answer's end-of-turn), so padding and finished rows in a batch
 are not counted as work done.
 
@@ -22,8 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from speechllm.data.instructions import INSTRUCTION_POOLS  # noqa: E402
-from speechllm.data.targets import GenerationConfig, chat_prompt, description_messages, generate_texts  # noqa: E402
 from speechllm.sources import load_llm  # noqa: E402
+from speechllm.textllm import GenerationConfig, chat_prompt, description_messages, generate_texts  # noqa: E402
 
 WHO = ["A British woman", "An American man", "A Scottish man", "A Caribbean woman"]
 HOW = ["quickly and quietly", "slowly and loudly", "at a normal pace and volume", "quickly and loudly"]

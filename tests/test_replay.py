@@ -23,7 +23,7 @@ from speechllm.data.replay import (
     user_turn_prefix,
 )
 from speechllm.data.stage import read_rejects
-from speechllm.data.targets import Generation
+from speechllm.textllm import Generation
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "replay"
 

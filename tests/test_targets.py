@@ -16,18 +16,20 @@ from speechllm.data.instructions import (
 )
 from speechllm.data.stage import load_stage, read_rejects
 from speechllm.data.targets import (
-    DEFAULT_SYSTEM,
-    GenerationConfig,
     TargetWriter,
     build_targets,
+    label_answer,
+    run_targets,
+    target_config,
+    trim_to_sentence,
+)
+from speechllm.textllm import (
+    DEFAULT_SYSTEM,
+    GenerationConfig,
     chat_prompt,
     description_messages,
     generate_texts,
-    label_answer,
-    run_targets,
     stop_token_ids,
-    target_config,
-    trim_to_sentence,
 )
 
 
@@ -192,7 +194,7 @@ def test_batched_generation_matches_one_at_a_time(talky):
 def test_greedy_ids_are_the_argmax_of_their_own_scores(talky):
     # The drift check scores the base model's greedy answer under both models; generation and scoring
     # must agree on which positions hold the answer.
-    from speechllm.eval.generation import answer_logprobs, generate_chat, generate_chat_ids
+    from speechllm.textllm import answer_logprobs, generate_chat, generate_chat_ids
 
     _, model, tok = talky
     convs = [description_messages(r["description"], "Describe it.") for r in described_rows(4)]

@@ -7,8 +7,9 @@ import pytest
 import torch
 from test_targets import CFG, described_rows, load, make_talky_llm
 
-from speechllm.data.targets import build_targets, chat_prompt, description_messages, target_config
-from speechllm.data.token_filter import add_keep_masks, keep_mask, masked_fraction, target_token_probs
+from speechllm.data.targets import build_targets, target_config
+from speechllm.data.token_filter import add_keep_masks, keep_mask, masked_fraction
+from speechllm.textllm import chat_prompt, description_messages, target_token_probs
 
 
 @pytest.fixture(scope="module")

@@ -39,11 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from speechllm.config import ConfigError
-from speechllm.data.targets import Generation, GenerationConfig, chat_prompt, generate_texts, trim_to_sentence
+from speechllm.data.targets import trim_to_sentence
+from speechllm.textllm import Generation, GenerationConfig, LazyLLM, chat_prompt, generate_texts
 
 logger = logging.getLogger(__name__)
 
@@ -347,22 +347,6 @@ def _normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-class _LLM:
-    """Loads the replay LLM lazily, once (a skipped stage loads nothing)."""
-
-    def __init__(self, cfg: ReplayConfig, model=None, tokenizer=None):
-        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
-
-    def get(self):
-        if self.model is None:
-            from speechllm.sources import load_llm
-
-            dtype = getattr(torch, self.cfg.dtype) if self.cfg.dtype else None
-            self.model, self.tokenizer = load_llm(self.cfg.llm, dtype=dtype)
-            self.model.eval()
-        return self.model, self.tokenizer
-
-
 def _row(source, rid, user, answer, llm, prompt, generation, kind) -> dict:
     return {
         "replay_id": rid,
@@ -405,7 +389,7 @@ def instruction_reject_reason(g: Generation, seen: set[str]) -> str | None:
 class MagpieWriter:
     """``process`` of the Magpie stage: a chunk of attempt ids -> chats and counted rejects."""
 
-    def __init__(self, cfg: ReplayConfig, llm: _LLM, seed: int):
+    def __init__(self, cfg: ReplayConfig, llm: LazyLLM, seed: int):
         self.cfg, self.llm, self.seed = cfg, llm, seed
         m = cfg.magpie
         self.record = json.dumps(
@@ -483,7 +467,7 @@ def build_magpie(
     shard=(0, 1),
     model=None,
     tokenizer=None,
-    loader: _LLM | None = None,
+    loader: LazyLLM | None = None,
 ):
     """Build the Magpie set (resumable, shardable): attempts in ``out_dir/../_raw/<name>``, final in ``out_dir``.
 
@@ -510,7 +494,7 @@ def build_magpie(
     fp["magpie"].pop("size")
     fp["magpie"].pop("oversample")
     inputs = [{"replay_id": f"magpie-{i:06d}"} for i in range(attempts)]
-    llm = loader or _LLM(cfg, model, tokenizer)
+    llm = loader or LazyLLM(cfg.llm, cfg.dtype, model, tokenizer)
     raw = run_stage(
         raw_dir, fp, inputs, MagpieWriter(cfg, llm, seed), key="replay_id",
         chunk_size=cfg.magpie.chunk_size, shard=shard, desc="replay/magpie",
@@ -564,7 +548,7 @@ def judge_safety(kind: str, answer: str) -> str | None:
 class SafetyWriter:
     """``process`` of the safety stage."""
 
-    def __init__(self, cfg: ReplayConfig, llm: _LLM):
+    def __init__(self, cfg: ReplayConfig, llm: LazyLLM):
         self.cfg, self.llm = cfg, llm
         s = cfg.safety
         self.system = DEFAULT_SAFETY_SYSTEM if s.system is None else s.system
@@ -609,7 +593,7 @@ class SafetyWriter:
 
 
 def build_safety(
-    out_dir, cfg: ReplayConfig, *, shard=(0, 1), model=None, tokenizer=None, loader: _LLM | None = None
+    out_dir, cfg: ReplayConfig, *, shard=(0, 1), model=None, tokenizer=None, loader: LazyLLM | None = None
 ):
     """Build the safety set: refusals to harmful requests and helpful answers to look-alikes.
 
@@ -635,7 +619,7 @@ def build_safety(
     fp["safety"]["answer"].pop("batch_size")
     fp["requests"] = [x["request"] for x in inputs]
     ds = run_stage(
-        out_dir, fp, inputs, SafetyWriter(cfg, loader or _LLM(cfg, model, tokenizer)), key="replay_id",
+        out_dir, fp, inputs, SafetyWriter(cfg, loader or LazyLLM(cfg.llm, cfg.dtype, model, tokenizer)), key="replay_id",
         chunk_size=16, shard=shard, desc="replay/safety",
     )  # fmt: skip
     if ds is not None:
@@ -806,7 +790,7 @@ def run_replay(cfg: DictConfig, state: dict | None = None) -> dict[str, Any]:
     rcfg = replay_config(cfg.replay)
     data_dir = Path(cfg.paths.data_dir)
     seed, shard = int(cfg.get("seed", 0)), str(cfg.get("shard", "0/1"))
-    llm = _LLM(rcfg)  # shared, so magpie and safety load the model once
+    llm = LazyLLM(rcfg.llm, rcfg.dtype)  # shared, so magpie and safety load the model once
     out: dict[str, Any] = {}
     for name in rcfg.build:
         if name == "magpie":

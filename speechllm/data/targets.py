@@ -1,9 +1,8 @@
 """Training targets written by the frozen text LLM (DeSTA2 self-output) and the comparison modes.
 
 The frozen text LLM reads a clip's text description plus an instruction and answers; the answer
-becomes the speech model's training target. :func:`description_messages` is the single place that
-defines what the text LLM reads, shared by target generation, token filtering, the evaluation
-ceiling and distillation.
+becomes the speech model's training target. What it reads (`speechllm.textllm.description_messages`)
+and how it generates are the text-LLM module's; this stage chooses instructions, checks and records.
 
 Modes (``target.mode``), all writing the same columns to ``{data_dir}/{data.name}/targets/{mode}/``:
     ``self_output``: the LLM's own answer to (description, instruction) - the DeSTA2 target.
@@ -18,7 +17,6 @@ the settings), and with token filtering ``target_token_ids`` and ``keep_mask``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import re
@@ -26,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from speechllm.config import ConfigError
@@ -40,308 +37,21 @@ from speechllm.data.instructions import (
     resolve_pool,
 )
 from speechllm.data.verify import VERDICTS, VerifyConfig, correctness, label_classes, verify_answer
+from speechllm.textllm import (
+    DEFAULT_SYSTEM,
+    Generation,
+    GenerationConfig,
+    LazyLLM,
+    chat_prompt,
+    description_messages,
+    generate_texts,
+    generate_vllm,
+    load_vllm,
+)
 
 logger = logging.getLogger(__name__)
 
-# The LLM never hears the audio: it reads a description. The system turn gives it a listener's
-# role, so targets read like perception ("A woman says ...") rather than commentary on a text ("The
-# description says ..."), which the speech model could not ground in audio; and asks for short
-# answers, which keeps a small LLM from drifting into invented detail. Chosen by reading SmolLM2-135M
-# answers to several phrasings (longer role descriptions made it talk about "the description").
-DEFAULT_SYSTEM = "You are a helpful assistant who can hear audio. Keep answers short."
-
-
 MODES = ("self_output", "label", "paraphrase")
-
-
-def description_messages(description: str, instruction: str, system: str | None = None) -> list[dict]:
-    """The chat the frozen text LLM reads for one clip.
-
-    Args:
-        description: the clip's description text (from the describe stage).
-        instruction: the request about the audio.
-        system: system prompt; None uses :data:`DEFAULT_SYSTEM`, "" sends no system turn (the
-            chat template may then insert its own default).
-
-    Returns:
-        A list of ``{"role", "content"}`` messages, ready for ``tokenizer.apply_chat_template``.
-
-    Raises:
-        ValueError: empty description or instruction.
-    """
-    if not isinstance(description, str) or not description.strip():
-        raise ValueError("description_messages: the description is empty")
-    if not isinstance(instruction, str) or not instruction.strip():
-        raise ValueError("description_messages: the instruction is empty")
-    system = DEFAULT_SYSTEM if system is None else system
-    messages = [{"role": "system", "content": system}] if system else []
-    messages.append(
-        {
-            "role": "user",
-            "content": f"You hear this audio clip: {description.strip()}\n\n{instruction.strip()}",
-        }
-    )
-    return messages
-
-
-def chat_prompt(tokenizer, messages: list[dict]) -> str:
-    """Render messages through the tokenizer's chat template, ready for the assistant's answer.
-
-    Args:
-        tokenizer: a tokenizer with a chat template.
-        messages: ``{"role", "content"}`` dicts.
-
-    Returns:
-        The prompt text, ending with the assistant-turn header. Tokenize it with
-        ``add_special_tokens=False``: the template already holds any BOS it wants.
-    """
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Batched generation (shared by targets, replay and the benchmark)
-
-
-@dataclass
-class Generation:
-    """One generated continuation.
-
-    Attributes:
-        text: decoded new text, special tokens removed, stripped.
-        num_tokens: new tokens up to (not including) the stop token.
-        truncated: True when no stop token came within ``max_new_tokens``.
-        token_ids: the new token ids up to and including the stop token (the exact continuation,
-            for scoring it under another model).
-    """
-
-    text: str
-    num_tokens: int
-    truncated: bool
-    token_ids: list[int] = field(default_factory=list)
-
-
-@dataclass
-class GenerationConfig:
-    """Decoding settings; recorded verbatim in each row's ``target_generation``.
-
-    Attributes:
-        max_new_tokens: cap on new tokens per answer.
-        do_sample: False is greedy decoding.
-        temperature, top_p, top_k: sampling settings (top_k 0 disables it; used only when sampling).
-        repetition_penalty: 1.0 is off.
-        seed: seeds sampling per batch (from the batch's prompts), so reruns and shards agree.
-        batch_size: prompts per forward pass (does not change what is generated, up to float noise).
-    """
-
-    max_new_tokens: int = 48
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    seed: int = 0
-    batch_size: int = 16
-
-    def check(self, where: str) -> None:
-        """Raise ValueError naming `where` (e.g. "target.generation") for a value out of range."""
-        problems = [
-            f"{name}={value} must be >= 1"
-            for name, value in (("max_new_tokens", self.max_new_tokens), ("batch_size", self.batch_size))
-            if value < 1
-        ]
-        if self.temperature <= 0:
-            problems.append(f"temperature={self.temperature} must be > 0 (do_sample=false is greedy)")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"top_p={self.top_p} must be in (0, 1]")
-        if self.top_k < 0:
-            problems.append(f"top_k={self.top_k} must be >= 0 (0 disables it)")
-        if self.repetition_penalty <= 0:
-            problems.append(f"repetition_penalty={self.repetition_penalty} must be > 0")
-        if problems:
-            raise ValueError(f"{where}: " + "; ".join(problems))
-
-    def settings(self) -> dict:
-        """The settings that determine the output (batch size excluded)."""
-        out = dataclasses.asdict(self)
-        out.pop("batch_size")
-        if not self.do_sample:
-            for key in ("temperature", "top_p", "top_k", "seed"):
-                out.pop(key)
-        return out
-
-
-def stop_token_ids(tokenizer) -> list[int]:
-    """Token ids that end an assistant (or user) turn: EOS plus the template's end-of-turn token.
-
-    Chat templates close a turn with their own token (``<|im_end|>``, ``<|eot_id|>``), which is not
-    always the tokenizer's EOS; it is found by rendering a turn and reading the special token that
-    follows the content.
-
-    Args:
-        tokenizer: a tokenizer with a chat template.
-
-    Returns:
-        Sorted distinct token ids.
-    """
-    ids = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    sentinel = "\u2063SENTINEL\u2063"
-    text = tokenizer.apply_chat_template([{"role": "user", "content": sentinel}], tokenize=False)
-    after = text.split(sentinel, 1)[1] if sentinel in text else ""
-    if after:
-        first = tokenizer(after, add_special_tokens=False).input_ids[:1]
-        if first and first[0] in set(tokenizer.all_special_ids):
-            ids.add(int(first[0]))
-    return sorted(ids)
-
-
-def _batch_seed(seed: int, salt: str, start: int, prompts: list[list[int]]) -> int:
-    # Derived from the batch itself (and the caller's salt), not from global RNG state, so the same
-    # batch samples the same text in any run or shard; the salt and position tell identical prompts
-    # (Magpie's) apart.
-    h = hashlib.sha256(f"{seed}|{salt}|{start}".encode())
-    for ids in prompts:
-        h.update(b"\x00" + ",".join(map(str, ids)).encode())
-    return int.from_bytes(h.digest()[:4], "big")
-
-
-def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, ids in enumerate(batch):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        attention[row, width - len(ids) :] = 1
-    return input_ids, attention
-
-
-@torch.inference_mode()
-def generate_texts(
-    model, tokenizer, prompts: list[str], gen: GenerationConfig, salt: str = ""
-) -> list[Generation]:
-    """Generate a continuation for each prompt, in left-padded, length-sorted batches.
-
-    Prompts are sorted by token length so each batch pads little; results come back in input order.
-
-    Args:
-        model: a causal LM (eval mode).
-        tokenizer: its tokenizer; must have a pad token or an EOS to pad with.
-        prompts: fully rendered prompt texts (tokenized with ``add_special_tokens=False``).
-        gen: decoding settings.
-        salt: mixed into the sampling seed; give different calls with identical prompts different
-            salts (e.g. the chunk's first key) so they do not sample identical text.
-
-    Returns:
-        One :class:`Generation` per prompt, in input order.
-
-    Shapes:
-        each batch: input_ids/attention_mask (B, L_max), output (B, L_max + new).
-    """
-    if not prompts:
-        return []
-    encoded = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-    if any(len(ids) == 0 for ids in encoded):
-        raise ValueError("generate_texts: a prompt tokenizes to nothing")
-    stops = stop_token_ids(tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    kwargs: dict[str, Any] = dict(
-        max_new_tokens=gen.max_new_tokens,
-        do_sample=gen.do_sample,
-        eos_token_id=stops,
-        pad_token_id=pad_id,
-        repetition_penalty=gen.repetition_penalty,
-    )
-    if gen.do_sample:
-        kwargs.update(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k)
-    else:
-        # Neutralise sampling defaults a checkpoint's generation_config may carry (they warn otherwise).
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-
-    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
-    results: list[Generation | None] = [None] * len(prompts)
-    device = next(model.parameters()).device
-    stop_set = set(stops)
-    for start in range(0, len(order), gen.batch_size):
-        idx = order[start : start + gen.batch_size]
-        batch = [encoded[i] for i in idx]
-        input_ids, attention = _left_pad(batch, pad_id)
-        if gen.do_sample:
-            torch.manual_seed(_batch_seed(gen.seed, salt, start, batch))
-        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
-        new = out[:, input_ids.shape[1] :].tolist()
-        for i, tokens in zip(idx, new, strict=True):
-            end = next((k for k, t in enumerate(tokens) if t in stop_set), None)
-            kept = tokens if end is None else tokens[:end]
-            text = tokenizer.decode(kept, skip_special_tokens=True).strip()
-            with_stop = tokens if end is None else tokens[: end + 1]
-            results[i] = Generation(
-                text=text, num_tokens=len(kept), truncated=end is None, token_ids=with_stop
-            )
-    return results  # type: ignore[return-value]
-
-
-def load_vllm(source: str, seed: int = 0, dtype: str | None = None):
-    """Start a vLLM engine for a model source (GPU machines).
-
-    Args:
-        source: model source (resolved with ``speechllm.sources.resolve_source``).
-        seed: engine seed.
-        dtype: vLLM dtype string, or None for "auto".
-
-    Returns:
-        A ``vllm.LLM``.
-
-    Raises:
-        RuntimeError: vllm is not installed.
-    """
-    try:
-        from vllm import LLM
-    except ImportError as err:
-        raise RuntimeError(
-            "target.backend=vllm needs the `vllm` package (GPU machines only): `pip install vllm`, "
-            "or use target.backend=hf"
-        ) from err
-    from speechllm.sources import resolve_source
-
-    return LLM(model=resolve_source(source), seed=seed, dtype=dtype or "auto")
-
-
-def generate_vllm(llm, prompts: list[str], gen: GenerationConfig) -> list[Generation]:
-    """Generate with a vLLM engine; same inputs and outputs as :func:`generate_texts`.
-
-    Prompts go in as token ids (``add_special_tokens=False``), so vLLM sees exactly the rendered
-    chat text and adds no second BOS. vLLM schedules its own batches (``gen.batch_size`` unused) and
-    seeds sampling per request, so sampled text differs from the ``hf`` backend's.
-
-    Args:
-        llm: a ``vllm.LLM`` (see :func:`load_vllm`).
-        prompts: rendered prompt texts.
-        gen: decoding settings.
-
-    Returns:
-        One :class:`Generation` per prompt, in input order.
-    """
-    from vllm import SamplingParams
-
-    tokenizer = llm.get_tokenizer()
-    stops = stop_token_ids(tokenizer)
-    params = SamplingParams(
-        max_tokens=gen.max_new_tokens,
-        temperature=gen.temperature if gen.do_sample else 0.0,
-        top_p=gen.top_p if gen.do_sample else 1.0,
-        top_k=(gen.top_k or -1) if gen.do_sample else -1,
-        repetition_penalty=gen.repetition_penalty,
-        seed=gen.seed if gen.do_sample else None,
-        stop_token_ids=stops,
-    )
-    inputs = [{"prompt_token_ids": tokenizer(p, add_special_tokens=False).input_ids} for p in prompts]
-    results = []
-    for o in llm.generate(inputs, params):
-        out = o.outputs[0]
-        n = len([t for t in out.token_ids if t not in stops])
-        results.append(Generation(out.text.strip(), n, out.finish_reason == "length", list(out.token_ids)))
-    return results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,21 +240,13 @@ class TargetWriter:
                  classes: dict[str, tuple[str, ...]] | None = None):  # fmt: skip
         self.cfg = cfg
         self.seed = seed
-        self.model = model
-        self.tokenizer = tokenizer
+        self.llm = LazyLLM(cfg.llm, cfg.dtype, model, tokenizer)
         self.vllm = None
         # Label classes of the whole dataset (a chunk may not hold every class); used by verification.
         self.classes = classes or {}
 
     def _llm(self):
-        if self.model is None:
-            from speechllm.sources import load_llm
-
-            dtype = getattr(torch, self.cfg.dtype) if self.cfg.dtype else None
-            self.model, self.tokenizer = load_llm(self.cfg.llm, dtype=dtype)
-            self.model.eval()
-            logger.info("targets: loaded %s for %s", self.cfg.llm, self.cfg.mode)
-        return self.model, self.tokenizer
+        return self.llm.get()
 
     def generation_record(self) -> str:
         """The JSON string stored in ``target_generation``."""

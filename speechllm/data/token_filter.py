@@ -13,67 +13,7 @@ training labels token for token.
 
 from __future__ import annotations
 
-import torch
-
-from speechllm.data.targets import chat_prompt, description_messages
-
-
-@torch.inference_mode()
-def target_token_probs(
-    model, tokenizer, prompts: list[str], targets: list[str], batch_size: int = 16
-) -> list[tuple[list[int], list[float]]]:
-    """Probability of every target token given its prompt, under a causal LM.
-
-    Args:
-        model: a causal LM (eval mode).
-        tokenizer: its tokenizer.
-        prompts: rendered prompt texts (each ends with the assistant-turn header).
-        targets: the assistant answers to score, one per prompt.
-        batch_size: sequences per forward pass.
-
-    Returns:
-        Per pair: (target token ids, probability of each of those tokens), aligned.
-
-    Shapes:
-        each batch: input_ids (B, L_max) right-padded; logits (B, L_max, V); for a row with prompt
-        length P and target length T, the target's probabilities come from logits[P-1 : P-1+T].
-    """
-    if len(prompts) != len(targets):
-        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
-    pairs = []
-    for prompt, target in zip(prompts, targets, strict=True):
-        p_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-        t_ids = tokenizer(target, add_special_tokens=False).input_ids
-        if not p_ids:
-            raise ValueError("target_token_probs: a prompt tokenizes to nothing")
-        pairs.append((p_ids, t_ids))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
-    out: list[tuple[list[int], list[float]] | None] = [None] * len(pairs)
-    # Length-sorted batches pad (and waste) little.
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        seqs = [pairs[i][0] + pairs[i][1] for i in idx]
-        width = max(len(s) for s in seqs)
-        # Right padding keeps every real token at its natural position; padding comes after and
-        # cannot affect earlier positions under the causal mask.
-        input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            input_ids[r, : len(s)] = torch.tensor(s)
-            attention[r, : len(s)] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        for r, i in enumerate(idx):
-            p_len, t_ids = len(pairs[i][0]), pairs[i][1]
-            if not t_ids:
-                out[i] = ([], [])
-                continue
-            rows = logprobs[r, p_len - 1 : p_len - 1 + len(t_ids)]
-            picked = rows.gather(1, torch.tensor(t_ids, device=rows.device)[:, None])[:, 0]
-            out[i] = (list(t_ids), picked.exp().tolist())
-    return out  # type: ignore[return-value]
+from speechllm.textllm import chat_prompt, description_messages, target_token_probs
 
 
 def keep_mask(probs: list[float], threshold: float = 0.4) -> list[int]:
@@ -102,7 +42,7 @@ def add_keep_masks(
 ) -> list[dict]:
     """Add ``target_token_ids`` and ``keep_mask`` to target rows, in place.
 
-    The context is :func:`speechllm.data.targets.description_messages` of the row's description and
+    The context is :func:`speechllm.textllm.description_messages` of the row's description and
     instruction, whatever the mode that wrote the target: the question is how natural the target is
     for the base LLM reading that clip's description.
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from speechllm.eval.generation import answer_logprobs, generate_chat, generate_chat_ids
+from speechllm.textllm import answer_logprobs, generate_chat, generate_chat_ids
 
 
 @dataclass(frozen=True)

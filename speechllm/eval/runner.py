@@ -35,7 +35,6 @@ from speechllm.eval.data import (
     load_described,
     load_instruction_set,
 )
-from speechllm.eval.generation import generate_chat
 from speechllm.eval.report import write_report
 from speechllm.eval.tasks import (
     Item,
@@ -46,6 +45,7 @@ from speechllm.eval.tasks import (
     select_tasks,
 )
 from speechllm.model.speechlm import CheckpointError
+from speechllm.textllm import generate_chat
 
 __all__ = ["CheckpointError", "evaluate"]
 
@@ -221,7 +221,7 @@ def description_chats(
 ) -> list[list[dict]]:
     """The chats the text LLM reads: each item's question about its clip's gold description (see
     `text_answers` for `system`)."""
-    from speechllm.data.targets import description_messages
+    from speechllm.textllm import description_messages
 
     return [description_messages(rows[it.row]["description"], it.question, system) for it in items]
 

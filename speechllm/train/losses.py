@@ -1,7 +1,7 @@
 """Training losses: cross-entropy on target tokens (DeSTA2) and distillation from the text LLM (`kd`).
 
 `kd` (ultravox-style): the teacher is the frozen text LLM reading the clip's *description* (the chat of
-`speechllm.data.targets.description_messages`) followed by the same target; the student is the speech
+`speechllm.textllm.description_messages`) followed by the same target; the student is the speech
 model reading the audio. On every target token the student's next-token distribution is pulled
 towards the teacher's with KL(teacher || student). Both sides tokenize the target the same way
 (`tokenizer(target, add_special_tokens=False)` plus the end-of-turn token), so their labelled positions

@@ -77,7 +77,7 @@ class TrainCollator:
             texts = [r.get("align_text") for r, a in zip(rows, with_audio.tolist(), strict=True) if a]
             batch["align_ids"] = self.align(texts, batch["audio_mask"][with_audio].sum(1).tolist())
         if self.teacher:
-            from speechllm.data.targets import description_messages
+            from speechllm.textllm import description_messages
 
             index = [i for i, r in enumerate(rows) if r.get("kind") == "speech"]
             if index:

@@ -6,19 +6,24 @@ clip, every renderer's description is given to the LLM (in the same chat the tar
 one question per attribute; answers are parsed with `speechllm.parsing.parse_label` and compared
 with the attribute value the description states.
 
-    python -m speechllm.describe.measure --corpus data/demo/corpus --clips 40
+    python bench/renderers.py --corpus data/demo/corpus --clips 40
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 from collections import Counter
 
-import torch
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from speechllm.audio import load_audio
-from speechllm.describe import Clip, describe_clips, load_configs, render
+from speechllm.audio import load_audio  # noqa: E402
+from speechllm.corpus import read_audiofolder  # noqa: E402
+from speechllm.describe import Clip, describe_clips, load_configs, render  # noqa: E402
+from speechllm.parsing import parse_label  # noqa: E402
+from speechllm.sources import load_llm  # noqa: E402
+from speechllm.textllm import description_messages, generate_chat  # noqa: E402
 
 # attribute -> (parse_label task, question). The options are named in the question so that every
 # renderer is asked the same answerable question.
@@ -30,39 +35,6 @@ QUESTIONS: dict[str, tuple[str, str]] = {
     "volume": ("volume", "Is the speaker quiet, at a normal volume, or loud?"),
 }
 ATTRIBUTES = ["transcript", "gender", "accent", "pitch", "speaking_rate", "volume", "duration"]
-
-
-def answer(
-    model, tokenizer, chats: list[list[dict]], max_new_tokens: int = 32, batch_size: int = 16
-) -> list[str]:
-    """Greedy answers of a chat LLM, batched with left padding.
-
-    Args:
-        model: a causal LM.
-        tokenizer: its tokenizer (with a chat template and a pad token).
-        chats: message lists.
-        max_new_tokens: answer length limit.
-        batch_size: chats per `generate` call.
-
-    Returns:
-        One stripped answer per chat.
-    """
-    tokenizer.padding_side = "left"
-    prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
-    out: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        enc = tokenizer(
-            prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
-        )
-        with torch.inference_mode():
-            ids = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-            )
-        out.extend(
-            t.strip()
-            for t in tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        )
-    return out
 
 
 def measure_renderers(
@@ -83,10 +55,6 @@ def measure_renderers(
         renderer -> {attribute: accuracy, "mean": mean over attributes}, plus "chance" -> majority-class
         rate per attribute.
     """
-    from speechllm.data.targets import description_messages
-    from speechllm.parsing import parse_label
-    from speechllm.sources import load_llm
-
     configs, order = load_configs(ATTRIBUTES, overrides={"transcript": {"methods": ["label", "asr"]}})
     describe_clips(clips, ATTRIBUTES, configs, order, renderers[0])
     model, tokenizer = load_llm(llm_source)
@@ -98,9 +66,8 @@ def measure_renderers(
         for attr, (task, question) in QUESTIONS.items():
             golds = [c.values[attr] for c in clips]
             classes = sorted(set(golds) | set(configs[attr].get("words", [])))
-            replies = answer(
-                model, tokenizer, [description_messages(t, question) for t in texts], max_new_tokens
-            )
+            chats = [description_messages(t, question) for t in texts]
+            replies = generate_chat(model, tokenizer, chats, max_new_tokens=max_new_tokens)
             scores[attr] = sum(
                 parse_label(r, task, classes) == g for r, g in zip(replies, golds, strict=True)
             ) / len(clips)
@@ -122,8 +89,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--llm", default="packaged:smollm2-135m-instruct")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-
-    from speechllm.corpus import read_audiofolder
 
     rows = read_audiofolder(args.corpus)
     rows = random.Random(args.seed).sample(rows, min(args.clips, len(rows)))

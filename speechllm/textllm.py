@@ -1,0 +1,510 @@
+"""The text LLM: what it reads, batched generation, answer scoring and lazy loading.
+
+Every stage that runs the frozen text LLM goes through this module: target generation
+(`speechllm.data.targets`), text replay (`speechllm.data.replay`), token filtering
+(`speechllm.data.token_filter`), the evaluation's ceiling and retention checks (`speechllm.eval`), the
+distillation teacher (`speechllm.train.trainer`) and the benchmarks. :func:`description_messages` is
+the single place that defines what the LLM reads for a clip.
+
+Generation is left-padded and length-sorted (:func:`generate_texts`, or vLLM on GPU machines);
+scoring is right-padded (:func:`answer_logprobs`, :func:`target_token_probs`), so each real token keeps
+its natural position and a model sees identical inputs whatever it is batched with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# The LLM never hears the audio: it reads a description. The system turn gives it a listener's
+# role, so targets read like perception ("A woman says ...") rather than commentary on a text ("The
+# description says ..."), which the speech model could not ground in audio; and asks for short
+# answers, which keeps a small LLM from drifting into invented detail. Chosen by reading SmolLM2-135M
+# answers to several phrasings (longer role descriptions made it talk about "the description").
+DEFAULT_SYSTEM = "You are a helpful assistant who can hear audio. Keep answers short."
+
+
+def description_messages(description: str, instruction: str, system: str | None = None) -> list[dict]:
+    """The chat the frozen text LLM reads for one clip.
+
+    Args:
+        description: the clip's description text (from the describe stage).
+        instruction: the request about the audio.
+        system: system prompt; None uses :data:`DEFAULT_SYSTEM`, "" sends no system turn (the
+            chat template may then insert its own default).
+
+    Returns:
+        A list of ``{"role", "content"}`` messages, ready for ``tokenizer.apply_chat_template``.
+
+    Raises:
+        ValueError: empty description or instruction.
+    """
+    if not isinstance(description, str) or not description.strip():
+        raise ValueError("description_messages: the description is empty")
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise ValueError("description_messages: the instruction is empty")
+    system = DEFAULT_SYSTEM if system is None else system
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append(
+        {
+            "role": "user",
+            "content": f"You hear this audio clip: {description.strip()}\n\n{instruction.strip()}",
+        }
+    )
+    return messages
+
+
+def chat_prompt(tokenizer, messages: list[dict]) -> str:
+    """Render messages through the tokenizer's chat template, ready for the assistant's answer.
+
+    Args:
+        tokenizer: a tokenizer with a chat template.
+        messages: ``{"role", "content"}`` dicts.
+
+    Returns:
+        The prompt text, ending with the assistant-turn header. Tokenize it with
+        ``add_special_tokens=False``: the template already holds any BOS it wants.
+    """
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched generation (shared by targets, replay and the benchmark)
+
+
+@dataclass
+class Generation:
+    """One generated continuation.
+
+    Attributes:
+        text: decoded new text, special tokens removed, stripped.
+        num_tokens: new tokens up to (not including) the stop token.
+        truncated: True when no stop token came within ``max_new_tokens``.
+        token_ids: the new token ids up to and including the stop token (the exact continuation,
+            for scoring it under another model).
+    """
+
+    text: str
+    num_tokens: int
+    truncated: bool
+    token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings; recorded verbatim in each row's ``target_generation``.
+
+    Attributes:
+        max_new_tokens: cap on new tokens per answer.
+        do_sample: False is greedy decoding.
+        temperature, top_p, top_k: sampling settings (top_k 0 disables it; used only when sampling).
+        repetition_penalty: 1.0 is off.
+        seed: seeds sampling per batch (from the batch's prompts), so reruns and shards agree.
+        batch_size: prompts per forward pass (does not change what is generated, up to float noise).
+    """
+
+    max_new_tokens: int = 48
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+
+    def check(self, where: str) -> None:
+        """Raise ValueError naming `where` (e.g. "target.generation") for a value out of range."""
+        problems = [
+            f"{name}={value} must be >= 1"
+            for name, value in (("max_new_tokens", self.max_new_tokens), ("batch_size", self.batch_size))
+            if value < 1
+        ]
+        if self.temperature <= 0:
+            problems.append(f"temperature={self.temperature} must be > 0 (do_sample=false is greedy)")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p={self.top_p} must be in (0, 1]")
+        if self.top_k < 0:
+            problems.append(f"top_k={self.top_k} must be >= 0 (0 disables it)")
+        if self.repetition_penalty <= 0:
+            problems.append(f"repetition_penalty={self.repetition_penalty} must be > 0")
+        if problems:
+            raise ValueError(f"{where}: " + "; ".join(problems))
+
+    def settings(self) -> dict:
+        """The settings that determine the output (batch size excluded)."""
+        out = dataclasses.asdict(self)
+        out.pop("batch_size")
+        if not self.do_sample:
+            for key in ("temperature", "top_p", "top_k", "seed"):
+                out.pop(key)
+        return out
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Token ids that end an assistant (or user) turn: EOS plus the template's end-of-turn token.
+
+    Chat templates close a turn with their own token (``<|im_end|>``, ``<|eot_id|>``), which is not
+    always the tokenizer's EOS; it is found by rendering a turn and reading the special token that
+    follows the content.
+
+    Args:
+        tokenizer: a tokenizer with a chat template.
+
+    Returns:
+        Sorted distinct token ids.
+    """
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    sentinel = "\u2063SENTINEL\u2063"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": sentinel}], tokenize=False)
+    after = text.split(sentinel, 1)[1] if sentinel in text else ""
+    if after:
+        first = tokenizer(after, add_special_tokens=False).input_ids[:1]
+        if first and first[0] in set(tokenizer.all_special_ids):
+            ids.add(int(first[0]))
+    return sorted(ids)
+
+
+def _batch_seed(seed: int, salt: str, start: int, prompts: list[list[int]]) -> int:
+    # Derived from the batch itself (and the caller's salt), not from global RNG state, so the same
+    # batch samples the same text in any run or shard; the salt and position tell identical prompts
+    # (Magpie's) apart.
+    h = hashlib.sha256(f"{seed}|{salt}|{start}".encode())
+    for ids in prompts:
+        h.update(b"\x00" + ",".join(map(str, ids)).encode())
+    return int.from_bytes(h.digest()[:4], "big")
+
+
+def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention[row, width - len(ids) :] = 1
+    return input_ids, attention
+
+
+@torch.inference_mode()
+def generate_texts(
+    model, tokenizer, prompts: list[str], gen: GenerationConfig, salt: str = ""
+) -> list[Generation]:
+    """Generate a continuation for each prompt, in left-padded, length-sorted batches.
+
+    Prompts are sorted by token length so each batch pads little; results come back in input order.
+
+    Args:
+        model: a causal LM (eval mode).
+        tokenizer: its tokenizer; must have a pad token or an EOS to pad with.
+        prompts: fully rendered prompt texts (tokenized with ``add_special_tokens=False``).
+        gen: decoding settings.
+        salt: mixed into the sampling seed; give different calls with identical prompts different
+            salts (e.g. the chunk's first key) so they do not sample identical text.
+
+    Returns:
+        One :class:`Generation` per prompt, in input order.
+
+    Shapes:
+        each batch: input_ids/attention_mask (B, L_max), output (B, L_max + new).
+    """
+    if not prompts:
+        return []
+    encoded = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    if any(len(ids) == 0 for ids in encoded):
+        raise ValueError("generate_texts: a prompt tokenizes to nothing")
+    stops = stop_token_ids(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=gen.max_new_tokens,
+        do_sample=gen.do_sample,
+        eos_token_id=stops,
+        pad_token_id=pad_id,
+        repetition_penalty=gen.repetition_penalty,
+    )
+    if gen.do_sample:
+        kwargs.update(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k)
+    else:
+        # Neutralise sampling defaults a checkpoint's generation_config may carry (they warn otherwise).
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+
+    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
+    results: list[Generation | None] = [None] * len(prompts)
+    device = next(model.parameters()).device
+    stop_set = set(stops)
+    for start in range(0, len(order), gen.batch_size):
+        idx = order[start : start + gen.batch_size]
+        batch = [encoded[i] for i in idx]
+        input_ids, attention = _left_pad(batch, pad_id)
+        if gen.do_sample:
+            torch.manual_seed(_batch_seed(gen.seed, salt, start, batch))
+        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
+        new = out[:, input_ids.shape[1] :].tolist()
+        for i, tokens in zip(idx, new, strict=True):
+            end = next((k for k, t in enumerate(tokens) if t in stop_set), None)
+            kept = tokens if end is None else tokens[:end]
+            text = tokenizer.decode(kept, skip_special_tokens=True).strip()
+            with_stop = tokens if end is None else tokens[: end + 1]
+            results[i] = Generation(
+                text=text, num_tokens=len(kept), truncated=end is None, token_ids=with_stop
+            )
+    return results  # type: ignore[return-value]
+
+
+def load_vllm(source: str, seed: int = 0, dtype: str | None = None):
+    """Start a vLLM engine for a model source (GPU machines).
+
+    Args:
+        source: model source (resolved with ``speechllm.sources.resolve_source``).
+        seed: engine seed.
+        dtype: vLLM dtype string, or None for "auto".
+
+    Returns:
+        A ``vllm.LLM``.
+
+    Raises:
+        RuntimeError: vllm is not installed.
+    """
+    try:
+        from vllm import LLM
+    except ImportError as err:
+        raise RuntimeError(
+            "target.backend=vllm needs the `vllm` package (GPU machines only): `pip install vllm`, "
+            "or use target.backend=hf"
+        ) from err
+    from speechllm.sources import resolve_source
+
+    return LLM(model=resolve_source(source), seed=seed, dtype=dtype or "auto")
+
+
+def generate_vllm(llm, prompts: list[str], gen: GenerationConfig) -> list[Generation]:
+    """Generate with a vLLM engine; same inputs and outputs as :func:`generate_texts`.
+
+    Prompts go in as token ids (``add_special_tokens=False``), so vLLM sees exactly the rendered
+    chat text and adds no second BOS. vLLM schedules its own batches (``gen.batch_size`` unused) and
+    seeds sampling per request, so sampled text differs from the ``hf`` backend's.
+
+    Args:
+        llm: a ``vllm.LLM`` (see :func:`load_vllm`).
+        prompts: rendered prompt texts.
+        gen: decoding settings.
+
+    Returns:
+        One :class:`Generation` per prompt, in input order.
+    """
+    from vllm import SamplingParams
+
+    tokenizer = llm.get_tokenizer()
+    stops = stop_token_ids(tokenizer)
+    params = SamplingParams(
+        max_tokens=gen.max_new_tokens,
+        temperature=gen.temperature if gen.do_sample else 0.0,
+        top_p=gen.top_p if gen.do_sample else 1.0,
+        top_k=(gen.top_k or -1) if gen.do_sample else -1,
+        repetition_penalty=gen.repetition_penalty,
+        seed=gen.seed if gen.do_sample else None,
+        stop_token_ids=stops,
+    )
+    inputs = [{"prompt_token_ids": tokenizer(p, add_special_tokens=False).input_ids} for p in prompts]
+    results = []
+    for o in llm.generate(inputs, params):
+        out = o.outputs[0]
+        n = len([t for t in out.token_ids if t not in stops])
+        results.append(Generation(out.text.strip(), n, out.finish_reason == "length", list(out.token_ids)))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Chat generation and answer scoring
+
+
+def chat_prompts(tokenizer, conversations: Sequence[list[dict]]) -> list[str]:
+    """Render chats with the tokenizer's chat template, ready for the assistant's turn."""
+    return [
+        tokenizer.apply_chat_template(list(msgs), tokenize=False, add_generation_prompt=True)
+        for msgs in conversations
+    ]
+
+
+def _greedy(model, tokenizer, conversations, max_new_tokens: int, batch_size: int):
+    model.eval()
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, batch_size=batch_size)
+    return generate_texts(model, tokenizer, chat_prompts(tokenizer, conversations), gen)
+
+
+def generate_chat_ids(
+    model, tokenizer, conversations: Sequence[list[dict]], *, max_new_tokens: int = 64, batch_size: int = 16
+) -> list[list[int]]:
+    """Greedy answer token ids of a text LLM to chat conversations.
+
+    Args:
+        model: an ``AutoModelForCausalLM``-like model.
+        tokenizer: its tokenizer (with a chat template).
+        conversations: lists of {"role", "content"} messages, each ending with a user turn.
+        max_new_tokens: generation length limit.
+        batch_size: rows per generate call.
+
+    Returns:
+        Per conversation, the new token ids up to and including the end-of-turn token.
+    """
+    return [g.token_ids for g in _greedy(model, tokenizer, conversations, max_new_tokens, batch_size)]
+
+
+def generate_chat(
+    model, tokenizer, conversations: Sequence[list[dict]], *, max_new_tokens: int = 64, batch_size: int = 16
+) -> list[str]:
+    """Greedy answers of a text LLM to chat conversations.
+
+    Args:
+        model: an ``AutoModelForCausalLM``-like model.
+        tokenizer: its tokenizer (with a chat template).
+        conversations: lists of {"role", "content"} messages, each ending with a user turn.
+        max_new_tokens: generation length limit.
+        batch_size: rows per generate call.
+
+    Returns:
+        The decoded answers (special tokens removed, stripped), one per conversation.
+    """
+    return [g.text for g in _greedy(model, tokenizer, conversations, max_new_tokens, batch_size)]
+
+
+def _scored_rows(
+    model, prompt_ids: Sequence[list[int]], answer_ids: Sequence[list[int]], pad_id: int, batch_size: int
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(index, log-probabilities over the vocabulary at each answer position) for every pair.
+
+    Pairs run in length-sorted, right-padded batches: padding comes after the real tokens and cannot
+    reach them under the causal mask, so every row is scored as if alone.
+
+    Shapes:
+        each batch: input_ids (B, L_max); yields (answer_len, vocab) per pair.
+    """
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]) + len(answer_ids[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        seqs = [list(prompt_ids[i]) + list(answer_ids[i]) for i in idx]
+        width = max(len(s) for s in seqs)
+        input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            input_ids[r, : len(s)] = torch.tensor(s)
+            attention[r, : len(s)] = 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        for r, i in enumerate(idx):
+            # Logits at position t predict token t+1: answer tokens sit at len(p)..len(p)+len(a)-1.
+            lo = len(prompt_ids[i]) - 1
+            yield i, logprobs[r, lo : lo + len(answer_ids[i])]
+
+
+def _pad_id(tokenizer) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+@torch.inference_mode()
+def answer_logprobs(
+    model,
+    tokenizer,
+    conversations: Sequence[list[dict]],
+    answers: Sequence[str | list[int]],
+    *,
+    batch_size: int = 8,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Next-token log-probabilities of a model over given answers to chat prompts.
+
+    Args:
+        model: a causal LM (a plain LLM or a SpeechLM's language model).
+        tokenizer: its tokenizer.
+        conversations: chats ending with a user turn.
+        answers: the assistant answer to score after each chat: token ids (exact, e.g. from
+            :func:`generate_chat_ids`) or text (tokenized without special tokens).
+        batch_size: rows per forward pass.
+
+    Returns:
+        Per conversation: (log-probabilities over the vocabulary at each answer position, the answer's
+        token ids). Shapes: (answer_len, vocab), (answer_len,). Empty answers give zero-length tensors.
+    """
+    model.eval()
+    p_ids = [
+        tokenizer(p, add_special_tokens=False)["input_ids"] for p in chat_prompts(tokenizer, conversations)
+    ]
+    a_ids = [
+        list(a) if not isinstance(a, str) else tokenizer(a, add_special_tokens=False)["input_ids"]
+        for a in answers
+    ]
+    results: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(p_ids)
+    for i, rows in _scored_rows(model, p_ids, a_ids, _pad_id(tokenizer), batch_size):
+        results[i] = (rows.cpu(), torch.tensor(a_ids[i], dtype=torch.long))
+    return results  # type: ignore[return-value]
+
+
+@torch.inference_mode()
+def target_token_probs(
+    model, tokenizer, prompts: list[str], targets: list[str], batch_size: int = 16
+) -> list[tuple[list[int], list[float]]]:
+    """Probability of every target token given its prompt, under a causal LM.
+
+    Args:
+        model: a causal LM (eval mode).
+        tokenizer: its tokenizer.
+        prompts: rendered prompt texts (each ends with the assistant-turn header).
+        targets: the assistant answers to score, one per prompt; tokenized on their own, as the speech
+            model's collator tokenizes the assistant turn.
+        batch_size: sequences per forward pass.
+
+    Returns:
+        Per pair: (target token ids, probability of each of those tokens), aligned.
+    """
+    if len(prompts) != len(targets):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    p_ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    if any(not ids for ids in p_ids):
+        raise ValueError("target_token_probs: a prompt tokenizes to nothing")
+    t_ids = [tokenizer(t, add_special_tokens=False).input_ids for t in targets]
+    out: list[tuple[list[int], list[float]] | None] = [None] * len(prompts)
+    for i, rows in _scored_rows(model, p_ids, t_ids, _pad_id(tokenizer), batch_size):
+        picked = rows.gather(1, torch.tensor(t_ids[i], dtype=torch.long, device=rows.device)[:, None])[:, 0]
+        out[i] = (list(t_ids[i]), picked.exp().tolist())
+    return out  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+class LazyLLM:
+    """A text LLM loaded on first use, once: a stage that finds its work done loads nothing.
+
+    Args:
+        source: model source (`speechllm.sources.load_llm`).
+        dtype: torch dtype name, or None for the checkpoint's.
+        model, tokenizer: an already loaded LLM (tests, benchmarks).
+    """
+
+    def __init__(self, source: str, dtype: str | None = None, model=None, tokenizer=None):
+        self.source, self.dtype = source, dtype
+        self.model, self.tokenizer = model, tokenizer
+
+    def get(self):
+        """(model in eval mode, tokenizer), loading them the first time."""
+        if self.model is None:
+            from speechllm.sources import load_llm
+
+            self.model, self.tokenizer = load_llm(
+                self.source, dtype=getattr(torch, self.dtype) if self.dtype else None
+            )
+            self.model.eval()
+            logger.info("loaded the text LLM %s", self.source)
+        return self.model, self.tokenizer
