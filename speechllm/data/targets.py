@@ -36,6 +36,8 @@ from speechllm.data.instructions import (
     pick_instructions,
     resolve_pool,
 )
+from speechllm.data.stage import StageResult, load_stage, read_rejects, run_stage
+from speechllm.data.token_filter import add_keep_masks, masked_fraction
 from speechllm.data.verify import VERDICTS, VerifyConfig, correctness, label_classes, verify_answer
 from speechllm.textllm import (
     DEFAULT_SYSTEM,
@@ -282,8 +284,6 @@ class TargetWriter:
         return None
 
     def __call__(self, chunk: list[dict]):
-        from speechllm.data.stage import StageResult
-
         rows, rejects, pending = [], [], []
         record = self.generation_record()
         for row in chunk:
@@ -314,8 +314,6 @@ class TargetWriter:
         if pending:
             rows.extend(self._generate(pending, rejects))
         if self.cfg.token_filter.enabled and rows:
-            from speechllm.data.token_filter import add_keep_masks
-
             model, tokenizer = self._llm()
             add_keep_masks(
                 rows,
@@ -476,8 +474,6 @@ def build_targets(
     Returns:
         The targets dataset, or None when other shards are still running.
     """
-    from speechllm.data.stage import run_stage
-
     inputs = _described_inputs(described, cfg, seed)
     classes = label_classes([dict(r) for r in described]) if cfg.verify.enabled else {}
     fingerprint = targets_fingerprint(cfg, seed)
@@ -508,8 +504,6 @@ def write_stats(out_dir: str | Path, dataset, cfg: TargetConfig) -> dict:
     Returns:
         The stats dict.
     """
-    from speechllm.data.stage import read_rejects
-
     stats: dict[str, Any] = {"mode": cfg.mode, "rows": len(dataset), "rejects": len(read_rejects(out_dir))}
     if len(dataset):
         words = [len(t.split()) for t in dataset["target"]]
@@ -531,8 +525,6 @@ def write_stats(out_dir: str | Path, dataset, cfg: TargetConfig) -> dict:
                         cfg.mode, name, 100 * before["rate"], before["judged"], 100 * after["rate"],
                         after["judged"])  # fmt: skip
     if "keep_mask" in dataset.column_names:
-        from speechllm.data.token_filter import masked_fraction
-
         stats["token_filter_threshold"] = cfg.token_filter.threshold
         stats.update(masked_fraction(dataset["keep_mask"]))
         logger.info(
@@ -562,8 +554,6 @@ def run_targets(cfg: DictConfig, state: dict | None = None) -> Any:
     Returns:
         The targets dataset, or None when this or an earlier stage waits for other shards.
     """
-    from speechllm.data.stage import load_stage
-
     tcfg = target_config(cfg.target)
     data_dir = Path(cfg.paths.data_dir)
     out_dir = targets_dir(data_dir, cfg.data.name, tcfg.mode)
