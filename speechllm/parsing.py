@@ -6,8 +6,8 @@ Models answer "Based on the audio, the speaker sounds like a woman, not a man." 
 1. **Word boundaries**: a synonym only counts as a whole word (or hyphen-joined part), so "woman" does
    not contain "man", "female" does not contain "male", "slow" does not contain "low".
 2. **Synonyms**: each class has a list of words and phrases (female/woman/girl/lady/feminine; fast/
-   quick/rapid/brisk; ...). Classes the table does not know (an accent such as "welsh") match their
-   own name and its words.
+   quick/rapid/brisk; ...), from `task.synonyms` in the attribute's YAML (`speechllm.attributes`).
+   Classes the YAML does not list (an accent such as "welsh") match their own name and its words.
 3. **Negation**: a mention preceded, within the same clause (no punctuation in between) and at most
    three words before, by a negator (not, no, never, neither, nor, isn't, n't, without, rather than,
    instead of) is *negated*: it does not count for that class. If nothing is asserted but negations
@@ -37,59 +37,7 @@ from typing import NamedTuple
 
 import jiwer
 
-# Canonical class -> synonyms, per task. Keys are lowercase label values as they appear in
-# `label_<task>` columns; a label value missing here falls back to its own words.
-SYNONYMS: dict[str, dict[str, list[str]]] = {
-    "gender": {
-        "female": ["female", "woman", "women", "girl", "lady", "feminine", "she", "her"],
-        "male": ["male", "man", "men", "boy", "guy", "gentleman", "masculine", "he", "him", "his"],
-    },
-    "pitch": {
-        "low": ["low", "lower", "deep", "deeper", "low-pitched", "bass"],
-        "normal": ["normal", "medium", "average", "moderate", "mid", "typical", "regular", "neutral"],
-        "high": ["high", "higher", "high-pitched", "shrill", "squeaky"],
-    },
-    "speed": {
-        "slow": ["slow", "slowly", "slower", "unhurried", "leisurely"],
-        "normal": ["normal", "medium", "average", "moderate", "typical", "regular", "steady"],
-        "fast": ["fast", "faster", "quick", "quickly", "rapid", "rapidly", "brisk", "hurried"],
-    },
-    "volume": {
-        "quiet": ["quiet", "quietly", "soft", "softly", "low volume", "whisper", "whispering", "faint"],
-        "normal": ["normal", "medium", "average", "moderate", "typical", "regular"],
-        "loud": ["loud", "loudly", "louder", "high volume", "shouting", "booming"],
-    },
-    "accent": {
-        # Not "english" for british: "speaks English with an American accent" is common.
-        "american": ["american", "u.s.", "united states", "general american"],
-        "british": ["british", "uk", "united kingdom", "britain", "england", "received pronunciation"],
-        "scottish": ["scottish", "scots", "scotland"],
-        "caribbean": ["caribbean", "west indian", "jamaican"],
-        "irish": ["irish", "ireland"],
-        "australian": ["australian", "aussie", "australia"],
-        "indian": ["indian", "india"],
-    },
-    "emotion": {
-        "neutral": ["neutral", "calm", "flat", "unemotional"],
-        "happy": ["happy", "joyful", "cheerful", "glad", "excited", "happiness", "joy"],
-        "sad": ["sad", "unhappy", "sorrowful", "sadness", "melancholic"],
-        "angry": ["angry", "anger", "mad", "furious", "annoyed", "irritated"],
-        "fearful": ["fearful", "afraid", "scared", "fear", "frightened", "anxious"],
-        "disgusted": ["disgusted", "disgust", "revolted"],
-        "surprised": ["surprised", "surprise", "astonished", "amazed"],
-    },
-    "age": {
-        "child": ["child", "kid", "young child", "boy", "girl"],
-        "teen": ["teen", "teenager", "teenage", "adolescent"],
-        "young": ["young", "young adult", "twenties", "youthful"],
-        "adult": ["adult", "middle-aged", "middle aged", "grown-up"],
-        # Not "old": "30 years old" names no class.
-        "senior": ["senior", "elderly", "older", "sixties", "seventies"],
-    },
-}
-
-# Words that decide only when no stronger class word is present (see module docstring, rule 6).
-WEAK_SYNONYMS: dict[str, set[str]] = {"gender": {"she", "her", "he", "him", "his"}}
+from speechllm.attributes import attribute_tasks
 
 _NEGATORS = {
     "not",
@@ -139,7 +87,8 @@ def synonyms_for(task: str, label: str) -> list[str]:
         Lowercase phrases, the label itself first.
     """
     label_l = str(label).strip().lower()
-    words = [label_l] + SYNONYMS.get(task, {}).get(label_l, [])
+    known = attribute_tasks().get(task)
+    words = [label_l] + list(known.synonyms.get(label_l, ()) if known else ())
     # A multi-word label ("en-gb scotland") is also matched by its last word unless that word names
     # a different class; kept simple: the full label is always a phrase.
     seen: list[str] = []
@@ -180,7 +129,8 @@ def find_mentions(text: str, task: str, classes: Sequence[str]) -> list[Mention]
         Mentions sorted by position. A phrase that two classes share counts for each.
     """
     toks = _tokens(text)
-    weak_words = WEAK_SYNONYMS.get(task, set())
+    known = attribute_tasks().get(task)
+    weak_words = known.weak if known else frozenset()
     phrases: list[tuple[list[str], str, bool]] = []
     for cls in classes:
         for phrase in synonyms_for(task, cls):

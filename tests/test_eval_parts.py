@@ -106,7 +106,7 @@ def test_unseen_questions_disjoint_from_training_instructions():
     clash = [q for q in unseen if _norm(q) in training]
     assert not clash, f"evaluation questions that training uses: {clash}"
     # Also with options filled in, as actually asked.
-    for task, qs in tasks.UNSEEN_QUESTIONS.items():
+    for task, qs in tasks.unseen_questions().items():
         assert len(qs) >= 3, task
         for q in qs:
             assert _norm(q.replace("{options}", "a or b")) not in training

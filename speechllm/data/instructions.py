@@ -22,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+from speechllm.attributes import attribute_tasks
+
 INSTRUCTION_POOLS: dict[str, list[str]] = {
     "desta2": ["What can you hear from the audio?"],
     "desta25": [
@@ -83,30 +85,18 @@ INSTRUCTION_POOLS: dict[str, list[str]] = {
 # Words of an instruction that asks what was said (the `label` answer is then the transcript).
 CONTENT_KEYWORDS: tuple[str, ...] = ("say", "says", "said", "words", "spoken", "transcribe")
 
-# Which attribute an instruction asks about, by the words it uses (whole words or phrases, lowercase).
-# Verified self-output (`target.verify`) requires the answer to state each asked attribute correctly.
-ATTRIBUTE_KEYWORDS: dict[str, tuple[str, ...]] = {
-    "gender": (
-        "gender",
-        "man or woman",
-        "woman or man",
-        "a man or a woman",
-        "woman or a man",
-        "male or a female",
-        "male or female",
-        "sex",
-    ),
-    "accent": ("accent",),
-    "pitch": ("pitch", "high or low", "how high"),
-    "speed": ("pace", "speed", "how fast", "speaking rate", "fast"),
-    "volume": ("volume", "loud", "loudness"),
-}
+
+def attribute_keywords() -> dict[str, tuple[str, ...]]:
+    """Which attribute an instruction asks about, by the words it uses (whole words or phrases,
+    lowercase): each attribute YAML's `task.keywords`. Verified self-output (`target.verify`) requires
+    the answer to state each asked attribute correctly."""
+    return {name: task.keywords for name, task in attribute_tasks().items() if task.keywords}
 
 
 def asked_attributes(instruction: str) -> list[str]:
-    """The attributes an instruction asks about (see :data:`ATTRIBUTE_KEYWORDS`), in table order."""
+    """The attributes an instruction asks about (see :func:`attribute_keywords`), in task order."""
     words = " " + " ".join(re.findall(r"[a-z]+", instruction.lower())) + " "
-    return [name for name, keys in ATTRIBUTE_KEYWORDS.items() if any(f" {k} " in words for k in keys)]
+    return [name for name, keys in attribute_keywords().items() if any(f" {k} " in words for k in keys)]
 
 
 def asks_content(instruction: str) -> bool:
@@ -114,18 +104,13 @@ def asks_content(instruction: str) -> bool:
     return bool(set(re.findall(r"[a-z]+", instruction.lower())) & set(CONTENT_KEYWORDS))
 
 
-# `label` mode: the "human data" baseline. The answer is assembled from gold label columns: one
-# clause per available label, joined into sentences. Keys are label names (the part after
-# `label_`); `{v}` is the label value. Labels without a template here are ignored.
-LABEL_CLAUSES: dict[str, str] = {
-    "gender": "The speaker is {v}.",
-    "accent": "The accent is {v}.",
-    "age": "The speaker's age is {v}.",
-    "emotion": "The speaker sounds {v}.",
-    "pitch": "The pitch of the voice is {v}.",
-    "speed": "They speak at a {v} pace.",
-    "volume": "The volume is {v}.",
-}
+def label_clauses() -> dict[str, str]:
+    """`label` mode, the "human data" baseline: the answer is assembled from gold label columns, one
+    clause per available label (each attribute YAML's `task.clause`, `{v}` the value), in task order.
+    Keys are label names (the part after `label_`); labels without a clause are left out."""
+    return {name: task.clause for name, task in attribute_tasks().items() if task.clause}
+
+
 # The transcript, when the data has one, comes first (what is said is the most salient content).
 LABEL_TRANSCRIPT_TEMPLATE = 'Someone says: "{v}"'
 
@@ -218,7 +203,7 @@ def all_training_instructions() -> set[str]:
     out: set[str] = set()
     for items in INSTRUCTION_POOLS.values():
         out.update(items)
-    out.update(LABEL_CLAUSES.values())
+    out.update(label_clauses().values())
     out.add(LABEL_TRANSCRIPT_TEMPLATE)
     out.add(PARAPHRASE_TEMPLATE)
     return out

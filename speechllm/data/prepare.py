@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from speechllm.attributes import attribute_tasks, use_attributes_dir
 from speechllm.config import ConfigError
 from speechllm.corpus import generate_corpus, read_audiofolder
 from speechllm.corpus.hf import write_hf_corpus
@@ -116,6 +117,11 @@ def prepare(cfg: DictConfig, stages: list[tuple[str, Stage]] | None = None) -> d
     # Every group's settings are checked before any stage spends time (a typo in `target` must not wait
     # for the corpus and its transcripts).
     check_data_config(cfg.data)
+    use_attributes_dir(OmegaConf.select(cfg, "describe.attributes_dir", default=None))
+    try:
+        attribute_tasks()  # every attribute YAML's `task` block, checked before any stage spends time
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if "target" in cfg:
         target_config(cfg.target)
     if "replay" in cfg:

@@ -28,11 +28,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from speechllm.config import ConfigError
 from speechllm.data.instructions import (
-    LABEL_CLAUSES,
     LABEL_TRANSCRIPT_TEMPLATE,
     PARAPHRASE_TEMPLATE,
     asked_attributes,
     asks_content,
+    label_clauses,
     pick_instructions,
     resolve_pool,
 )
@@ -196,7 +196,7 @@ def label_answer(row: dict, instruction: str | None = None) -> str | None:
     text = row.get("label_text")
     if isinstance(text, str) and text.strip() and not asked:
         parts.append(LABEL_TRANSCRIPT_TEMPLATE.format(v=text.strip()))
-    for name, template in LABEL_CLAUSES.items():
+    for name, template in label_clauses().items():
         if content_only or (asked and name not in asked):
             continue
         value = row.get(f"label_{name}")

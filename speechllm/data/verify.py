@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from speechllm.data.instructions import ATTRIBUTE_KEYWORDS, asked_attributes
+from speechllm.data.instructions import asked_attributes, attribute_keywords
 from speechllm.parsing import parse_label
 
 # Attributes whose class words belong to them alone; the others are judged only when asked.
@@ -57,7 +57,9 @@ class VerifyConfig:
 
 def label_classes(rows: Sequence[dict]) -> dict[str, tuple[str, ...]]:
     """Per labelled attribute that verification knows (`label_<name>` with at least two values), its classes."""
-    names = {k[len("label_") :] for r in rows for k in r if k.startswith("label_")} & set(ATTRIBUTE_KEYWORDS)
+    names = {k[len("label_") :] for r in rows for k in r if k.startswith("label_")} & set(
+        attribute_keywords()
+    )
     out = {}
     for name in sorted(names):
         values = {str(r.get(f"label_{name}")).strip().lower() for r in rows if _has(r.get(f"label_{name}"))}

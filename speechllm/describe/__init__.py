@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from speechllm.attributes import use_attributes_dir
+
 # The built-in attributes register themselves on import; new attribute modules are added here.
 from speechllm.describe import signal, speaker, transcript  # noqa: F401
 from speechllm.describe.features import Clip
@@ -52,6 +54,7 @@ def load_configs(
         (name -> config for every attribute that runs, run order).
     """
     overrides = overrides or {}
+    use_attributes_dir(attributes_dir)  # its YAMLs' `task` blocks: label targets and evaluation tasks
     configs = {n: load_attribute_config(n, attributes_dir, overrides.get(n)) for n in attributes}
     # Requirements can bring in attributes whose own configs add requirements: iterate to a fixed point.
     while True:

@@ -18,12 +18,10 @@ from typing import Any
 
 import yaml
 
+from speechllm.attributes import ATTRIBUTES_DIR
 from speechllm.describe.features import Clip
 
 Extractor = Callable[[list[Clip], dict], list[dict[str, Any]]]
-
-# The package's own configs (`conf/` at the repository root is a link to them).
-ATTRIBUTES_DIR = Path(__file__).resolve().parents[1] / "conf" / "attributes"
 
 
 @dataclass(frozen=True)

@@ -19,27 +19,23 @@ from dataclasses import dataclass
 
 import torch
 
+from speechllm.attributes import attribute_tasks
 from speechllm.eval.tasks import balanced_accuracy, build_items, select_tasks
 
 log = logging.getLogger(__name__)
 
-# One answer template per attribute task, worded as the speech model words its own answers ("The speaker is
-# a male."); `{v}` is the class, `{V}` the class capitalised (accents are names). The same words for every
-# class, so the scores differ only where the class word does.
-ANSWER_TEMPLATES: dict[str, str] = {
-    "gender": "The speaker is a {v}.",
-    "accent": "The speaker's accent is {V}.",
-    "pitch": "The pitch of the voice is {v}.",
-    "speed": "The speaker talks at a {v} pace.",
-    "volume": "The volume of the voice is {v}.",
-    "emotion": "The speaker sounds {v}.",
-    "age": "The speaker's age is {v}.",
-}
+
+def answer_templates() -> dict[str, str]:
+    """One answer template per attribute task (the YAML's `task.probe`), worded as the speech model
+    words its own answers ("The speaker is a male."); `{v}` is the class, `{V}` the class capitalised
+    (accents are names). The same words for every class, so the scores differ only where the class
+    word does."""
+    return {name: t.probe for name, t in attribute_tasks().items() if t.probe}
 
 
 def answer(task: str, cls: str) -> str:
     """The templated answer naming `cls` for `task`."""
-    return ANSWER_TEMPLATES[task].format(v=cls, V=cls.title())
+    return answer_templates()[task].format(v=cls, V=cls.title())
 
 
 @dataclass
@@ -69,7 +65,8 @@ class ClassProbe:
 
     def __init__(self, rows: Sequence[dict], tasks: Sequence[str] | None = None, questions_per_task: int = 1,
                  seed: int = 0, batch_size: int = 16):  # fmt: skip
-        names = [t for t in (tasks or ANSWER_TEMPLATES) if t in ANSWER_TEMPLATES]
+        templates = answer_templates()
+        names = [t for t in (tasks or templates) if t in templates]
         columns = sorted({k for r in rows for k in r})
         chosen, _ = select_tasks(columns, names)
         self.rows = list(rows)
@@ -85,7 +82,7 @@ class ClassProbe:
     def _first_tokens(self, tokenizer, task: str, classes: Sequence[str]) -> tuple[str, list[int] | None]:
         """The answer's shared prefix and each class word's first token after it (None when two classes
         share a first token or the prefix does not tokenize apart: then whole answers are scored)."""
-        template = ANSWER_TEMPLATES[task]
+        template = answer_templates()[task]
         prefix = template[: template.index("{")].rstrip()
         head = tokenizer(prefix, add_special_tokens=False).input_ids
         ids = []

@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from speechllm import parsing
+from speechllm.attributes import use_attributes_dir
 from speechllm.digests import key_digest, weights_digest
 from speechllm.eval import retention
 from speechllm.eval.data import (
@@ -474,6 +475,7 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     t0 = time.time()
     e = cfg.eval
     out_dir = out_dir or str(cfg.paths.output_dir)
+    use_attributes_dir(OmegaConf.select(cfg, "describe.attributes_dir", default=None))
     ckpt = str(cfg.checkpoint)
     model = load_checkpoint(ckpt)
     model_cfg = model.model_config

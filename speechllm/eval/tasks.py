@@ -7,8 +7,9 @@ the options (``{options}`` is filled with the task's classes, e.g. "female or ma
 that knows the answer should not lose points for choosing a synonym nobody parses.
 
 Tasks:
-    one per labelled attribute (``label_<name>`` column): gender, accent, pitch, speed, volume,
-    emotion, age; scored by accuracy after :func:`speechllm.parsing.parse_label`.
+    one per labelled attribute (``label_<name>`` column) whose YAML has `task.questions`: gender,
+    accent, emotion, age, pitch, speed, volume; scored by accuracy after
+    :func:`speechllm.parsing.parse_label`.
     ``content``: what was said, against ``label_text`` (or ``label_transcript``); scored by WER.
 """
 
@@ -20,57 +21,24 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# Phrasings per task. Never reuse a training instruction here (tests/test_eval.py checks).
-UNSEEN_QUESTIONS: dict[str, list[str]] = {
-    "gender": [
-        "Would you say the person talking is {options}?",
-        "Is this voice more likely to belong to a man or a woman?",
-        "From the voice alone, what is the speaker's gender?",
-        "Answer with one word: is the talker {options}?",
-        "Guess the sex of the person in this clip.",
-    ],
-    "accent": [
-        "Which accent does the talker have: {options}?",
-        "Where is the speaker probably from, judging by the accent?",
-        "What regional accent can you detect in this speech?",
-        "Classify the speaker's accent as one of {options}.",
-    ],
-    "pitch": [
-        "Is the speaker's voice {options} in pitch?",
-        "How would you rate the pitch of this voice: {options}?",
-        "Does the person talk with a deep voice, a high voice, or somewhere in between?",
-        "Rate how high or deep the voice sounds.",
-    ],
-    "speed": [
-        "Is the person talking {options}?",
-        "How quickly is the talker speaking: {options}?",
-        "Would you call the speech rate slow, fast, or about average?",
-        "Comment on the pace of the speech in one word.",
-    ],
-    "volume": [
-        "Is this recording {options} in volume?",
-        "How loud is the talker: {options}?",
-        "Does the person speak softly, loudly, or at an ordinary level?",
-        "Rate the loudness of the voice in one word.",
-    ],
-    "emotion": [
-        "Which emotion does the talker convey: {options}?",
-        "What mood is the speaker in?",
-        "How does the person feel, judging by the tone of voice?",
-        "Name the emotion in this voice.",
-    ],
-    "age": [
-        "Roughly how old does the talker sound: {options}?",
-        "Which age group does this voice belong to?",
-        "Estimate the age range of the person talking.",
-    ],
-    "content": [
-        "Write down exactly the words that were spoken.",
-        "What sentence did the person say? Quote it.",
-        "Transcribe the speech word for word.",
-        "Repeat what the talker said, verbatim.",
-    ],
-}
+from speechllm.attributes import attribute_tasks
+
+# The spoken-content task's phrasings; every other task's come from its attribute's YAML (`task.questions`).
+# Never reuse a training instruction here (tests/test_eval.py checks).
+CONTENT_QUESTIONS: list[str] = [
+    "Write down exactly the words that were spoken.",
+    "What sentence did the person say? Quote it.",
+    "Transcribe the speech word for word.",
+    "Repeat what the talker said, verbatim.",
+]
+
+
+def unseen_questions() -> dict[str, list[str]]:
+    """Phrasings per task: each attribute task's `task.questions` (in task order), then `content`."""
+    out = {name: list(t.questions) for name, t in attribute_tasks().items() if t.questions}
+    out["content"] = list(CONTENT_QUESTIONS)
+    return out
+
 
 # Label columns checked for the spoken-content task, in order of preference.
 CONTENT_LABEL_COLUMNS = ("label_text", "label_transcript")
@@ -122,8 +90,8 @@ def normalize_answer(text: str) -> str:
 
 
 def all_unseen_questions() -> set[str]:
-    """Every question template in :data:`UNSEEN_QUESTIONS` (with ``{options}`` unfilled)."""
-    return {q for qs in UNSEEN_QUESTIONS.values() for q in qs}
+    """Every question template of :func:`unseen_questions` (with ``{options}`` unfilled)."""
+    return {q for qs in unseen_questions().values() for q in qs}
 
 
 def select_tasks(
@@ -133,7 +101,7 @@ def select_tasks(
 
     Args:
         columns: the evaluated dataset's column names.
-        names: tasks to run (default: every task in :data:`UNSEEN_QUESTIONS`).
+        names: tasks to run (default: every task of :func:`unseen_questions`).
 
     Returns:
         (tasks to run, {skipped task: reason}). A task is skipped when its label column is missing.
@@ -141,10 +109,11 @@ def select_tasks(
     Raises:
         ValueError: a requested name is not a known task.
     """
-    names = list(names) if names is not None else list(UNSEEN_QUESTIONS)
-    unknown = [n for n in names if n not in UNSEEN_QUESTIONS]
+    questions = unseen_questions()
+    names = list(names) if names is not None else list(questions)
+    unknown = [n for n in names if n not in questions]
     if unknown:
-        raise ValueError(f"unknown eval task(s) {unknown}; known: {sorted(UNSEEN_QUESTIONS)}")
+        raise ValueError(f"unknown eval task(s) {unknown}; known: {sorted(questions)}")
     cols = set(columns)
     tasks: list[Task] = []
     skipped: dict[str, str] = {}
@@ -154,13 +123,13 @@ def select_tasks(
             if column is None:
                 skipped[name] = f"no {' or '.join(CONTENT_LABEL_COLUMNS)} column"
                 continue
-            tasks.append(Task(name, column, "transcript", tuple(UNSEEN_QUESTIONS[name])))
+            tasks.append(Task(name, column, "transcript", tuple(questions[name])))
         else:
             column = f"label_{name}"
             if column not in cols:
                 skipped[name] = f"no {column} column"
                 continue
-            tasks.append(Task(name, column, "label", tuple(UNSEEN_QUESTIONS[name])))
+            tasks.append(Task(name, column, "label", tuple(questions[name])))
     return tasks, skipped
 
 
