@@ -2,7 +2,8 @@
 
 Runs on `speechllm.data.stage.run_stage`, so it skips itself when current, resumes after a kill, shards,
 and writes rejects. The fingerprint holds the describe config and the full config of every attribute
-that runs, so editing an attribute's YAML (a bin edge, a model source) re-describes the data.
+that runs, so editing an attribute's YAML (a bin edge, a model source) re-describes the data; its `task`
+block (how targets and the evaluation ask about it) decides nothing here and is left out.
 """
 
 from __future__ import annotations
@@ -92,7 +93,9 @@ def describe_fingerprint(describe_cfg: dict, configs: dict[str, dict]) -> dict:
         "attributes": list(describe_cfg["attributes"]),
         "renderer": describe_cfg["renderer"],
         "max_seconds": describe_cfg.get("max_seconds"),
-        "attribute_configs": configs,
+        "attribute_configs": {
+            name: {k: v for k, v in c.items() if k != "task"} for name, c in configs.items()
+        },
     }
 
 
