@@ -63,12 +63,13 @@ def train_main() -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="evaluate")
 def _evaluate(cfg: DictConfig) -> None:
+    from speechllm.config import ConfigError
     from speechllm.eval.data import EvalDataError
     from speechllm.eval.runner import CheckpointError, evaluate
 
     try:
         evaluate(cfg)
-    except (CheckpointError, EvalDataError) as e:
+    except (CheckpointError, EvalDataError, ConfigError) as e:
         # A user error, not a bug: one clear line and a non-zero exit, no traceback.
         logging.getLogger("evaluate").error("%s", e)
         sys.exit(2)

@@ -2,17 +2,21 @@
 
 Configs travel with checkpoints and experiment presets, so a config must not be able to run arbitrary
 code: `instantiate` refuses any `_target_` that is not in `ALLOWED_TARGETS`, before importing it.
-Everything else in the project builds components from plain keys or registry names. The small helpers
-that config checks share (`flatten`, `override_value`) live here too.
+Everything else in the project builds components from plain keys or registry names. The one way a
+config group is checked against its dataclass schema (`check_section`) and the small helpers that
+config checks share (`flatten`, `override_value`) live here too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 from typing import Any
 
 import hydra.utils
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 ALLOWED_TARGETS: frozenset[str] = frozenset(
     {
@@ -25,6 +29,43 @@ ALLOWED_TARGETS: frozenset[str] = frozenset(
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the key and what to do."""
+
+
+def check_section(schema: type, node: Any, prefix: str = "") -> Any:
+    """A config group checked against its dataclass schema: every group of every entry point goes through here.
+
+    The schema's defaults equal the group's YAML (a test compares them), so the YAML stays the one
+    place a user reads them.
+
+    Args:
+        schema: the dataclass (nested dataclasses for nested sections).
+        node: the group's config (DictConfig or dict; None: the defaults). Interpolations are resolved
+            within the whole config.
+        prefix: the group's dotted name with a trailing dot ("trainer."), for messages.
+
+    Returns:
+        The schema instance (nested dataclasses built too).
+
+    Raises:
+        ConfigError: an unknown key (naming it and listing the section's known keys) or a value of the
+            wrong type (naming the key).
+    """
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node or {}))
+    except ConfigKeyError as e:
+        key = getattr(e, "full_key", None) or getattr(e, "key", None) or str(e).split("'")[1]
+        section, parts = schema, str(key).split(".")
+        for part in parts[:-1]:  # a nested section (kd, align, generation): list that section's keys
+            hint = typing.get_type_hints(section).get(part)
+            section = hint if dataclasses.is_dataclass(hint) else section
+        fields = sorted(f.name for f in dataclasses.fields(section))
+        where = prefix + ".".join(parts[:-1]) if len(parts) > 1 else prefix.rstrip(".") or "the root"
+        raise ConfigError(f"unknown config key '{prefix}{key}'. Known keys of {where}: {fields}") from None
+    except OmegaConfBaseException as e:
+        full_key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
+        raise ConfigError(f"bad value for config key '{prefix}{full_key}': {e.msg}") from None
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:

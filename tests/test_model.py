@@ -152,15 +152,16 @@ def test_qformer_preset_matches_desta2():
 
 @pytest.mark.parametrize("group", ["encoder", "adapter", "llm"])
 def test_every_model_config_composes(group):
-    from speechllm.model.speechlm import EncoderConfig, LLMConfig, _section
+    from speechllm.config import check_section
+    from speechllm.model.speechlm import EncoderConfig, LLMConfig
 
     options = sorted(p.stem for p in (CONF / "model" / group).glob("*.yaml"))
     assert options
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for option in options:
             cfg = compose(overrides=["+model=default", f"model/{group}={option}"]).model
-            _section(EncoderConfig, cfg.encoder, "encoder")
-            _section(LLMConfig, cfg.llm, "llm")
+            check_section(EncoderConfig, cfg.encoder, "model.encoder.")
+            check_section(LLMConfig, cfg.llm, "model.llm.")
             assert "_target_" in cfg.adapter and "in_dim" not in cfg.adapter  # widths come from the models
             assert set(cfg.prompt) == {"system", "transcript", "transcript_template", "separator"}
 

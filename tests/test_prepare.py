@@ -226,6 +226,9 @@ def test_entry_point_on_an_audiofolder(bad_folder, tmp_path):
     [
         ("+data.sise=3", "unknown config key 'data.sise'"),
         ("target.instructions=nope", "unknown instruction pool"),
+        ("+describe.renderr=natural", "unknown config key 'describe.renderr'"),
+        ("describe.attributes=[gendr]", "unknown attribute(s) ['gendr']"),
+        ("+target.generation.max_new_token=3", "unknown config key 'target.generation.max_new_token'"),
     ],
 )
 def test_entry_point_reports_a_config_mistake_in_one_line(tmp_path, override, says):

@@ -9,12 +9,15 @@ block (how targets and the evaluation ask about it) decides nothing here and is 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from speechllm.audio import AudioError, file_stamp, load_audio
+from speechllm.config import ConfigError, check_section
 from speechllm.data.stage import StageResult, run_stage
-from speechllm.describe import Clip, describe_clips, load_configs
+from speechllm.describe import RENDERERS, Clip, describe_clips, load_configs
+from speechllm.describe.registry import ATTRIBUTES
 from speechllm.describe.transcript import WHISPER_MAX_SECONDS
 
 # Bumped when the stage's code changes what it writes for the same config.
@@ -83,6 +86,49 @@ class DescribeProcessor:
             for row, clip, text in zip(kept, clips, descriptions, strict=True)
         ]
         return StageResult(out, rejects)
+
+
+@dataclass
+class DescribeConfig:
+    """Schema of the `describe` group (conf/describe/default.yaml documents each key)."""
+
+    attributes: list[str] = field(
+        default_factory=lambda: [
+            "transcript",
+            "gender",
+            "accent",
+            "emotion",
+            "age",
+            "pitch",
+            "speaking_rate",
+            "volume",
+            "snr",
+            "duration",
+        ]  # fmt: skip
+    )
+    renderer: str = "desta2"
+    max_seconds: float | None = 30.0
+    chunk_size: int = 64
+    attributes_dir: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def describe_config(node) -> DescribeConfig:
+    """Check the `describe` group before anything runs: unknown keys, attributes and renderers fail by name.
+
+    Raises:
+        ConfigError: naming the key or value and what is known.
+    """
+    cfg = check_section(DescribeConfig, node, "describe.")
+    known = sorted(ATTRIBUTES)
+    unknown = [a for a in [*cfg.attributes, *cfg.overrides] if a not in ATTRIBUTES]
+    if unknown:
+        raise ConfigError(f"describe: unknown attribute(s) {unknown}; registered: {known}")
+    if cfg.renderer not in RENDERERS:
+        raise ConfigError(f"describe.renderer={cfg.renderer!r}: choose one of {sorted(RENDERERS)}")
+    if cfg.chunk_size < 1 or (cfg.max_seconds is not None and cfg.max_seconds <= 0):
+        raise ConfigError("describe.chunk_size must be >= 1 and describe.max_seconds > 0 (or null)")
+    return cfg
 
 
 def describe_fingerprint(describe_cfg: dict, configs: dict[str, dict]) -> dict:

@@ -20,7 +20,7 @@ from speechllm.attributes import attribute_tasks, use_attributes_dir
 from speechllm.config import ConfigError
 from speechllm.corpus import generate_corpus, read_audiofolder
 from speechllm.corpus.hf import write_hf_corpus
-from speechllm.data.describe_stage import run_describe
+from speechllm.data.describe_stage import describe_config, run_describe
 from speechllm.data.replay import replay_config, run_replay
 from speechllm.data.stage import read_rejects
 from speechllm.data.targets import run_targets, target_config
@@ -117,6 +117,8 @@ def prepare(cfg: DictConfig, stages: list[tuple[str, Stage]] | None = None) -> d
     # Every group's settings are checked before any stage spends time (a typo in `target` must not wait
     # for the corpus and its transcripts).
     check_data_config(cfg.data)
+    if "describe" in cfg:
+        describe_config(cfg.describe)
     use_attributes_dir(OmegaConf.select(cfg, "describe.attributes_dir", default=None))
     try:
         attribute_tasks()  # every attribute YAML's `task` block, checked before any stage spends time

@@ -33,15 +33,14 @@ import logging
 import math
 import random
 import re
-import typing
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from speechllm.config import ConfigError
+from speechllm.config import ConfigError, check_section
 from speechllm.data.targets import trim_to_sentence
 from speechllm.textllm import Generation, GenerationConfig, LazyLLM, chat_prompt, generate_texts
 
@@ -178,7 +177,7 @@ class MagpieConfig:
         chunk_size: attempts per resumable part.
     """
 
-    size: int = 32
+    size: int = 16
     oversample: float = 2.0
     system: str | None = None
     instruction: GenerationConfig = field(
@@ -205,8 +204,8 @@ class SafetyConfig:
     """
 
     system: str | None = None
-    harmful: int | None = None
-    lookalike: int | None = None
+    harmful: int | None = 12
+    lookalike: int | None = 12
     answer: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=64))
     answer_on_truncated: str = "trim"
 
@@ -251,19 +250,6 @@ class ReplayConfig:
     experience: ExperienceConfig = field(default_factory=ExperienceConfig)
 
 
-def _to_dataclass(cls, data: dict):
-    # Rebuild nested dataclasses from the validated plain container.
-    hints = typing.get_type_hints(cls)
-    return cls(
-        **{
-            f.name: _to_dataclass(hints[f.name], data[f.name])
-            if dataclasses.is_dataclass(hints[f.name])
-            else data[f.name]
-            for f in dataclasses.fields(cls)
-        }
-    )
-
-
 def replay_config(node: DictConfig | dict | None) -> ReplayConfig:
     """Validate a ``replay`` config node against :class:`ReplayConfig`.
 
@@ -276,11 +262,7 @@ def replay_config(node: DictConfig | dict | None) -> ReplayConfig:
     Raises:
         ValueError: unknown key, unknown source name, or bad values.
     """
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(ReplayConfig), node or {})
-    except Exception as err:  # omegaconf raises several types; all mean "this key/value is wrong"
-        raise ConfigError(f"bad replay config: {err}") from None
-    cfg = _to_dataclass(ReplayConfig, OmegaConf.to_container(merged))
+    cfg = check_section(ReplayConfig, node, "replay.")
     for name in list(cfg.build) + list(cfg.weights):
         if name not in SOURCES:
             raise ConfigError(f"replay: unknown source {name!r}; known: {SOURCES}")

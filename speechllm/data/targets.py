@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from speechllm.config import ConfigError
+from speechllm.config import ConfigError, check_section
 from speechllm.data.instructions import (
     LABEL_TRANSCRIPT_TEMPLATE,
     PARAPHRASE_TEMPLATE,
@@ -125,23 +125,7 @@ def target_config(node: DictConfig | dict | None) -> TargetConfig:
     Raises:
         ValueError: unknown key, bad mode/backend/on_truncated value, or an invalid pool.
     """
-    schema = OmegaConf.structured(TargetConfig)
-    if isinstance(node, DictConfig):  # resolve within the whole config (`llm: ${model.llm.source}`)
-        node = OmegaConf.to_container(node, resolve=True)
-    try:
-        merged = OmegaConf.merge(schema, node or {})
-    except Exception as err:  # omegaconf raises several types; all mean "this key/value is wrong"
-        raise ConfigError(f"bad target config: {err}") from None
-    cfg = TargetConfig(
-        **{
-            k: v
-            for k, v in OmegaConf.to_container(merged).items()
-            if k not in ("generation", "token_filter", "verify")
-        },
-        generation=GenerationConfig(**OmegaConf.to_container(merged.generation)),
-        token_filter=TokenFilterConfig(**OmegaConf.to_container(merged.token_filter)),
-        verify=VerifyConfig(**OmegaConf.to_container(merged.verify)),
-    )
+    cfg = check_section(TargetConfig, node, "target.")
     cfg.verify.check()
     if cfg.verify.enabled and cfg.mode == "label":
         raise ConfigError("target.verify needs an LLM's answers; label targets are right by construction")

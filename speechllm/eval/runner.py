@@ -20,12 +20,16 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from speechllm import parsing
 from speechllm.attributes import use_attributes_dir
+from speechllm.config import ConfigError, check_section
+from speechllm.data.describe_stage import describe_config
 from speechllm.digests import key_digest, weights_digest
 from speechllm.eval import retention
 from speechllm.eval.data import (
@@ -456,6 +460,65 @@ def ensure_transcripts(model, rows: list[dict]) -> int:
     return len(need)
 
 
+@dataclass
+class RetentionSettings:
+    """`eval.retention` (conf/eval/default.yaml documents each key)."""
+
+    format: bool = True
+    max_clips: int = 1
+    max_new_tokens: int = 40
+    drift: Any = "auto"
+    drift_max_new_tokens: int = 48
+
+
+@dataclass
+class EvalSettings:
+    """Schema of the `eval` group (conf/eval/default.yaml documents each key)."""
+
+    data: str = "demo"
+    split: str = "test"
+    audiofolder: str | None = None
+    instruction_set: str | None = None
+    describe_audiofolder: bool = True
+    tasks: list[str] | None = None
+    max_clips: int | None = 8
+    questions_per_task: int = 1
+    max_new_tokens: int = 32
+    batch_size: int = 16
+    seed: int = 0
+    ceiling: bool = True
+    baseline: bool = True
+    reuse: bool = True
+    samples: int = 8
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    plots: bool = True
+
+
+def check_eval_config(cfg: DictConfig) -> EvalSettings:
+    """Check the `eval` group (and `describe`, when an audiofolder will be described) before any model loads.
+
+    Raises:
+        ConfigError: naming an unknown key, a value of the wrong type or out of range.
+    """
+    e = check_section(EvalSettings, cfg.get("eval"), "eval.")
+    if e.max_clips is not None and e.max_clips < 1:
+        raise ConfigError(f"eval.max_clips={e.max_clips} must be >= 1, or null for every clip")
+    if min(e.questions_per_task, e.max_new_tokens, e.batch_size, e.retention.max_new_tokens) < 1:
+        raise ConfigError(
+            "eval.questions_per_task, max_new_tokens, batch_size and retention.max_new_tokens must be >= 1"
+        )
+    if e.retention.drift not in ("auto", True, False):
+        raise ConfigError(f"eval.retention.drift={e.retention.drift!r}: use auto, true or false")
+    if e.tasks is not None:
+        try:
+            select_tasks([], e.tasks)  # unknown task names fail here, naming the known ones
+        except ValueError as err:
+            raise ConfigError(f"eval.tasks: {err}") from None
+    if "describe" in cfg:
+        describe_config(cfg.describe)
+    return e
+
+
 def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     """Run the evaluation and write the report.
 
@@ -473,6 +536,7 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     from speechllm.sources import load_llm
 
     t0 = time.time()
+    check_eval_config(cfg)
     e = cfg.eval
     out_dir = out_dir or str(cfg.paths.output_dir)
     use_attributes_dir(OmegaConf.select(cfg, "describe.attributes_dir", default=None))

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from speechllm.config import check_section
 from speechllm.model.alignment import alignment_loss
 from speechllm.model.encoder import EncoderOutput, WhisperFeatureEncoder, load_encoder, pad_features
 from speechllm.model.prompt import PromptConfig, PromptTokenizer, SpeechCollator
@@ -56,7 +57,7 @@ class LoraConfigSection:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
 @dataclass
@@ -67,16 +68,6 @@ class LLMConfig:
     finetune: str = "frozen"
     dtype: str | None = None
     lora: LoraConfigSection = field(default_factory=LoraConfigSection)
-
-
-def _section(schema, node, name: str):
-    """Validate a config section against its dataclass schema (a typo fails naming the key)."""
-    node = {} if node is None else node
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
-    except Exception as err:  # omegaconf raises several error types; all mean a bad key or value
-        raise ValueError(f"model.{name}: {err}") from err
-    return OmegaConf.to_object(merged)
 
 
 MODEL_SECTIONS = ("encoder", "adapter", "llm", "prompt")
@@ -97,9 +88,9 @@ def check_model_config(model_cfg: DictConfig | dict) -> tuple[EncoderConfig, LLM
         raise ValueError(
             f"unknown config key 'model.{unknown[0]}'; the model's sections are {list(MODEL_SECTIONS)}"
         )
-    enc_cfg = _section(EncoderConfig, model_cfg.get("encoder"), "encoder")
-    llm_cfg = _section(LLMConfig, model_cfg.get("llm"), "llm")
-    prompt_cfg = _section(PromptConfig, model_cfg.get("prompt"), "prompt")
+    enc_cfg = check_section(EncoderConfig, model_cfg.get("encoder"), "model.encoder.")
+    llm_cfg = check_section(LLMConfig, model_cfg.get("llm"), "model.llm.")
+    prompt_cfg = check_section(PromptConfig, model_cfg.get("prompt"), "model.prompt.")
     if llm_cfg.finetune not in FINETUNE_POLICIES:
         raise ValueError(f"model.llm.finetune must be one of {FINETUNE_POLICIES}, got {llm_cfg.finetune!r}")
     adapter_cfg = model_cfg.get("adapter")

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from speechllm.config import ConfigError, check_targets, flatten, override_value
+from speechllm.config import ConfigError, check_section, check_targets, flatten, override_value
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the package's configs (linked as conf/ at the root)
 
@@ -62,7 +61,7 @@ class TrainerConfig:
     """
 
     max_steps: int = -1
-    num_train_epochs: float = 1.0
+    num_train_epochs: float = 3.0
     per_device_train_batch_size: int = 8
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
@@ -72,8 +71,8 @@ class TrainerConfig:
     max_grad_norm: float = 1.0
     precision: str = "auto"
     logging_steps: int = 1
-    save_steps: int = 500
-    save_total_limit: int | None = None
+    save_steps: int = 200
+    save_total_limit: int | None = 3
     group_by_length: bool = True
     cache_encoder_features: bool = True
     feature_cache_dir: str | None = None
@@ -210,25 +209,6 @@ class TopLevelConfig:
 GROUP_KEYS = ("paths", "data", "model", "target", "replay", "trainer", "hydra")
 
 
-def _merge_schema(schema: type, node: Any, prefix: str) -> Any:
-    """Merge a config node into a dataclass schema; unknown keys and bad types name the dotted key."""
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
-        return OmegaConf.to_object(merged)
-    except ConfigKeyError as e:
-        key = getattr(e, "full_key", None) or getattr(e, "key", None) or str(e).split("'")[1]
-        node, parts = schema, str(key).split(".")
-        for part in parts[:-1]:  # a nested section (kd, align, probe): list that section's keys
-            field_type = {f.name: f.type for f in dataclasses.fields(node)}.get(part)
-            node = globals().get(field_type, node) if isinstance(field_type, str) else node
-        fields = sorted(f.name for f in dataclasses.fields(node))
-        where = prefix + ".".join(parts[:-1]) if len(parts) > 1 else prefix.rstrip(".") or "the root"
-        raise ConfigError(f"unknown config key '{prefix}{key}'. Known keys of {where}: {fields}") from None
-    except OmegaConfBaseException as e:
-        full_key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
-        raise ConfigError(f"bad value for config key '{prefix}{full_key}': {e.msg}") from None
-
-
 def validate_schema(cfg: DictConfig) -> tuple[TopLevelConfig, TrainerConfig, MixtureConfig]:
     """Check the top-level keys, `trainer`, `kd` and the replay mixture against the schema.
 
@@ -248,10 +228,10 @@ def validate_schema(cfg: DictConfig) -> tuple[TopLevelConfig, TrainerConfig, Mix
             f"unknown config key '{unknown[0]}'. Top-level keys: {sorted(top_names)}; "
             f"groups: {sorted(GROUP_KEYS)}"
         )
-    top = _merge_schema(TopLevelConfig, {k: cfg[k] for k in cfg.keys() if k in top_names}, "")
-    trainer = _merge_schema(TrainerConfig, cfg.get("trainer", {}), "trainer.")
+    top = check_section(TopLevelConfig, {k: cfg[k] for k in cfg.keys() if k in top_names}, "")
+    trainer = check_section(TrainerConfig, cfg.get("trainer", {}), "trainer.")
     replay = cfg.get("replay", {}) or {}
-    mixture = _merge_schema(
+    mixture = check_section(
         MixtureConfig, {k: replay[k] for k in ("ratio", "weights", "build") if k in replay}, "replay."
     )
     _check_owner_schemas(cfg)
