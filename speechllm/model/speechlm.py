@@ -135,7 +135,6 @@ class SpeechLM(nn.Module):
         self.finetune = config["llm"]["finetune"]
         self.prompt = PromptConfig(**config.get("prompt") or {})
         self.prompt_tokenizer = PromptTokenizer(tokenizer)
-        self._asr = None
         self._checkpointing = False
         # The token embeddings' mean square: the alignment loss's unit (see speechllm.train.align).
         self.embed_mean_square = float(llm.get_input_embeddings().weight.detach().float().pow(2).mean())
@@ -444,32 +443,32 @@ class SpeechLM(nn.Module):
         return rows
 
     @torch.no_grad()
-    def transcribe(self, arrays: list, max_new_tokens: int = 200) -> list[str]:
-        """Whisper transcripts (the full Whisper model is loaded on first use), 30-s windows joined.
+    def transcribe(self, arrays: list, max_new_tokens: int = 128) -> list[str]:
+        """Whisper transcripts of the encoder's source, written as the describe stage writes the
+        training transcripts (`speechllm.describe.transcript.transcribe`: batched, trimmed), so the
+        model reads the same kind of transcript at inference as in training. Audio over Whisper's 30 s
+        is transcribed in 30-s windows, joined.
 
         Args:
             arrays: mono float32 clips at 16 kHz.
+            max_new_tokens: token limit per 30-s window.
 
         Returns:
             One transcript per clip.
         """
-        if self._asr is None:
-            from speechllm.sources import load_whisper
+        from speechllm.describe.transcript import WHISPER_MAX_SECONDS, transcribe
 
-            model, processor = load_whisper(self.model_config["encoder"]["source"])
-            self._asr = (model.eval(), processor)
-        model, processor = self._asr
-        model.to(self.device)
-        texts = []
-        step = self.encoder.window_samples
-        for array in arrays:
-            pieces = [array[s : s + step] for s in range(0, len(array), step)]
-            feats = processor.feature_extractor(
-                pieces, sampling_rate=16000, return_tensors="pt"
-            ).input_features
-            ids = model.generate(feats.to(self.device, model.dtype), max_new_tokens=max_new_tokens)
-            texts.append(" ".join(t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)))
-        return texts
+        step = int(WHISPER_MAX_SECONDS * 16000)
+        windows, owners = [], []
+        for i, array in enumerate(arrays):
+            for start in range(0, max(len(array), 1), step):
+                windows.append(array[start : start + step])
+                owners.append(i)
+        texts = transcribe(windows, self.model_config["encoder"]["source"], max_new_tokens=max_new_tokens)
+        joined: list[list[str]] = [[] for _ in arrays]
+        for i, text in zip(owners, texts, strict=True):
+            joined[i].append(text)
+        return [" ".join(t for t in parts if t) for parts in joined]
 
     @torch.no_grad()
     def encode_audio(self, audio: list, batch_size: int = 8) -> list[torch.Tensor]:
