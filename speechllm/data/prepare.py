@@ -20,6 +20,7 @@ from speechllm.attributes import attribute_tasks, use_attributes_dir
 from speechllm.config import ConfigError
 from speechllm.corpus import generate_corpus, read_audiofolder
 from speechllm.corpus.hf import write_hf_corpus
+from speechllm.data import layout
 from speechllm.data.describe_stage import describe_config, run_describe
 from speechllm.data.replay import replay_config, run_replay
 from speechllm.data.stage import read_rejects
@@ -32,7 +33,7 @@ Stage = Callable[[DictConfig, dict[str, Any]], None]
 
 def data_root(cfg: DictConfig) -> Path:
     """`{paths.data_dir}/{data.name}`: where this dataset's stages write."""
-    return Path(cfg.paths.data_dir) / cfg.data.name
+    return layout.dataset_dir(cfg.paths.data_dir, cfg.data.name)
 
 
 def check_data_config(data: DictConfig | dict) -> None:
@@ -66,7 +67,10 @@ def corpus_stage(cfg: DictConfig, state: dict[str, Any]) -> None:
     elif (
         cfg.data.get("generate") == "hf"
     ):  # `path` is the dataset; its audiofolder copy goes beside the stages
-        path = write_hf_corpus(data_root(cfg) / "corpus", OmegaConf.to_container(cfg.data, resolve=True))
+        path = write_hf_corpus(
+            layout.corpus_dir(cfg.paths.data_dir, cfg.data.name),
+            OmegaConf.to_container(cfg.data, resolve=True),
+        )
     state["corpus_dir"] = path
     state["inputs"] = read_audiofolder(path)
     logger.info("corpus: %d clips listed in %s", len(state["inputs"]), path / "metadata.csv")
@@ -74,7 +78,7 @@ def corpus_stage(cfg: DictConfig, state: dict[str, Any]) -> None:
 
 def describe_stage(cfg: DictConfig, state: dict[str, Any]) -> None:
     """Describe every clip into `{data_root}/described` (rejects beside it)."""
-    out_dir = data_root(cfg) / "described"
+    out_dir = layout.described_dir(cfg.paths.data_dir, cfg.data.name)
     describe_cfg = OmegaConf.to_container(cfg.describe, resolve=True)
     state["described"] = run_describe(
         state["inputs"], out_dir, describe_cfg, num_proc=cfg.get("num_proc", 1), shard=cfg.get("shard", "0/1")

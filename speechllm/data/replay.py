@@ -41,6 +41,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from speechllm.config import ConfigError, check_section
+from speechllm.data.layout import replay_dir
 from speechllm.data.targets import trim_to_sentence
 from speechllm.textllm import Generation, GenerationConfig, LazyLLM, chat_prompt, generate_texts
 
@@ -749,11 +750,6 @@ def build_experience(out_dir, cfg: ReplayConfig, *, seed: int = 0):
 def _write_stats(out_dir: Path, stats: dict) -> None:
     logger.info("%s: %s", out_dir, json.dumps(stats))
     Path(out_dir, "_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-
-
-def replay_dir(data_dir: str | Path, name: str) -> Path:
-    """Where a replay source lives: ``{data_dir}/replay/{name}``."""
-    return Path(data_dir) / "replay" / name
 
 
 def run_replay(cfg: DictConfig, state: dict | None = None) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from speechllm.data.instructions import (
     pick_instructions,
     resolve_pool,
 )
+from speechllm.data.layout import described_dir, targets_dir
 from speechllm.data.stage import StageResult, load_stage, read_rejects, run_stage
 from speechllm.data.token_filter import add_keep_masks, masked_fraction
 from speechllm.data.verify import VERDICTS, VerifyConfig, correctness, label_classes, verify_answer
@@ -429,11 +430,6 @@ def targets_fingerprint(cfg: TargetConfig, seed: int) -> dict:
     return {"stage": "targets", "target": config, "seed": seed}
 
 
-def targets_dir(data_dir: str | Path, data_name: str, mode: str) -> Path:
-    """Where the targets of one mode live: ``{data_dir}/{data_name}/targets/{mode}``."""
-    return Path(data_dir) / data_name / "targets" / mode
-
-
 def build_targets(
     described,
     out_dir: str | Path,
@@ -544,7 +540,7 @@ def run_targets(cfg: DictConfig, state: dict | None = None) -> Any:
     if state is not None and "described" in state and state["described"] is None:
         logger.info("targets: waiting for the other describe shards; rerun when they are done")
         return None
-    described = load_stage(data_dir / cfg.data.name / "described")
+    described = load_stage(described_dir(data_dir, cfg.data.name))
     result = build_targets(
         described, out_dir, tcfg, seed=int(cfg.get("seed", 0)), shard=str(cfg.get("shard", "0/1"))
     )

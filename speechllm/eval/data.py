@@ -16,6 +16,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from speechllm.data.layout import described_dir
+
 log = logging.getLogger(__name__)
 
 
@@ -72,7 +74,7 @@ def load_described(
     """
     import datasets
 
-    path = os.path.join(data_dir, name, "described")
+    path = str(described_dir(data_dir, name))
     if not os.path.isdir(path):
         raise EvalDataError(
             f"no described dataset at {path!r}: run `python data_prep/prepare.py data={name}` first, "

@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from speechllm.config import ConfigError, check_section, check_targets, flatten, override_value
+from speechllm.data import layout
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the package's configs (linked as conf/ at the root)
 
@@ -363,9 +364,10 @@ def data_paths(cfg: DictConfig, mixture: MixtureConfig) -> DataPaths:
     for key in ("paths.data_dir", "data.name", "target.mode"):
         if OmegaConf.select(cfg, key, default=None) in (None, ""):
             raise ConfigError(f"config key '{key}' is missing or empty")
-    data_dir = Path(cfg.paths.data_dir)
-    replay = {name: data_dir / "replay" / name for name in mixture.sources()}
-    return DataPaths(targets=data_dir / cfg.data.name / "targets" / cfg.target.mode, replay=replay)
+    replay = {name: layout.replay_dir(cfg.paths.data_dir, name) for name in mixture.sources()}
+    return DataPaths(
+        targets=layout.targets_dir(cfg.paths.data_dir, cfg.data.name, cfg.target.mode), replay=replay
+    )
 
 
 def is_prepared(path: Path) -> bool:

@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from speechllm.config import ConfigError
+from speechllm.data.layout import features_dir
 from speechllm.model.alignment import AlignmentTargets
 from speechllm.train.align import pretrain_alignment
 from speechllm.train.config import TrainerConfig, check_prepared, validate_schema
@@ -497,7 +498,7 @@ def _fill_feature_cache(model, clips: list[tuple[str, str]], cfg: DictConfig, tr
 
     from speechllm.train.features import FeatureCache, encoder_fingerprint
 
-    root = tr.feature_cache_dir or str(Path(cfg.paths.data_dir) / cfg.data.name / "features")
+    root = tr.feature_cache_dir or str(features_dir(cfg.paths.data_dir, cfg.data.name))
     cache = FeatureCache(root, encoder_fingerprint(model.encoder))
     state = PartialState(cpu=_cpu_only())
     device = state.device
