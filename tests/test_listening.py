@@ -200,10 +200,33 @@ def test_wrong_targets_are_resampled_then_dropped_or_kept_with_their_verdict():
     result = writer(chunk)
     assert json.loads(result.rows[0]["target_verification"])["verdict"] == "wrong"
 
+    # paraphrase: the LLM rewrites the gold template for c1 ("The speaker is male."); kept when it passes.
+    writer, calls = _writer(
+        "paraphrase", [["A woman.", "A woman."], ["A woman."], ["Female."], ["It is a man."]]
+    )
+    result = writer(chunk)
+    assert calls[-1][0] == 1 and calls[-1][2].endswith("/paraphrase")
+    assert [r["target"] for r in result.rows] == ["It is a man.", "A woman."]
+    v = json.loads(result.rows[0]["target_verification"])
+    assert v["fallback"] == "paraphrase" and v["verdict"] == "correct"
+    # ... and dropped when the rewrite fails too.
+    writer, _ = _writer("paraphrase", [["A woman.", "A woman."], ["A woman."], ["Female."], ["A lady."]])
+    assert [r["clip_id"] for r in writer(chunk).rows] == ["c2"]
+
+
+def test_a_hedge_that_asserts_two_classes_fails_verification():
+    classes = {"volume": ("loud", "normal", "quiet")}
+    row = {"label_volume": "quiet"}
+    assert verify_answer("The voice is quiet.", row, "How loud is the voice?", classes).verdict == "correct"
+    hedge = verify_answer("The voice is quiet, normal.", row, "How loud is the voice?", classes)
+    assert hedge.verdict == "wrong" and hedge.failed == ["volume"]
+    echoed = verify_answer("Loud, normal or quiet? It is quiet.", row, "How loud is the voice?", classes)
+    assert echoed.verdict == "correct"  # the options echoed back assert nothing
+
 
 def test_verify_config_is_checked():
     with pytest.raises(ValueError, match="fallback"):
-        target_config({"verify": {"enabled": True, "fallback": "paraphrase"}})
+        target_config({"verify": {"enabled": True, "fallback": "guess"}})
     with pytest.raises(ValueError, match="label targets"):
         target_config({"mode": "label", "verify": {"enabled": True}})
 

@@ -339,11 +339,13 @@ class TargetWriter:
         verdicts: list[dict | None] = [None] * len(pending)
         if self.cfg.verify.enabled:
             answers, verdicts = self._verify(pending, answers, salt)
+            if self.cfg.verify.fallback == "paraphrase":
+                prompts, answers = self._paraphrase_failed(pending, prompts, answers, verdicts, salt)
         rows = []
         for (out, key, _), prompt, (text, why), verdict in zip(
             pending, prompts, answers, verdicts, strict=True
         ):
-            if verdict is not None and verdict["verdict"] == "wrong" and self.cfg.verify.fallback == "drop":
+            if verdict is not None and verdict["verdict"] == "wrong" and self.cfg.verify.fallback != "keep":
                 failed = ", ".join(verdict["failed"])
                 rejects.append(
                     {
@@ -361,6 +363,32 @@ class TargetWriter:
             )
             rows.append({**out, "target": text, "target_llm": self.cfg.llm, "target_prompt": prompt, **extra})
         return rows
+
+    def _paraphrase_failed(self, pending, prompts: list[str], answers, verdicts: list[dict], salt: str):
+        """`fallback: paraphrase`: the LLM rewrites the templated gold answer of each row that failed
+        verification; a rewrite that passes replaces the answer (its verdict records the fallback)."""
+        failing = [i for i, v in enumerate(verdicts) if v["verdict"] == "wrong"]
+        chats, rows = [], []
+        for i in failing:
+            out = pending[i][0]
+            gold = label_answer(out, out["instruction"])
+            if gold is not None:
+                content = PARAPHRASE_TEMPLATE.format(instruction=out["instruction"], answer=gold)
+                chats.append([{"role": "user", "content": content}])
+                rows.append(i)
+        if not rows:
+            return prompts, answers
+        new_prompts, gens = self._run_llm(chats, self.cfg.generation, f"{salt}/paraphrase")
+        prompts, answers = list(prompts), list(answers)
+        for i, prompt, g in zip(rows, new_prompts, gens, strict=True):
+            text, why = self._finish(g)
+            out = pending[i][0]
+            judged = verify_answer(text, out, out["instruction"], self.classes) if text else None
+            verdicts[i]["fallback"] = "paraphrase"
+            if why is None and judged is not None and judged.verdict != "wrong":
+                prompts[i], answers[i] = prompt, (text, None)
+                verdicts[i].update(verdict=judged.verdict, failed=judged.failed, checked=judged.checked)
+        return prompts, answers
 
     def _verify(self, pending, answers: list[tuple[str, str | None]], salt: str):
         """Judge each answer; resample the failing ones up to `verify.tries` times (see `data.verify`)."""
@@ -495,7 +523,10 @@ def write_stats(out_dir: str | Path, dataset, cfg: TargetConfig) -> dict:
         first = [{"checked": r["first"]} for r in records + dropped]
         stats["verify"] = {
             "verdicts": {k: sum(r["verdict"] == k for r in records) for k in VERDICTS},
-            "resampled": sum(r["tries"] > 0 and r["checked"] != r["first"] for r in records),
+            "resampled": sum(
+                r["tries"] > 0 and r["checked"] != r["first"] and "fallback" not in r for r in records
+            ),
+            "paraphrased": sum(r.get("fallback") == "paraphrase" for r in records),
             "greedy_correctness": correctness(first),
             "kept_correctness": correctness(records),
         }

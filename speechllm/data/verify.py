@@ -4,14 +4,17 @@ Self-Synthesized Rehearsal (arXiv 2403.01244) trains on the model's own outputs 
 verified correct. Here a target is checked against the clip's gold `label_*` columns with the
 evaluation's answer parser (`speechllm.parsing`), per attribute:
 
-- an attribute the instruction asks about (`instructions.asked_attributes`) must be stated, and right;
+- an attribute the instruction asks about (`instructions.asked_attributes`) must be stated, right, and
+  alone: an answer that asserts two of its classes ("The voice is quiet, normal.") is a hedge;
 - gender and accent, whose words no other attribute shares, must not be stated wrongly even when not
   asked. (Pitch, speed and volume share words such as "normal" and "high", so an unasked one cannot be
   told apart from another attribute's mention and is not judged.)
 
 A wrong or silent answer is sampled again (`tries` times, temperature `temperature`); the first
 sample that passes replaces it, so the target stays the LLM's own words. If none passes, the row is
-dropped (a counted reject naming the attribute) or kept as it is (`fallback: keep`, marked wrong).
+dropped (a counted reject naming the attribute), kept as it is (`fallback: keep`, marked wrong), or
+answered by the LLM rewriting the templated gold answer in its own words (`fallback: paraphrase`, the
+SDFT way; judged like any answer, and dropped if it fails too).
 A clip without labels is kept unverified and marked so.
 """
 
@@ -21,11 +24,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from speechllm.data.instructions import asked_attributes, attribute_keywords
-from speechllm.parsing import parse_label
+from speechllm.parsing import find_mentions, parse_label
 
 # Attributes whose class words belong to them alone; the others are judged only when asked.
 UNAMBIGUOUS = ("gender", "accent")
 VERDICTS = ("correct", "wrong", "unverified")
+FALLBACKS = ("drop", "keep", "paraphrase")
 
 
 @dataclass
@@ -37,7 +41,9 @@ class VerifyConfig:
         tries: sampled answers tried after a failing greedy one.
         temperature: sampling temperature of the retries.
         top_p: nucleus sampling of the retries.
-        fallback: drop (reject the row) | keep (keep the last answer, marked wrong).
+        fallback: what a row gets when no answer passes: drop (reject it) | keep (keep the last answer,
+            marked wrong) | paraphrase (the LLM rewrites the templated gold answer in its own words, as
+            `target=paraphrase` does; kept if it passes, else dropped).
     """
 
     enabled: bool = False
@@ -51,8 +57,8 @@ class VerifyConfig:
             raise ValueError(f"target.verify.tries={self.tries} must be >= 0")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
             raise ValueError("target.verify.temperature must be > 0 and top_p in (0, 1]")
-        if self.fallback not in ("drop", "keep"):
-            raise ValueError(f"target.verify.fallback={self.fallback!r}: use drop or keep")
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"target.verify.fallback={self.fallback!r}: use one of {FALLBACKS}")
 
 
 def label_classes(rows: Sequence[dict]) -> dict[str, tuple[str, ...]]:
@@ -66,6 +72,13 @@ def label_classes(rows: Sequence[dict]) -> dict[str, tuple[str, ...]]:
         if len(values) >= 2:
             out[name] = tuple(sorted(values))
     return out
+
+
+def _asserts_several(answer: str, task: str, classes: tuple[str, ...]) -> bool:
+    asserted = {
+        m.label for m in find_mentions(answer, task, classes) if not (m.listed or m.negated or m.weak)
+    }
+    return len(asserted) > 1
 
 
 def _has(value) -> bool:
@@ -109,7 +122,8 @@ def verify_answer(answer: str, row: dict, instruction: str, classes: dict[str, t
         parsed = parse_label(answer, name, classes[name])
         if name in asked or (name in UNAMBIGUOUS and parsed is not None):
             checked[name] = [gold, parsed]
-            if parsed != gold:
+            # A hedge that asserts two classes ("quiet, normal") parses to its first; it teaches hedging.
+            if parsed != gold or _asserts_several(answer, name, classes[name]):
                 failed.append(name)
     return Verdict("wrong" if failed else "correct", checked, failed)
 
