@@ -11,6 +11,7 @@ A clip no method can answer gets "" and its description leaves the attribute out
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -72,13 +73,17 @@ def classify(arrays: list[np.ndarray], source: str, batch_size: int = 16, sr: in
     return names
 
 
-def speaker_attribute(name: str, clips: list[Clip], cfg: dict) -> list[dict]:
+def speaker_attribute(
+    name: str, clips: list[Clip], cfg: dict, methods: dict[str, Callable[[Clip, dict], str]] | None = None
+) -> list[dict]:
     """Fill attribute `name` for each clip from the first of `cfg["methods"]` that has a value.
 
     Args:
         name: the attribute (also its output column).
         clips: the batch.
         cfg: the attribute's config (`methods`, `label`, `model`, `label_map`, ...).
+        methods: the attribute's own methods beside `label` and `model`: name -> (clip, cfg) -> word
+            ("" for none), e.g. gender's `pitch`.
 
     Returns:
         `{name: word}` per clip ("" where no method gives one).
@@ -98,11 +103,9 @@ def speaker_attribute(name: str, clips: list[Clip], cfg: dict) -> list[dict]:
             predicted = classify([clips[i].audio for i in todo], cfg["model"], cfg.get("batch_size", 16))
             for i, p in zip(todo, predicted, strict=True):
                 words[i] = normalise_word(p, label_map)
-        elif method == "pitch" and name == "gender":
+        elif method in (methods or {}):
             for i in todo:
-                hz = median_f0(clips[i], cfg["fmin"], cfg["fmax"])
-                if not np.isnan(hz):
-                    words[i] = "female" if hz >= cfg["pitch_threshold_hz"] else "male"
+                words[i] = methods[method](clips[i], cfg)
         else:
             raise ValueError(f"attribute {name!r}: unknown method {method!r} in methods {cfg['methods']}")
     return [{name: w} for w in words]
@@ -111,7 +114,13 @@ def speaker_attribute(name: str, clips: list[Clip], cfg: dict) -> list[dict]:
 @register_attribute("gender")
 def gender(clips: list[Clip], cfg: dict) -> list[dict]:
     """Speaker gender: label, classifier, or pitch-based estimate (`gender`: female|male)."""
-    return speaker_attribute("gender", clips, cfg)
+    return speaker_attribute("gender", clips, cfg, methods={"pitch": gender_from_pitch})
+
+
+def gender_from_pitch(clip: Clip, cfg: dict) -> str:
+    """`female` when the median F0 is at or above `pitch_threshold_hz`, else `male` ("" when unvoiced)."""
+    hz = median_f0(clip, cfg["fmin"], cfg["fmax"])
+    return "" if np.isnan(hz) else "female" if hz >= cfg["pitch_threshold_hz"] else "male"
 
 
 @register_attribute("emotion")
