@@ -38,6 +38,7 @@ import soundfile as sf
 from speechllm.audio import SAMPLE_RATE, load_audio
 from speechllm.corpus.audiofolder import CORPUS_MARKER, corpus_is_current
 from speechllm.corpus.sentences import SENTENCES
+from speechllm.describe.features import Clip, active_mask, frame_rms, median_f0
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +147,6 @@ def calibrate_pitch(variant: str, targets_hz: dict[str, float], voice: str = "en
     Returns:
         level word -> `-p` (0-99).
     """
-    from speechllm.describe.features import Clip, median_f0
-
     measured = []
     with tempfile.TemporaryDirectory() as tmp:
         for p in _CALIBRATION_P:
@@ -175,8 +174,6 @@ def level_gain(audio: np.ndarray, target_dbfs: float, peak_max: float, sr: int =
     Returns:
         The linear gain.
     """
-    from speechllm.describe.features import Clip, active_mask, frame_rms
-
     clip = Clip("level", audio, sr)
     rms = frame_rms(clip)[active_mask(clip)].astype(np.float64)
     level = 10 * np.log10(float(np.mean(rms**2)) + 1e-12)

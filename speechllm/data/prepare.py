@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from speechllm.attributes import attribute_tasks, use_attributes_dir
 from speechllm.config import ConfigError
-from speechllm.corpus import generate_corpus, read_audiofolder
+from speechllm.corpus import espeak, generate_corpus, hf, read_audiofolder
 from speechllm.corpus.hf import write_hf_corpus
 from speechllm.data import layout
 from speechllm.data.describe_stage import describe_config, run_describe
@@ -44,8 +44,6 @@ def check_data_config(data: DictConfig | dict) -> None:
     Raises:
         ConfigError: a key the chosen corpus does not read, or an unknown generator.
     """
-    from speechllm.corpus import espeak, hf
-
     generator = data.get("generate")
     generators = {None: (), "espeak": espeak.CONFIG_KEYS, "hf": hf.CONFIG_KEYS}
     if generator not in generators:

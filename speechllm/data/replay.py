@@ -42,6 +42,7 @@ from omegaconf import DictConfig
 
 from speechllm.config import ConfigError, check_section
 from speechllm.data.layout import replay_dir
+from speechllm.data.stage import StageResult, load_stage, read_rejects, run_stage
 from speechllm.data.targets import trim_to_sentence
 from speechllm.textllm import Generation, GenerationConfig, LazyLLM, chat_prompt, generate_texts
 
@@ -387,8 +388,6 @@ class MagpieWriter:
         )
 
     def __call__(self, chunk: list[dict]):
-        from speechllm.data.stage import StageResult
-
         model, tokenizer = self.llm.get()
         m = self.cfg.magpie
         prefix = user_turn_prefix(tokenizer, m.system)
@@ -425,8 +424,6 @@ def _dedupe_and_cap(size: int):
     """``process`` of Magpie's final pass (one chunk): drop duplicates across chunks, keep ``size``."""
 
     def process(rows: list[dict]):
-        from speechllm.data.stage import StageResult
-
         kept, rejects, seen = [], [], set()
         for row in rows:
             norm = _normalise(row["messages"][0]["content"])
@@ -465,8 +462,6 @@ def build_magpie(
     Returns:
         The dataset, or None while other shards still run.
     """
-    from speechllm.data.stage import load_stage, read_rejects, run_stage
-
     out_dir = Path(out_dir)
     raw_dir = out_dir.parent / "_raw" / out_dir.name
     attempts = math.ceil(cfg.magpie.size * cfg.magpie.oversample)
@@ -545,8 +540,6 @@ class SafetyWriter:
         )
 
     def __call__(self, chunk: list[dict]):
-        from speechllm.data.stage import StageResult
-
         model, tokenizer = self.llm.get()
         system = [{"role": "system", "content": self.system}] if self.system else []
         prompts = [
@@ -590,8 +583,6 @@ def build_safety(
     Returns:
         The dataset, or None while other shards still run.
     """
-    from speechllm.data.stage import read_rejects, run_stage
-
     inputs = safety_inputs(cfg.safety)
     fp = {
         "stage": "replay/safety",
@@ -709,8 +700,6 @@ def build_experience(out_dir, cfg: ReplayConfig, *, seed: int = 0):
     Returns:
         The dataset.
     """
-    from speechllm.data.stage import run_stage
-
     e = cfg.experience
     if not e.path:
         raise ValueError(
@@ -724,8 +713,6 @@ def build_experience(out_dir, cfg: ReplayConfig, *, seed: int = 0):
     origin = str(Path(e.path).resolve())
 
     def process(chunk: list[dict]):
-        from speechllm.data.stage import StageResult
-
         rows, rejects = [], []
         for item in chunk:
             msgs = _as_messages(json.loads(item["record"]))

@@ -18,6 +18,7 @@ import torch
 
 from speechllm.describe.features import Clip, median_f0
 from speechllm.describe.registry import register_attribute
+from speechllm.sources import resolve_source
 
 
 def normalise_word(value, label_map: dict) -> str:
@@ -41,8 +42,6 @@ def load_classifier(source: str):
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
     if source.startswith("packaged:"):
-        from speechllm.sources import resolve_source
-
         source = resolve_source(source)
     model = AutoModelForAudioClassification.from_pretrained(source).eval()
     return model, AutoFeatureExtractor.from_pretrained(source)

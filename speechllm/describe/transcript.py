@@ -10,6 +10,7 @@ import torch
 
 from speechllm.describe.features import Clip
 from speechllm.describe.registry import register_attribute
+from speechllm.sources import load_whisper
 
 logger = logging.getLogger(__name__)
 
@@ -19,8 +20,6 @@ WHISPER_MAX_SECONDS = 30.0
 
 @functools.lru_cache(maxsize=2)
 def _load(source: str):
-    from speechllm.sources import load_whisper
-
     model, processor = load_whisper(source)
     return model.eval(), processor
 

@@ -16,7 +16,12 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from speechllm.corpus.audiofolder import AudioFolderError, read_audiofolder
+from speechllm.corpus.hf import dataset_columns, write_hf_corpus
+from speechllm.data.describe_stage import DescribeProcessor
 from speechllm.data.layout import described_dir
+from speechllm.describe import load_configs
+from speechllm.eval.tasks import Item, normalize_answer
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +121,6 @@ def load_audiofolder(
     Raises:
         EvalDataError: not an audiofolder, no rows of `split`, or no audio file present.
     """
-    from speechllm.corpus.audiofolder import AudioFolderError, read_audiofolder
-
     try:
         records = read_audiofolder(folder, default_split="")
     except AudioFolderError as e:
@@ -160,8 +163,6 @@ def _dataset_as_audiofolder(source: str, root: Path) -> Path:
     instruction columns, written once as an audiofolder under `root` (see `speechllm.corpus.hf`)."""
     import hashlib
 
-    from speechllm.corpus.hf import dataset_columns, write_hf_corpus
-
     names = dataset_columns(source)
     cfg = {"path": source, "columns": {"audio": "audio"},
            "labels": {c: c for c in INSTRUCTION_COLUMNS if c in names}}  # fmt: skip
@@ -183,8 +184,6 @@ def load_instruction_set(
     Raises:
         EvalDataError: not an audiofolder, no instruction or answer column, or no audio file present.
     """
-    from speechllm.eval.tasks import Item, normalize_answer
-
     if cache_dir is not None and not (Path(folder) / "metadata.csv").is_file():
         folder = str(_dataset_as_audiofolder(folder, Path(cache_dir) / "instruction-sets"))
     data = load_audiofolder(folder, max_clips=max_clips, seed=seed, every_row=True)
@@ -225,9 +224,6 @@ def describe_rows(rows: list[dict], describe_cfg: dict) -> tuple[list[dict], lis
     Returns:
         (described rows: inputs + attribute columns (``transcript``, ...) + ``description``, rejects).
     """
-    from speechllm.data.describe_stage import DescribeProcessor
-    from speechllm.describe import load_configs
-
     attributes = list(describe_cfg["attributes"])
     configs, order = load_configs(
         attributes, describe_cfg.get("attributes_dir"), describe_cfg.get("overrides")

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from speechllm import parsing
 from speechllm.attributes import use_attributes_dir
+from speechllm.audio import file_stamp, load_audio
 from speechllm.config import ConfigError, check_section
 from speechllm.data.describe_stage import describe_config
 from speechllm.digests import key_digest, weights_digest
@@ -40,7 +41,7 @@ from speechllm.eval.data import (
     load_described,
     load_instruction_set,
 )
-from speechllm.eval.report import write_report
+from speechllm.eval.report import render_markdown, write_json, write_report
 from speechllm.eval.tasks import (
     Item,
     balanced_accuracy,
@@ -49,8 +50,10 @@ from speechllm.eval.tasks import (
     normalize_answer,
     select_tasks,
 )
+from speechllm.model import SpeechLM
 from speechllm.model.speechlm import CheckpointError
-from speechllm.textllm import generate_chat
+from speechllm.sources import load_llm
+from speechllm.textllm import description_messages, generate_chat
 
 __all__ = ["CheckpointError", "evaluate"]
 
@@ -70,8 +73,6 @@ def load_checkpoint(path: str):
         CheckpointError: the folder does not exist, is not a checkpoint, or its weights do not
             match its config (missing/unexpected/mis-shaped tensors, listed by name).
     """
-    from speechllm.model import SpeechLM
-
     if not path or not os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist (expected a folder written by train.py)")
     try:
@@ -125,8 +126,6 @@ def untrained_model(model_cfg: dict, seed: int):
     Returns:
         A SpeechLM in eval mode.
     """
-    from speechllm.model import SpeechLM
-
     torch.manual_seed(seed)
     return SpeechLM.from_config(OmegaConf.create(model_cfg)).eval()
 
@@ -168,8 +167,6 @@ def reused_answers(cache_dir: str | None, kind: str, key: dict, compute) -> tupl
 def _speech_key(weights: dict[str, str], config: dict, rows: Sequence[dict], items: Sequence[Item],
                 gen: dict) -> dict:  # fmt: skip
     """What a speech model's answers depend on: its weights' digests and config, the clips and questions."""
-    from speechllm.audio import file_stamp
-
     return {
         "config": config,
         "weights": weights,
@@ -226,8 +223,6 @@ def description_chats(
 ) -> list[list[dict]]:
     """The chats the text LLM reads: each item's question about its clip's gold description (see
     `text_answers` for `system`)."""
-    from speechllm.textllm import description_messages
-
     return [description_messages(rows[it.row]["description"], it.question, system) for it in items]
 
 
@@ -452,8 +447,6 @@ def ensure_transcripts(model, rows: list[dict]) -> int:
         return 0
     need = [r for r in rows if not r.get("transcript")]
     if need:
-        from speechllm.audio import load_audio
-
         texts = model.transcribe([load_audio(r["audio_path"]).array for r in need])
         for r, t in zip(need, texts, strict=True):
             r["transcript"] = t
@@ -533,8 +526,6 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         CheckpointError: missing or mismatched checkpoint.
         EvalDataError: missing data, or no task has labels.
     """
-    from speechllm.sources import load_llm
-
     t0 = time.time()
     check_eval_config(cfg)
     e = cfg.eval
@@ -700,8 +691,6 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     if e.plots:
         paths = write_report(report, out_dir)
     else:
-        from speechllm.eval.report import render_markdown, write_json
-
         paths = {"json": write_json(report, out_dir), "md": os.path.join(out_dir, "report.md")}
         with open(paths["md"], "w") as f:
             f.write(render_markdown(report))

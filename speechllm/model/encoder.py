@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from speechllm.sources import load_whisper
+
 log = logging.getLogger(__name__)
 
 LONG_AUDIO_POLICIES = ("window", "refuse")
@@ -302,8 +304,6 @@ def load_encoder(
     Returns:
         A WhisperFeatureEncoder (the decoder is dropped).
     """
-    from speechllm.sources import load_whisper
-
     whisper, processor = load_whisper(source, dtype=getattr(torch, dtype) if dtype else None)
     encoder = whisper.model.encoder
     return WhisperFeatureEncoder(

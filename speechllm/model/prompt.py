@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from speechllm.audio import SAMPLE_RATE, check_array, load_audio, resample
 from speechllm.model.encoder import pad_features
 
 log = logging.getLogger(__name__)
@@ -193,8 +194,6 @@ class SpeechCollator:
         self.generation = generation
 
     def _audio(self, row: dict, i: int) -> np.ndarray | None:
-        from speechllm.audio import SAMPLE_RATE, check_array, load_audio, resample
-
         name = _row_name(row, i)
         if row.get("audio_path") is not None:
             clip = load_audio(row["audio_path"], sr=SAMPLE_RATE)

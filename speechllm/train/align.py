@@ -35,7 +35,11 @@ from pathlib import Path
 import torch
 
 from speechllm.audio import file_stamp
+from speechllm.describe.registry import load_attribute_config
+from speechllm.describe.render import RENDERERS, render
 from speechllm.digests import key_digest, weights_digest
+from speechllm.model.alignment import AlignmentTargets, alignment_loss
+from speechllm.model.encoder import pad_features
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +58,6 @@ class AlignmentText:
 
     def __init__(self, renderer: str, attributes: Sequence[str], attributes_dir: str | None = None):
         import speechllm.describe  # noqa: F401  (registers the attribute extractors the configs belong to)
-        from speechllm.describe.registry import load_attribute_config
-        from speechllm.describe.render import RENDERERS
 
         if renderer not in RENDERERS:
             raise KeyError(f"unknown renderer {renderer!r}; choose one of {sorted(RENDERERS)}")
@@ -65,8 +67,6 @@ class AlignmentText:
 
     def __call__(self, row: dict) -> str:
         """One described row -> its text ("" when it has none of the attributes)."""
-        from speechllm.describe.render import render
-
         return render(self.renderer, dict(row), self.attributes, self.configs).strip()
 
 
@@ -103,9 +103,6 @@ def pretrain_alignment(model, rows: Sequence[dict], texts: Sequence[str], featur
         The loss history, [{"step", "align_loss"}] every 10% of the steps.
     """
     from tqdm.auto import tqdm
-
-    from speechllm.model.alignment import AlignmentTargets, alignment_loss
-    from speechllm.model.encoder import pad_features
 
     clips: dict[str, tuple[dict, str]] = {}
     for r, t in zip(rows, texts, strict=True):

@@ -20,7 +20,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from speechllm.config import ConfigError, check_section, check_targets, flatten, override_value
-from speechllm.data import layout
+from speechllm.data import layout, stage
+from speechllm.data.prepare import check_data_config
+from speechllm.data.replay import replay_config
+from speechllm.data.stage import settings_differences, stage_stats
+from speechllm.data.targets import target_config, targets_fingerprint
+from speechllm.model.speechlm import check_model_config
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the package's configs (linked as conf/ at the root)
 
@@ -301,11 +306,6 @@ PATHS_KEYS = ("data_dir", "cache_dir", "output_dir")
 
 def _check_owner_schemas(cfg: DictConfig) -> None:
     """Validate `paths`, and `data`, `model`, `target` and `replay` with their owners' checks (typos fail here too)."""
-    from speechllm.data.prepare import check_data_config
-    from speechllm.data.replay import replay_config
-    from speechllm.data.targets import target_config
-    from speechllm.model.speechlm import check_model_config
-
     unknown = [k for k in (cfg.get("paths") or {}).keys() if k not in PATHS_KEYS]
     if unknown:
         raise ConfigError(f"unknown config key 'paths.{unknown[0]}'. Known keys of paths: {list(PATHS_KEYS)}")
@@ -372,8 +372,6 @@ def data_paths(cfg: DictConfig, mixture: MixtureConfig) -> DataPaths:
 
 def is_prepared(path: Path) -> bool:
     """A stage folder counts as prepared once its dataset is complete (written last by the stage)."""
-    from speechllm.data import stage
-
     marker = getattr(stage, "_COMPLETE", "_complete.json")
     return (path / marker).is_file() or (path / "dataset_info.json").is_file()
 
@@ -492,9 +490,6 @@ def check_prepared(cfg: DictConfig, mixture: MixtureConfig) -> DataPaths:
 
 def _unprepared(cfg: DictConfig, paths: DataPaths) -> list[str]:
     """Missing folders, and targets whose recorded settings differ from the run's `target` settings."""
-    from speechllm.data.stage import settings_differences, stage_stats
-    from speechllm.data.targets import target_config, targets_fingerprint
-
     problems = [f"{p} is missing" for p in [paths.targets, *paths.replay.values()] if not is_prepared(p)]
     if problems or "target" not in cfg:
         return problems

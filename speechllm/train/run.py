@@ -18,9 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from speechllm.config import ConfigError
 from speechllm.data.layout import features_dir
+from speechllm.eval.data import EvalDataError, load_described
+from speechllm.eval.probe import ClassProbe
+from speechllm.model import SpeechLM
 from speechllm.model.alignment import AlignmentTargets
-from speechllm.train.align import pretrain_alignment
+from speechllm.model.prompt import speech_messages
+from speechllm.train.align import AlignmentText, pretrain_alignment
 from speechllm.train.config import TrainerConfig, check_prepared, validate_schema
+from speechllm.train.features import FeatureCache, encoder_fingerprint
 from speechllm.train.mixture import Mixture, build_mixture, speech_rows
 from speechllm.train.outputs import plot_learning_curve, plot_loss, write_metrics
 from speechllm.train.trainer import (
@@ -208,8 +213,6 @@ def load_mixture(cfg: DictConfig, paths, top, mixture_cfg) -> Mixture:
     use_mask = bool(OmegaConf.select(cfg, "target.token_filter.enabled", default=False))
     align_text = None
     if top.align.enabled:
-        from speechllm.train.align import AlignmentText
-
         try:
             align_text = AlignmentText(top.align.renderer, top.align.attributes)
         except (KeyError, FileNotFoundError) as err:
@@ -239,8 +242,6 @@ def row_lengths(model, dataset: datasets.Dataset) -> list[int]:
         One length per row.
     """
     import soundfile as sf
-
-    from speechllm.model.prompt import speech_messages
 
     lengths = []
     for row in dataset:
@@ -352,8 +353,6 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
     """Build the model and run Trainer (steps 2-4 of :func:`train`)."""
     from transformers import set_seed
 
-    from speechllm.model import SpeechLM
-
     set_seed(top.seed)
     t0 = time.perf_counter()
     model = SpeechLM.from_config(cfg.model)
@@ -421,8 +420,6 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
     )
     probe_callback = []
     if probe_rows:
-        from speechllm.eval.probe import ClassProbe
-
         probe = ClassProbe(probe_rows, top.probe.tasks, top.probe.questions_per_task, seed=top.seed,
                            batch_size=top.probe.batch_size)  # fmt: skip
         chance = {t: 1.0 / len(next(it.classes for it in probe.items if it.task == t)) for t in probe.tasks}
@@ -476,8 +473,6 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
 
 def _probe_rows(cfg: DictConfig, top) -> list[dict]:
     """The held-out described clips the listening probe asks about (none when they are missing)."""
-    from speechllm.eval.data import EvalDataError, load_described
-
     try:
         data = load_described(str(cfg.paths.data_dir), str(cfg.data.name), split=top.probe.split,
                               max_clips=top.probe.max_clips, seed=top.seed)  # fmt: skip
@@ -495,8 +490,6 @@ def _fill_feature_cache(model, clips: list[tuple[str, str]], cfg: DictConfig, tr
         (the cache, fill statistics: clips, encoded here, seconds).
     """
     from accelerate import PartialState
-
-    from speechllm.train.features import FeatureCache, encoder_fingerprint
 
     root = tr.feature_cache_dir or str(features_dir(cfg.paths.data_dir, cfg.data.name))
     cache = FeatureCache(root, encoder_fingerprint(model.encoder))

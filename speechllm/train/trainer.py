@@ -22,6 +22,7 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import rotate_checkpoints
 
+from speechllm.textllm import description_messages
 from speechllm.train.losses import kd_loss
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,6 @@ class TrainCollator:
             texts = [r.get("align_text") for r, a in zip(rows, with_audio.tolist(), strict=True) if a]
             batch["align_ids"] = self.align(texts, batch["audio_mask"][with_audio].sum(1).tolist())
         if self.teacher:
-            from speechllm.textllm import description_messages
-
             index = [i for i, r in enumerate(rows) if r.get("kind") == "speech"]
             if index:
                 teacher_rows = [
