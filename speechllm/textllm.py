@@ -334,33 +334,9 @@ def chat_prompts(tokenizer, conversations: Sequence[list[dict]]) -> list[str]:
     ]
 
 
-def _greedy(model, tokenizer, conversations, max_new_tokens: int, batch_size: int):
-    model.eval()
-    gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, batch_size=batch_size)
-    return generate_texts(model, tokenizer, chat_prompts(tokenizer, conversations), gen)
-
-
-def generate_chat_ids(
+def greedy_chat(
     model, tokenizer, conversations: Sequence[list[dict]], *, max_new_tokens: int = 64, batch_size: int = 16
-) -> list[list[int]]:
-    """Greedy answer token ids of a text LLM to chat conversations.
-
-    Args:
-        model: an ``AutoModelForCausalLM``-like model.
-        tokenizer: its tokenizer (with a chat template).
-        conversations: lists of {"role", "content"} messages, each ending with a user turn.
-        max_new_tokens: generation length limit.
-        batch_size: rows per generate call.
-
-    Returns:
-        Per conversation, the new token ids up to and including the end-of-turn token.
-    """
-    return [g.token_ids for g in _greedy(model, tokenizer, conversations, max_new_tokens, batch_size)]
-
-
-def generate_chat(
-    model, tokenizer, conversations: Sequence[list[dict]], *, max_new_tokens: int = 64, batch_size: int = 16
-) -> list[str]:
+) -> list[Generation]:
     """Greedy answers of a text LLM to chat conversations.
 
     Args:
@@ -371,9 +347,17 @@ def generate_chat(
         batch_size: rows per generate call.
 
     Returns:
-        The decoded answers (special tokens removed, stripped), one per conversation.
+        One :class:`Generation` per conversation: the decoded text, and the new token ids up to and
+        including the end-of-turn token (to score the exact answer under another model).
     """
-    return [g.text for g in _greedy(model, tokenizer, conversations, max_new_tokens, batch_size)]
+    model.eval()
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, batch_size=batch_size)
+    return generate_texts(model, tokenizer, chat_prompts(tokenizer, conversations), gen)
+
+
+def generate_chat(model, tokenizer, conversations: Sequence[list[dict]], **settings) -> list[str]:
+    """The texts of :func:`greedy_chat` (special tokens removed, stripped)."""
+    return [g.text for g in greedy_chat(model, tokenizer, conversations, **settings)]
 
 
 def _scored_rows(
@@ -429,7 +413,7 @@ def answer_logprobs(
         tokenizer: its tokenizer.
         conversations: chats ending with a user turn.
         answers: the assistant answer to score after each chat: token ids (exact, e.g. from
-            :func:`generate_chat_ids`) or text (tokenized without special tokens).
+            :func:`greedy_chat`) or text (tokenized without special tokens).
         batch_size: rows per forward pass.
 
     Returns:

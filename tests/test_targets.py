@@ -194,11 +194,11 @@ def test_batched_generation_matches_one_at_a_time(talky):
 def test_greedy_ids_are_the_argmax_of_their_own_scores(talky):
     # The drift check scores the base model's greedy answer under both models; generation and scoring
     # must agree on which positions hold the answer.
-    from speechllm.textllm import answer_logprobs, generate_chat, generate_chat_ids
+    from speechllm.textllm import answer_logprobs, generate_chat, greedy_chat
 
     _, model, tok = talky
     convs = [description_messages(r["description"], "Describe it.") for r in described_rows(4)]
-    ids = generate_chat_ids(model, tok, convs, max_new_tokens=12, batch_size=4)
+    ids = [g.token_ids for g in greedy_chat(model, tok, convs, max_new_tokens=12, batch_size=4)]
     assert generate_chat(model, tok, convs, max_new_tokens=12, batch_size=4) == [
         tok.decode(a, skip_special_tokens=True).strip() for a in ids
     ]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from speechllm.textllm import answer_logprobs, generate_chat, generate_chat_ids
+from speechllm.textllm import answer_logprobs, generate_chat, greedy_chat
 
 
 @dataclass(frozen=True)
@@ -329,7 +329,10 @@ def text_drift(base, tuned, tokenizer, *, max_new_tokens: int, batch_size: int, 
     """
     convs = [[{"role": "user", "content": p}] for p in (prompts or DRIFT_PROMPTS)]
     # Token ids, not decoded text: re-tokenizing decoded text need not give back the same tokens.
-    answers = generate_chat_ids(base, tokenizer, convs, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    answers = [
+        g.token_ids
+        for g in greedy_chat(base, tokenizer, convs, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    ]
     base_lp = answer_logprobs(base, tokenizer, convs, answers, batch_size=batch_size)
     tuned_lp = answer_logprobs(tuned, tokenizer, convs, answers, batch_size=batch_size)
     kl_sum, nll_base, nll_tuned, n = 0.0, 0.0, 0.0, 0
