@@ -35,7 +35,7 @@ task:
 def breathiness(tmp_path):
     (tmp_path / "breathiness.yaml").write_text(BREATHINESS_YAML)
 
-    @register_attribute("breathiness")
+    @register_attribute("breathiness", keys=())  # it reads no keys of its own
     def extract(clips, config):
         # Stands in for a real measurement: breathy when the signal is quiet.
         return [{"breathiness": "breathy" if np.abs(c.audio).mean() < 0.05 else "clear"} for c in clips]
@@ -64,6 +64,12 @@ def test_a_new_attribute_needs_one_extractor_and_one_yaml(breathiness):
     tasks, skipped = select_tasks(["clip_id", "label_breathiness", "label_text"])
     assert [t.name for t in tasks] == ["breathiness", "content"]
     assert tasks[0].questions == ("Does the voice sound {options}?",)
+
+
+def test_a_typo_in_an_attribute_yaml_names_the_key(breathiness):
+    (breathiness / "breathiness.yaml").write_text(BREATHINESS_YAML.replace("words:", "wrds:"))
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['wrds'\] for attribute 'breathiness'"):
+        load_configs(["breathiness"], attributes_dir=breathiness)
 
 
 def test_a_typo_in_an_attribute_task_block_names_the_key(tmp_path):

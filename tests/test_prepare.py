@@ -228,6 +228,10 @@ def test_entry_point_on_an_audiofolder(bad_folder, tmp_path):
         ("target.instructions=nope", "unknown instruction pool"),
         ("+describe.renderr=natural", "unknown config key 'describe.renderr'"),
         ("describe.attributes=[gendr]", "unknown attribute(s) ['gendr']"),
+        (
+            "+describe.overrides.gender.pitch_treshold_hz=140",
+            "unknown key(s) ['pitch_treshold_hz'] for attribute 'gender'",
+        ),
         ("+target.generation.max_new_token=3", "unknown config key 'target.generation.max_new_token'"),
     ],
 )

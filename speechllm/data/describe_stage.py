@@ -114,7 +114,8 @@ class DescribeConfig:
 
 
 def describe_config(node) -> DescribeConfig:
-    """Check the `describe` group before anything runs: unknown keys, attributes and renderers fail by name.
+    """Check the `describe` group before anything runs: unknown keys, attributes, renderers and attribute-YAML
+    keys (with `describe.overrides`) fail by name.
 
     Raises:
         ConfigError: naming the key or value and what is known.
@@ -128,6 +129,10 @@ def describe_config(node) -> DescribeConfig:
         raise ConfigError(f"describe.renderer={cfg.renderer!r}: choose one of {sorted(RENDERERS)}")
     if cfg.chunk_size < 1 or (cfg.max_seconds is not None and cfg.max_seconds <= 0):
         raise ConfigError("describe.chunk_size must be >= 1 and describe.max_seconds > 0 (or null)")
+    try:  # every attribute YAML that will run, with its overrides: a key its extractor does not read fails
+        load_configs(cfg.attributes, cfg.attributes_dir, cfg.overrides)
+    except (KeyError, FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"describe: {err.args[0] if err.args else err}") from None
     return cfg
 
 

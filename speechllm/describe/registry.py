@@ -32,23 +32,31 @@ class Attribute:
         name: registry name, also the column holding its word.
         extract: the extractor, `(clips, config) -> list of column dicts`.
         requires: attributes whose values this one reads from `clip.values` (run first).
+        keys: the YAML keys the extractor reads, beside :data:`COMMON_KEYS` (None: not declared, unchecked).
     """
 
     name: str
     extract: Extractor
     requires: tuple[str, ...] = ()
+    keys: tuple[str, ...] | None = None
 
 
 ATTRIBUTES: dict[str, Attribute] = {}
+# Keys any attribute YAML may have: read by the renderers, `speechllm.attributes` and the run order.
+COMMON_KEYS = ("words", "render", "task", "requires")
 
 
-def register_attribute(name: str, *, requires: Iterable[str] = ()) -> Callable[[Extractor], Extractor]:
+def register_attribute(
+    name: str, *, requires: Iterable[str] = (), keys: Iterable[str] | None = None
+) -> Callable[[Extractor], Extractor]:
     """Register an extractor under `name`.
 
     Args:
         name: the attribute's name (snake_case); `conf/attributes/<name>.yaml` must exist.
         requires: attributes this extractor reads from `clip.values`; they run before it. A YAML may
             add more under its own `requires:` key (e.g. pitch bins relative to gender).
+        keys: the YAML keys the extractor reads, beside :data:`COMMON_KEYS`; with them a typo in its
+            YAML fails by name. None leaves the YAML unchecked.
 
     Returns:
         A decorator that registers the function and returns it unchanged.
@@ -59,7 +67,8 @@ def register_attribute(name: str, *, requires: Iterable[str] = ()) -> Callable[[
             raise ValueError(
                 f"attribute {name!r} is already registered (by {ATTRIBUTES[name].extract.__module__})"
             )
-        ATTRIBUTES[name] = Attribute(name=name, extract=fn, requires=tuple(requires))
+        declared = tuple(keys) if keys is not None else None
+        ATTRIBUTES[name] = Attribute(name=name, extract=fn, requires=tuple(requires), keys=declared)
         return fn
 
     return decorator
@@ -94,6 +103,12 @@ def load_attribute_config(
         raise FileNotFoundError(f"attribute {name!r} has no config: expected {path}")
     config = yaml.safe_load(path.read_text()) or {}
     config.update(overrides or {})
+    known = ATTRIBUTES[name].keys
+    unknown = sorted(set(config) - set(COMMON_KEYS) - set(known)) if known is not None else []
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown key(s) {unknown} for attribute {name!r}; it reads {sorted({*COMMON_KEYS, *known})}"
+        )
     return config
 
 

@@ -18,13 +18,13 @@ from speechllm.describe.features import (
 from speechllm.describe.registry import register_attribute
 
 
-@register_attribute("duration")
+@register_attribute("duration", keys=())
 def duration(clips: list[Clip], cfg: dict) -> list[dict]:
     """Clip length in seconds (`duration`, float)."""
     return [{"duration": round(clip.duration, 3)} for clip in clips]
 
 
-@register_attribute("pitch")
+@register_attribute("pitch", keys=("bins", "fmin", "fmax", "relative_to"))
 def pitch(clips: list[Clip], cfg: dict) -> list[dict]:
     """Median F0 over speech-active frames (`pitch_hz`) and its bin (`pitch`).
 
@@ -42,7 +42,7 @@ def pitch(clips: list[Clip], cfg: dict) -> list[dict]:
     return out
 
 
-@register_attribute("volume")
+@register_attribute("volume", keys=("edges",))
 def volume(clips: list[Clip], cfg: dict) -> list[dict]:
     """Active speech level in dBFS: RMS over speech-active frames (`volume_dbfs`), and its bin (`volume`).
 
@@ -88,7 +88,7 @@ def count_syllables(text: str) -> int:
     return total
 
 
-@register_attribute("speaking_rate", requires=("transcript",))
+@register_attribute("speaking_rate", requires=("transcript",), keys=("edges",))
 def speaking_rate(clips: list[Clip], cfg: dict) -> list[dict]:
     """Syllables per second of speech-active time (`speaking_rate_sps`) and its bin (`speaking_rate`).
 
@@ -109,7 +109,7 @@ def speaking_rate(clips: list[Clip], cfg: dict) -> list[dict]:
     return out
 
 
-@register_attribute("snr")
+@register_attribute("snr", keys=("edges", "max_db", "noise_percentile"))
 def snr(clips: list[Clip], cfg: dict) -> list[dict]:
     """Estimated signal-to-noise ratio in dB (`snr_db`) and its bin (`snr`).
 

@@ -72,6 +72,10 @@ def classify(arrays: list[np.ndarray], source: str, batch_size: int = 16, sr: in
     return names
 
 
+# The YAML keys `speaker_attribute` reads.
+SPEAKER_KEYS = ("methods", "label", "model", "batch_size", "label_map")
+
+
 def speaker_attribute(
     name: str, clips: list[Clip], cfg: dict, methods: dict[str, Callable[[Clip, dict], str]] | None = None
 ) -> list[dict]:
@@ -110,7 +114,7 @@ def speaker_attribute(
     return [{name: w} for w in words]
 
 
-@register_attribute("gender")
+@register_attribute("gender", keys=(*SPEAKER_KEYS, "fmin", "fmax", "pitch_threshold_hz"))
 def gender(clips: list[Clip], cfg: dict) -> list[dict]:
     """Speaker gender: label, classifier, or pitch-based estimate (`gender`: female|male)."""
     return speaker_attribute("gender", clips, cfg, methods={"pitch": gender_from_pitch})
@@ -122,19 +126,19 @@ def gender_from_pitch(clip: Clip, cfg: dict) -> str:
     return "" if np.isnan(hz) else "female" if hz >= cfg["pitch_threshold_hz"] else "male"
 
 
-@register_attribute("emotion")
+@register_attribute("emotion", keys=SPEAKER_KEYS)
 def emotion(clips: list[Clip], cfg: dict) -> list[dict]:
     """Emotion: label or classifier (`emotion`)."""
     return speaker_attribute("emotion", clips, cfg)
 
 
-@register_attribute("accent")
+@register_attribute("accent", keys=SPEAKER_KEYS)
 def accent(clips: list[Clip], cfg: dict) -> list[dict]:
     """Accent: label or classifier (`accent`)."""
     return speaker_attribute("accent", clips, cfg)
 
 
-@register_attribute("age")
+@register_attribute("age", keys=SPEAKER_KEYS)
 def age(clips: list[Clip], cfg: dict) -> list[dict]:
     """Age group: label or classifier (`age`)."""
     return speaker_attribute("age", clips, cfg)

@@ -116,7 +116,10 @@ def _encode_trimmed(model, features: torch.Tensor):
     return BaseModelOutput(last_hidden_state=enc.layer_norm(x))
 
 
-@register_attribute("transcript")
+@register_attribute(
+    "transcript",
+    keys=("methods", "label", "source", "batch_size", "max_new_tokens", "trim", "trim_margin_seconds"),
+)
 def transcript(clips: list[Clip], cfg: dict) -> list[dict]:
     """What is said (`transcript`), from the first of `methods` that gives it: `label` or `asr`."""
     texts = [""] * len(clips)
