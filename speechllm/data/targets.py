@@ -191,6 +191,24 @@ def label_answer(row: dict, instruction: str | None = None) -> str | None:
     return " ".join(parts) if parts else None
 
 
+def paraphrase_messages(row: dict, instruction: str, system: str | None = "") -> list[dict] | None:
+    """The chat in which the LLM rewrites the row's templated gold answer in its own words (`paraphrase`
+    targets, and verification's paraphrase fallback); None when no label answers the instruction.
+
+    Args:
+        row: a described row.
+        instruction: the instruction the answer responds to.
+        system: system prompt ("" or None: no system turn; the rewrite needs no listening persona).
+    """
+    answer = label_answer(row, instruction)
+    if answer is None:
+        return None
+    content = PARAPHRASE_TEMPLATE.format(instruction=instruction, answer=answer)
+    return ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": content}
+    ]
+
+
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
 
 
@@ -258,14 +276,7 @@ class TargetWriter:
         if self.cfg.mode == "self_output":
             return description_messages(row["description"], instruction, self.cfg.system)
         if self.cfg.mode == "paraphrase":
-            answer = label_answer(row, instruction)
-            if answer is None:
-                return None
-            content = PARAPHRASE_TEMPLATE.format(instruction=instruction, answer=answer)
-            system = self.cfg.system
-            return ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": content}
-            ]
+            return paraphrase_messages(row, instruction, self.cfg.system)
         return None
 
     def __call__(self, chunk: list[dict]):
@@ -367,14 +378,12 @@ class TargetWriter:
     def _paraphrase_failed(self, pending, prompts: list[str], answers, verdicts: list[dict], salt: str):
         """`fallback: paraphrase`: the LLM rewrites the templated gold answer of each row that failed
         verification; a rewrite that passes replaces the answer (its verdict records the fallback)."""
-        failing = [i for i, v in enumerate(verdicts) if v["verdict"] == "wrong"]
         chats, rows = [], []
-        for i in failing:
+        for i, verdict in enumerate(verdicts):
             out = pending[i][0]
-            gold = label_answer(out, out["instruction"])
-            if gold is not None:
-                content = PARAPHRASE_TEMPLATE.format(instruction=out["instruction"], answer=gold)
-                chats.append([{"role": "user", "content": content}])
+            messages = paraphrase_messages(out, out["instruction"]) if verdict["verdict"] == "wrong" else None
+            if messages is not None:
+                chats.append(messages)
                 rows.append(i)
         if not rows:
             return prompts, answers
