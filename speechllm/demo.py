@@ -25,12 +25,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _newest_mtime(folder: Path, pattern: str) -> float:
+def newest_mtime(folder: Path, pattern: str) -> float:
     times = [p.stat().st_mtime for p in folder.glob(pattern)]
     return max(times) if times else 0.0
 
 
-def _run(name: str, argv: list[str], log_dir: Path) -> float:
+def run_step(name: str, argv: list[str], log_dir: Path) -> float:
     """Run one step, streaming its output and keeping a log; returns its wall time in seconds."""
     print(f"\n=== {name}: {shlex.join(argv)}", flush=True)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +66,7 @@ def sources_digest(skip: tuple[str, ...] = ()) -> str:
     return digest.hexdigest()
 
 
-def _is_fresh(marker: Path, inputs_mtime: float, record: dict) -> bool:
+def is_fresh(marker: Path, inputs_mtime: float, record: dict) -> bool:
     """A step's output is reusable when it exists, is newer than its inputs, and came from the same
     command and sources (`record`, as written to demo_command.json beside it)."""
     if not marker.exists() or marker.stat().st_mtime < inputs_mtime:
@@ -75,9 +75,9 @@ def _is_fresh(marker: Path, inputs_mtime: float, record: dict) -> bool:
     return recorded.exists() and json.loads(recorded.read_text()) == record
 
 
-def _run_recorded(name: str, argv: list[str], log_dir: Path, record_path: Path, record: dict) -> float:
+def run_recorded(name: str, argv: list[str], log_dir: Path, record_path: Path, record: dict) -> float:
     record_path.unlink(missing_ok=True)  # a failed rerun must not leave the old record vouching for it
-    seconds = _run(name, argv, log_dir)
+    seconds = run_step(name, argv, log_dir)
     record_path.write_text(json.dumps(record))
     return seconds
 
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     times: dict[str, float] = {}
 
     prepare = [python, *prepare_command_for(data_dir, args.overrides)[1:]]
-    times["prepare"] = _run("prepare", prepare, out / "logs")
+    times["prepare"] = run_step("prepare", prepare, out / "logs")
 
     train_dir = out / "train"
     final = train_dir / "checkpoints" / "final"
@@ -158,12 +158,12 @@ def main(argv: list[str] | None = None) -> None:
         python, "train.py", "experiment=default", f"paths.data_dir={data_dir}",
         f"hydra.run.dir={train_dir}", *args.overrides,
     ]  # fmt: skip
-    data_mtime = _newest_mtime(Path(data_dir), "**/_complete.json")
+    data_mtime = newest_mtime(Path(data_dir), "**/_complete.json")
     train_record = {"command": train, "sources": sources_digest(skip=("speechllm/eval/", "evaluate.py"))}
-    if _is_fresh(final / "config.json", data_mtime, train_record):
+    if is_fresh(final / "config.json", data_mtime, train_record):
         print(f"\n=== train: reusing {final} (same command and code, newer than its data)")
     else:
-        times["train"] = _run_recorded(
+        times["train"] = run_recorded(
             "train", train, out / "logs", final / "demo_command.json", train_record
         )
 
@@ -173,11 +173,11 @@ def main(argv: list[str] | None = None) -> None:
         "eval.max_clips=null",  # all 40 held-out clips: balanced labels, so chance is 1/classes
     ]  # fmt: skip
     eval_record = {"command": evaluate, "sources": sources_digest()}
-    if _is_fresh(eval_dir / "report.json", (final / "config.json").stat().st_mtime, eval_record):
+    if is_fresh(eval_dir / "report.json", (final / "config.json").stat().st_mtime, eval_record):
         print(f"\n=== evaluate: reusing {eval_dir / 'report.json'} (same command and code)")
     else:
         record = eval_dir / "demo_command.json"
-        times["evaluate"] = _run_recorded("evaluate", evaluate, out / "logs", record, eval_record)
+        times["evaluate"] = run_recorded("evaluate", evaluate, out / "logs", record, eval_record)
 
     report = json.loads((eval_dir / "report.json").read_text())
     print("\n" + "=" * 72)

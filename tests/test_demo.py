@@ -22,17 +22,17 @@ def test_steps_are_redone_when_code_or_configs_change(tmp_path, monkeypatch):
     out.mkdir(parents=True)
     (out / "config.json").write_text("{}")
     (out / "demo_command.json").write_text(json.dumps(record))
-    assert demo._is_fresh(out / "config.json", 0.0, record)
+    assert demo.is_fresh(out / "config.json", 0.0, record)
 
     # An evaluation-only change keeps the checkpoint; a preset change does not.
     (tmp_path / "speechllm/eval/parsing.py").write_text("y = 2")
     assert demo.sources_digest(skip=train_skip) == record["sources"]
     (tmp_path / "speechllm/conf/experiment/default.yaml").write_text("lr: 2")
     now = {"command": ["train.py"], "sources": demo.sources_digest(skip=train_skip)}
-    assert not demo._is_fresh(out / "config.json", 0.0, now)
+    assert not demo.is_fresh(out / "config.json", 0.0, now)
     # Newer inputs than the output, or another command, also mean redo.
-    assert not demo._is_fresh(out / "config.json", os.path.getmtime(out / "config.json") + 1, record)
-    assert not demo._is_fresh(out / "config.json", 0.0, {**record, "command": ["train.py", "seed=1"]})
+    assert not demo.is_fresh(out / "config.json", os.path.getmtime(out / "config.json") + 1, record)
+    assert not demo.is_fresh(out / "config.json", 0.0, {**record, "command": ["train.py", "seed=1"]})
 
 
 def test_demo_prepares_the_targets_the_default_experiment_trains_on():

@@ -132,7 +132,11 @@ def test_report_keys_are_numbers(smoke_ckpt, data_dir, tmp_path):
     assert saved["unseen"]["gender"]["chance"] == pytest.approx(2 / 3)  # majority rate: 2 female of 3
     for key in ("speech", "text", "delta"):
         assert isinstance(saved["retention"]["format"][key], num)
-    assert saved["retention"]["format"]["n"] == 11
+    # One clip, each of the five default constraints on each of the three requests.
+    assert saved["retention"]["format"]["n"] == 15
+    summ = saved["summary"]
+    assert summ["retention_parts"]["agreement"] == 1.0  # frozen: the base LLM itself
+    assert 0.0 <= summ["retention"] <= 1.0 and 0.0 <= summ["learned"] <= 1.0
     assert "unchanged" in saved["retention"]["drift"]["skipped"]  # frozen LLM: no drift run
     assert {"accent", "emotion", "age", "speed", "volume"} <= set(saved["skipped"])
     md = (out / "report.md").read_text()

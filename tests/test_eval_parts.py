@@ -159,6 +159,8 @@ CASES = {
     "include_word": ("Her voice is soft.", "She speaks with voices."),
     "quoted": ('"A man speaks."', 'A man "speaks".'),
     "one_sentence": ("A man speaks slowly.", "A man speaks. He is slow."),
+    "starts_with_speaker": ("The speaker is a man.", "A man is the speaker."),
+    "starts_with_yes": ("Yes, a man speaks.", "A man speaks, yes."),
 }
 
 
@@ -214,7 +216,13 @@ def _fake_report(target: float, speech: float) -> dict:
                 "by_constraint_text": {"lowercase": 0.8},
             }
         },
-        "summary": {"target_score": target, "retention": speech / 0.8, "baseline_target_score": 0.5},
+        "summary": {
+            "target_score": target,
+            "learned": target,
+            "retention": speech / 0.8,
+            "baseline_learned": 0.5,
+            "baseline_retention": 0.125,
+        },
         "skipped": {"accent": "no label_accent column"},
         "samples": [
             {

@@ -2,7 +2,7 @@
 
 <data_dir>/<name>/corpus/            generated corpora (espeak, datasets)
 <data_dir>/<name>/described/         the describe stage
-<data_dir>/<name>/targets/<mode>/    the targets stage (self_output | label | paraphrase)
+<data_dir>/<name>/targets/<folder>/  the targets stage (target.folder, by default the mode)
 <data_dir>/<name>/features/          the encoder-feature cache (training)
 <data_dir>/<name>/rejects.jsonl      inputs refused before describing
 <data_dir>/replay/<source>/          text replay, shared by every dataset
@@ -26,8 +26,8 @@ def described_dir(data_dir: str | Path, name: str) -> Path:
     return dataset_dir(data_dir, name) / "described"
 
 
-def targets_dir(data_dir: str | Path, name: str, mode: str) -> Path:
-    return dataset_dir(data_dir, name) / "targets" / mode
+def targets_dir(data_dir: str | Path, name: str, folder: str) -> Path:
+    return dataset_dir(data_dir, name) / "targets" / folder
 
 
 def features_dir(data_dir: str | Path, name: str) -> Path:

@@ -96,6 +96,9 @@ class TargetConfig:
         generation: decoding settings.
         token_filter: token filtering settings.
         verify: check answers against the clip's labels and resample wrong ones (`speechllm.data.verify`).
+        folder: the folder under ``targets/`` (None: the mode), so that several target sets of one mode
+            (verified and not, filtered and not) can sit side by side; where, not what: not part of the
+            fingerprint.
     """
 
     mode: str = "self_output"
@@ -112,6 +115,12 @@ class TargetConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     token_filter: TokenFilterConfig = field(default_factory=TokenFilterConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    folder: str | None = None
+
+    @property
+    def folder_name(self) -> str:
+        """The folder under ``<data_dir>/<name>/targets/`` this config's targets live in."""
+        return self.folder or self.mode
 
 
 def target_config(node: DictConfig | dict | None) -> TargetConfig:
@@ -139,6 +148,8 @@ def target_config(node: DictConfig | dict | None) -> TargetConfig:
     cfg.generation.check("target.generation")
     if cfg.chunk_size < 1 or cfg.token_filter.batch_size < 1:
         raise ConfigError("target.chunk_size and target.token_filter.batch_size must be >= 1")
+    if cfg.folder is not None and (not cfg.folder or "/" in cfg.folder or cfg.folder.startswith(".")):
+        raise ConfigError(f"target.folder={cfg.folder!r}: a plain folder name, or null for the mode's")
     if cfg.limit is not None and cfg.limit < 1:
         raise ConfigError(f"target.limit={cfg.limit} must be >= 1, or null for every clip")
     if not 0.0 <= cfg.token_filter.threshold <= 1.0:
@@ -464,6 +475,7 @@ def targets_fingerprint(cfg: TargetConfig, seed: int) -> dict:
     config = dataclasses.asdict(cfg)
     config["generation"].pop("batch_size")
     config["token_filter"].pop("batch_size")
+    config.pop("folder")
     return {"stage": "targets", "target": config, "seed": seed}
 
 
@@ -562,7 +574,7 @@ def run_targets(cfg: DictConfig, state: dict | None = None) -> Any:
     """The targets stage of ``data_prep/prepare.py``.
 
     Reads ``{paths.data_dir}/{data.name}/described`` and writes
-    ``{paths.data_dir}/{data.name}/targets/{target.mode}``.
+    ``{paths.data_dir}/{data.name}/targets/{target.folder or target.mode}``.
 
     Args:
         cfg: the prepare config; uses ``target`` (group ``conf/target``), ``paths.data_dir``,
@@ -576,7 +588,7 @@ def run_targets(cfg: DictConfig, state: dict | None = None) -> Any:
     """
     tcfg = target_config(cfg.target)
     data_dir = Path(cfg.paths.data_dir)
-    out_dir = targets_dir(data_dir, cfg.data.name, tcfg.mode)
+    out_dir = targets_dir(data_dir, cfg.data.name, tcfg.folder_name)
     if state is not None and "described" in state and state["described"] is None:
         logger.info("targets: waiting for the other describe shards; rerun when they are done")
         return None

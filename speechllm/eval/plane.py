@@ -4,8 +4,8 @@ Usage:
     python -m speechllm.eval.plane RUN_DIR [RUN_DIR ...] [-o plane.png]
 
 Each RUN_DIR holds a ``report.json`` written by evaluate.py (or is that file). Each run is a point:
-x = target-task score (mean unseen-instruction accuracy over the attribute tasks), y = retention
-(format-following pass rate with audio input relative to the text LLM, 1 + Δ; 1 = nothing forgotten).
+x = what was learned (mean balanced accuracy on unseen questions over the attribute tasks), y = what
+was kept (the retention score of ``speechllm.eval.retention.retention_score``: 1 = nothing forgotten).
 The untrained baseline of each run is drawn as a hollow marker joined to it, so the arrow shows what
 training moved. The seed finding (BACKGROUND.md) is that plain fine-tuning runs slide down and right;
 methods that learn without forgetting sit in the top right.
@@ -50,16 +50,12 @@ def plane_points(report: dict) -> dict:
         same text rate). x_base and y_base are None when the evaluation ran no baseline.
     """
     summary = report.get("summary", {})
-    fmt = report.get("retention", {}).get("format", {})
-    text = fmt.get("text") or 0.0
-    floor = 1.0 / max(1, int(fmt.get("n", 1) or 1))
-    base_x = summary.get("baseline_target_score")
-    base_rate = fmt.get("baseline") if fmt else 0.0
+    base_x, base_y = summary.get("baseline_learned"), summary.get("baseline_retention")
     return {
-        "x": float(summary.get("target_score", 0.0)),
-        "y": float(summary.get("retention", 0.0)),
+        "x": float(summary.get("learned") or 0.0),
+        "y": float(summary.get("retention") or 0.0),
         "x_base": None if base_x is None else float(base_x),
-        "y_base": None if base_x is None or base_rate is None else base_rate / max(text, floor),
+        "y_base": None if base_x is None or base_y is None else float(base_y),
     }
 
 
@@ -92,8 +88,8 @@ def plot_plane(run_dirs: Sequence[str], out_path: str, labels: Sequence[str] | N
             ax.scatter([p["x_base"]], [p["y_base"]], facecolors="none", edgecolors=color, s=40)
         ax.scatter([p["x"]], [p["y"]], color=color, s=50, label=label)
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("target: mean unseen-instruction accuracy over the attribute tasks")
-    ax.set_ylabel("retention: format pass rate, speech / text (1 + Δ)")
+    ax.set_xlabel("learned: mean balanced accuracy, unseen questions")
+    ax.set_ylabel("kept: retention score (1 = the base LLM)")
     ax.set_title("Learning vs forgetting (hollow: untrained adapter)")
     ax.set_xlim(0, 1.02)
     ax.set_ylim(bottom=0)

@@ -8,7 +8,12 @@ report.json layout (every leaf listed here is a number):
     baseline_agreement.<task>             the same for the untrained baseline
     baseline.<task>.{accuracy, n}         the adapter at initialisation
     retention.format.{speech, text, delta, baseline, n}
-    summary.{target_score, retention}     the two axes of the learning-vs-forgetting plane
+    retention.drift.{kl, ppl_tuned, ppl_base, agreement, n_tokens}   text only, when the LLM's weights changed
+    summary.{learned, retention}          the two axes of the learning-vs-forgetting plane: mean balanced
+                                          accuracy over the attribute tasks, and the retention score
+                                          (speechllm.eval.retention.retention_score; its parts beside it);
+                                          baseline_learned, baseline_retention for the untrained adapter;
+                                          target_score is the mean plain accuracy
 For the content task, ``accuracy`` is word accuracy max(0, 1 - WER) and ``wer`` is given beside it;
 its ``chance`` is 0 (there is no chance level for open transcription).
 ``chance`` is the majority rate (always answering the most frequent gold label); ``chance_uniform``
@@ -116,8 +121,9 @@ def render_markdown(report: dict, plots: Sequence[str] = ()) -> str:
         else:
             lines.append(
                 f"Mean KL(base ‖ tuned) per token on the base's own answers: **{_fmt(drift['kl'], 4)}**; "
-                f"perplexity tuned {_fmt(drift['ppl_tuned'])} vs base {_fmt(drift['ppl_base'])} "
-                f"({drift['n_tokens']} tokens)."
+                f"perplexity tuned {_fmt(drift['ppl_tuned'])} vs base {_fmt(drift['ppl_base'])}; "
+                f"the tuned model's likeliest next token is the base's for **{_fmt(drift.get('agreement'))}** "
+                f"of them ({drift['n_tokens']} tokens)."
             )
             lines += [
                 "",
@@ -130,6 +136,15 @@ def render_markdown(report: dict, plots: Sequence[str] = ()) -> str:
                     f"| {who} | {_fmt(d.get('json_valid'))} | {_fmt(d.get('refusal_harmful'))} | "
                     f"{_fmt(d.get('refusal_safe'))} |"
                 )
+    summ = report.get("summary", {})
+    if summ.get("retention") is not None:
+        parts = ", ".join(f"{k} {_fmt(v)}" for k, v in summ.get("retention_parts", {}).items())
+        lines += [
+            "",
+            f"**Learned** (mean balanced accuracy over the attribute tasks): {_fmt(summ.get('learned'))} "
+            f"(untrained {_fmt(summ.get('baseline_learned'))}); **kept** (retention score, 1 = all): "
+            f"{_fmt(summ['retention'])} ({parts}; each the trained model's score over the base's, capped at 1).",
+        ]
     for p in plots:
         lines += ["", f"![{os.path.splitext(os.path.basename(p))[0]}]({os.path.basename(p)})"]
     samples = report.get("samples", [])

@@ -347,6 +347,44 @@ def target_score(scores: dict[str, dict]) -> float:
     return sum(values) / len(values)
 
 
+def learned_score(scores: dict[str, dict]) -> float | None:
+    """The plane's x-axis: mean balanced accuracy over the attribute tasks (content left out, as in
+    :func:`target_score`); None when no attribute task was scored."""
+    values = [v["balanced_accuracy"] for v in scores.values() if "balanced_accuracy" in v]
+    return sum(values) / len(values) if values else None
+
+
+def summary(report: dict) -> dict:
+    """The numbers a comparison of runs reads: what was learned and what was kept, for the trained
+    model and for its untrained baseline (the LLM untouched: only the format part of retention moves)."""
+    ret = report.get("retention", {})
+    fmt = ret.get("format", {})
+    drift = ret.get("drift", {})
+    measured = "skipped" not in drift and bool(drift)
+    # A frozen LLM is the base: it agrees with the base's answers by definition.
+    agreement = drift.get("agreement") if measured else 1.0
+    base_refusal = drift.get("base", {}).get("refusal_harmful") if measured else None
+    tuned_refusal = drift.get("tuned", {}).get("refusal_harmful") if measured else None
+    kept = retention.retention_score(fmt.get("speech"), fmt.get("text"), agreement, tuned_refusal, base_refusal)
+    out = {
+        "target_score": target_score(report["unseen"]),
+        "learned": learned_score(report["unseen"]),
+        "retention": kept["score"],
+        "retention_parts": kept["parts"],
+        "baseline_target_score": None,
+        "baseline_learned": None,
+        "baseline_retention": None,
+    }
+    if "baseline" in report:
+        base_kept = retention.retention_score(fmt.get("baseline"), fmt.get("text"), 1.0)
+        out.update(
+            baseline_target_score=target_score(report["baseline"]),
+            baseline_learned=learned_score(report["baseline"]),
+            baseline_retention=base_kept["score"],
+        )
+    return out
+
+
 def agreement(items: Sequence[Item], a: Sequence[str | None], b: Sequence[str | None]) -> dict[str, float]:
     """How often two models' parsed answers agree, per task.
 
@@ -397,15 +435,18 @@ def _samples(items: Sequence[Item], answers: dict[str, list[str]], k: int) -> li
 # ----- retention -------------------------------------------------------------------------------------
 
 
-def format_items(rows: Sequence[dict], max_clips: int) -> tuple[list[Item], list[retention.FormatConstraint]]:
-    """Format-following requests: every constraint on each of the first `max_clips` clips."""
+def format_items(
+    rows: Sequence[dict], max_clips: int, names: Sequence[str] = retention.BASE_FOLLOWED
+) -> tuple[list[Item], list[retention.FormatConstraint]]:
+    """Format-following requests: every request under every named constraint, on each of the first
+    `max_clips` clips (clips x constraints x requests items)."""
     items: list[Item] = []
     constraints: list[retention.FormatConstraint] = []
     for r in range(min(max_clips, len(rows))):
-        for j, c in enumerate(retention.FORMAT_CONSTRAINTS):
-            request = retention.FORMAT_REQUESTS[(r + j) % len(retention.FORMAT_REQUESTS)]
-            items.append(Item(r, f"format/{c.name}", retention.format_prompt(request, c), "", ()))
-            constraints.append(c)
+        for c in retention.constraints_named(names):
+            for request in retention.FORMAT_REQUESTS:
+                items.append(Item(r, f"format/{c.name}", retention.format_prompt(request, c), "", ()))
+                constraints.append(c)
     return items, constraints
 
 
@@ -458,7 +499,8 @@ class RetentionSettings:
     """`eval.retention` (conf/eval/default.yaml documents each key)."""
 
     format: bool = True
-    max_clips: int = 1
+    constraints: list[str] = field(default_factory=lambda: list(retention.BASE_FOLLOWED))
+    max_clips: int = 2
     max_new_tokens: int = 40
     drift: Any = "auto"
     drift_max_new_tokens: int = 48
@@ -500,6 +542,10 @@ def check_eval_config(cfg: DictConfig) -> EvalSettings:
         raise ConfigError(
             "eval.questions_per_task, max_new_tokens, batch_size and retention.max_new_tokens must be >= 1"
         )
+    try:
+        retention.constraints_named(e.retention.constraints)
+    except ValueError as err:
+        raise ConfigError(f"eval.retention.constraints: {err}") from None
     if e.retention.drift not in ("auto", True, False):
         raise ConfigError(f"eval.retention.drift={e.retention.drift!r}: use auto, true or false")
     if e.tasks is not None:
@@ -558,7 +604,9 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     )
     gen = {"max_new_tokens": int(e.max_new_tokens), "batch_size": int(e.batch_size)}
     fmt_items, constraints = (
-        format_items(rows, int(e.retention.max_clips)) if e.retention.format else ([], [])
+        format_items(rows, int(e.retention.max_clips), e.retention.constraints)
+        if e.retention.format
+        else ([], [])
     )
     fmt_gen = {"max_new_tokens": int(e.retention.max_new_tokens), "batch_size": int(e.batch_size)}
 
@@ -661,13 +709,7 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     report["retention"]["drift"] = _drift(model, llm, tok, e)
 
     # 7. report
-    unseen = report["unseen"]
-    fmt = report["retention"].get("format", {})
-    report["summary"] = {
-        "target_score": target_score(unseen),
-        "retention": 1.0 + fmt["delta"] if fmt else 0.0,
-        "baseline_target_score": target_score(report["baseline"]) if "baseline" in report else None,
-    }
+    report["summary"] = summary(report)
     report["skipped"] = skipped
     report["samples"] = _samples(items, answers, int(e.samples))
     if fmt_items:

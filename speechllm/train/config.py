@@ -343,7 +343,7 @@ class DataPaths:
     """Where the prepared data a run reads lives.
 
     Attributes:
-        targets: `<data_dir>/<data.name>/targets/<target.mode>/`.
+        targets: `<data_dir>/<data.name>/targets/<target.folder or target.mode>/`.
         replay: replay dataset name -> `<data_dir>/replay/<name>/` (only sources the mixture uses).
     """
 
@@ -365,9 +365,8 @@ def data_paths(cfg: DictConfig, mixture: MixtureConfig) -> DataPaths:
         if OmegaConf.select(cfg, key, default=None) in (None, ""):
             raise ConfigError(f"config key '{key}' is missing or empty")
     replay = {name: layout.replay_dir(cfg.paths.data_dir, name) for name in mixture.sources()}
-    return DataPaths(
-        targets=layout.targets_dir(cfg.paths.data_dir, cfg.data.name, cfg.target.mode), replay=replay
-    )
+    folder = OmegaConf.select(cfg, "target.folder", default=None) or cfg.target.mode
+    return DataPaths(targets=layout.targets_dir(cfg.paths.data_dir, cfg.data.name, folder), replay=replay)
 
 
 def is_prepared(path: Path) -> bool:

@@ -1,0 +1,327 @@
+"""`make study`: learning vs forgetting, measured on the demo's speech model.
+
+    prepare each variant's targets -> per variant: train -> evaluate -> study/report.md, plane.png, results.json
+
+A variant is a config in `conf/study/`: `verified` is the reference (the demo's training for one epoch:
+verified self-output, LoRA, 5% replay) and every other variant changes one thing (the targets, the LLM
+policy, replay, token filtering, the training length). All run on the same prepared data and seed, and
+are evaluated alike: learning on unseen questions (every held-out clip), retention as the text LLM's
+drift, agreement, refusals and format following (`speechllm.eval.retention`). The same runs as a Hydra
+multirun, without this module's reuse and report:
+
+    python train.py -m experiment=default study=verified,label,frozen prepare_missing=true
+    python evaluate.py -m checkpoint=multirun/train/DATE/0/checkpoints/final,... eval.max_clips=null
+    python -m speechllm.eval.plane multirun/evaluate/DATE/*
+
+A rerun reuses every finished step whose command and code are unchanged (as `make demo` does), so a
+killed study picks up at the variant it was in.
+
+Usage:
+    python -m speechllm.study [--out study] [--data-dir data] [--variants verified,label] [-- overrides]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+from speechllm.demo import (
+    REPO,
+    is_fresh,
+    newest_mtime,
+    prepare_command_for,
+    run_recorded,
+    run_step,
+    sources_digest,
+)
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+# The designed set, in run order: each after the reference changes one thing.
+VARIANTS: dict[str, str] = {
+    "verified": "reference: verified self-output, LoRA, 5% replay, 1 epoch",
+    "self_output": "raw self-output (unverified)",
+    "label": "templated gold answers (human-style labels)",
+    "paraphrase": "gold answers paraphrased by the LLM, verified",
+    "label_filtered": "labels + token filtering (p < 0.4 masked)",
+    "frozen": "LLM frozen (adapter only)",
+    "no_replay": "no text replay",
+    "long": "3 epochs instead of 1",
+}
+
+# Evaluation settings of every variant: all held-out clips; the format measure on 8 clips (120 requests
+# per side); drift measured even for a frozen LLM, where it must come out as none.
+EVAL_ARGS = ["eval.max_clips=null", "eval.retention.max_clips=8", "eval.retention.drift=true"]
+
+# Differences smaller than these are not read as an effect: with 40 answers per task a mean balanced
+# accuracy moves by about 0.03 between seeds of one config; the retention score is steadier.
+MARGINS = {"learned": 0.05, "kept": 0.02}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the background literature, as a comparison of two variants on one axis.
+
+    Attributes:
+        text: the claim.
+        measure: "learned" or "kept".
+        higher: the variant the claim expects to score higher.
+        lower: the variant it expects to score lower.
+    """
+
+    text: str
+    measure: str
+    higher: str
+    lower: str
+
+
+CLAIMS = [
+    Claim("Training on the LLM's own words forgets less than on human-style labels", "kept", "verified", "label"),
+    Claim("Gold answers paraphrased by the LLM forget less than the labels themselves", "kept", "paraphrase", "label"),
+    Claim("Verified self-output learns more than raw self-output", "learned", "verified", "self_output"),
+    Claim("Token filtering forgets less", "kept", "label_filtered", "label"),
+    Claim("A few percent of text replay forgets less", "kept", "verified", "no_replay"),
+    Claim("A frozen LLM forgets less than a LoRA-tuned one", "kept", "frozen", "verified"),
+    Claim("Tuning the LLM (LoRA) learns more than a frozen LLM", "learned", "verified", "frozen"),
+    Claim("Training longer learns more", "learned", "long", "verified"),
+    Claim("Training longer forgets more", "kept", "verified", "long"),
+]  # fmt: skip
+
+
+def verdict(claim: Claim, results: dict[str, dict]) -> dict:
+    """Whether the study's numbers support a claim.
+
+    Returns:
+        {"claim", "measure", "higher", "lower", "difference", "verdict"}: difference = higher - lower on the
+        measure; verdict "supported" beyond the margin, "contradicted" beyond it the other way, "not
+        separated" within it, "not run" when a variant is missing.
+    """
+    out = {"claim": claim.text, "measure": claim.measure, "higher": claim.higher, "lower": claim.lower}
+    a, b = results.get(claim.higher), results.get(claim.lower)
+    if a is None or b is None or a.get(claim.measure) is None or b.get(claim.measure) is None:
+        return {**out, "difference": None, "verdict": "not run"}
+    diff = a[claim.measure] - b[claim.measure]
+    margin = MARGINS[claim.measure]
+    word = "supported" if diff > margin else "contradicted" if diff < -margin else "not separated"
+    return {**out, "difference": diff, "verdict": word}
+
+
+def variant_result(report: dict, train_dir: Path) -> dict:
+    """One variant's row: what it learned and kept (from its report.json), with the n behind each."""
+    summ = report.get("summary", {})
+    ret = report.get("retention", {})
+    fmt, drift = ret.get("format", {}), ret.get("drift", {})
+    attributes = {t: u for t, u in report.get("unseen", {}).items() if "balanced_accuracy" in u}
+    metrics = _read_json(train_dir / "train_metrics.json") or {}
+    steps = [s for s in metrics.get("steps", []) if "train/loss" in s]
+    measured = bool(drift) and "skipped" not in drift
+    return {
+        "learned": summ.get("learned"),
+        "kept": summ.get("retention"),
+        "kept_parts": summ.get("retention_parts", {}),
+        "tasks": {
+            t: {"balanced": u["balanced_accuracy"], "n": u["n"], "chance": u["chance_uniform"]}
+            for t, u in attributes.items()
+        },  # fmt: skip
+        "chance": sum(u["chance_uniform"] for u in attributes.values()) / max(1, len(attributes)),
+        "format": {"speech": fmt.get("speech"), "text": fmt.get("text"), "n": fmt.get("n")},
+        "drift": {k: drift.get(k) for k in ("kl", "ppl_tuned", "ppl_base", "agreement", "n_tokens")}
+        if measured
+        else None,
+        "refusal_harmful": {w: drift.get(w, {}).get("refusal_harmful") for w in ("base", "tuned")}
+        if measured
+        else None,
+        "json_valid": {w: drift.get(w, {}).get("json_valid") for w in ("base", "tuned")}
+        if measured
+        else None,
+        "steps": steps[-1]["step"] if steps else None,
+        "final_loss": steps[-1]["train/loss"] if steps else None,
+        "anchors": {
+            "untrained": {"learned": summ.get("baseline_learned"), "kept": summ.get("baseline_retention")},
+            "base_llm": {"learned": _mean_balanced(report.get("ceiling", {})), "kept": 1.0},
+        },
+    }
+
+
+def _mean_balanced(scores: dict) -> float | None:
+    values = [v["balanced_accuracy"] for v in scores.values() if "balanced_accuracy" in v]
+    return sum(values) / len(values) if values else None
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _f(value, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def render_report(results: dict[str, dict], claims: list[dict], meta: dict) -> str:
+    """study/report.md: the variants' table, the anchors, and each claim's verdict with its numbers."""
+    first = next(iter(results.values()))
+    tasks = list(first["tasks"])
+    n_task = first["tasks"][tasks[0]]["n"] if tasks else "?"
+    lines = [
+        "# Learning vs forgetting",
+        "",
+        f"{len(results)} variants of the demo's speech model, one seed, the same prepared data; "
+        f"{meta.get('minutes', 0):.0f} min for the last `make study` (steps it reused not counted). **Learned**: mean balanced accuracy over the "
+        f"attribute tasks on unseen questions (n = {n_task} per task, chance {_f(first['chance'])}). **Kept**: "
+        "the retention score, the mean of the trained model's score over the base LLM's (each capped at 1) "
+        "for format following with audio vs the text LLM reading the description (`format`), and the "
+        "trained LLM's agreement with the base's own greedy answers on general prompts (`agreement`, "
+        "text only); refusals count only when the base refuses some.",
+        "",
+        "| variant | what changes | steps | learned | " + " | ".join(tasks) + " | kept | format speech "
+        "(text) | agreement | KL | ppl of base answers | harmful refused |",
+        "|---|---|---|---|" + "---|" * len(tasks) + "---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        d = r["drift"] or {}
+        refused = r["refusal_harmful"] or {}
+        lines.append(
+            f"| {name} | {VARIANTS.get(name, '')} | {r['steps'] or '–'} | **{_f(r['learned'])}** | "
+            + " | ".join(_f(r["tasks"].get(t, {}).get("balanced")) for t in tasks)
+            + f" | **{_f(r['kept'], 3)}** | {_f(r['format']['speech'])} ({_f(r['format']['text'])}) | "
+            f"{_f(d.get('agreement'), 3)} | {_f(d.get('kl'), 3)} | {_f(d.get('ppl_tuned'))} (base "
+            f"{_f(d.get('ppl_base'))}) | {_f(refused.get('tuned'))} (base {_f(refused.get('base'))}) |"
+        )
+    anchors = first["anchors"]
+    fmt_n = first["format"]["n"]
+    agree_n = (first["drift"] or {}).get("n_tokens")
+    lines += [
+        "",
+        f"Anchors: the untrained adapter learned {_f(anchors['untrained']['learned'])}, kept "
+        f"{_f(anchors['untrained']['kept'], 3)}; the base LLM reading the gold description (the ceiling) "
+        f"{_f(anchors['base_llm']['learned'])}, kept 1 by definition. n: format {fmt_n} requests per side, "
+        f"agreement and KL over {agree_n} tokens of the base's answers to 12 prompts, 15 harmful requests.",
+        "",
+        "## The claims",
+        "",
+        f"A difference counts beyond {MARGINS['learned']} (learned) or {MARGINS['kept']} (kept); one seed "
+        "per variant, so a single run's noise is the limit.",
+        "",
+        "| claim | measure | higher | lower | difference | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in claims:
+        lines.append(
+            f"| {c['claim']} | {c['measure']} | {c['higher']} | {c['lower']} | "
+            f"{_f(c['difference'], 3)} | **{c['verdict']}** |"
+        )
+    lines += ["", "![plane](plane.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_plane(results: dict[str, dict], path: Path) -> Path:
+    """study/plane.png: one point per variant, the untrained adapter and the base LLM marked."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    for i, (name, r) in enumerate(results.items()):
+        if r["learned"] is None or r["kept"] is None:
+            continue
+        ax.scatter([r["learned"]], [r["kept"]], color=f"C{i % 10}", s=50, label=name, zorder=3)
+    anchors = next(iter(results.values()))["anchors"]
+    u, b = anchors["untrained"], anchors["base_llm"]
+    if u["learned"] is not None and u["kept"] is not None:
+        ax.scatter([u["learned"]], [u["kept"]], marker="x", color="black", s=60, label="untrained adapter")
+    if b["learned"] is not None:
+        ax.scatter([b["learned"]], [1.0], marker="*", color="grey", s=140, label="base LLM (gold text)")
+    chance = next(iter(results.values()))["chance"]
+    ax.axvline(chance, color="grey", lw=0.8, ls=":", label=f"chance ({chance:.2f})")
+    ax.set_xlabel("learned: mean balanced accuracy on unseen questions")
+    ax.set_ylabel("kept: retention score (1 = the base LLM)")
+    ax.set_title("Learning vs forgetting (one point per variant)")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_study(results: dict[str, dict], out: Path, meta: dict) -> dict:
+    """Write results.json, report.md and plane.png under `out`; returns the results document."""
+    claims = [verdict(c, results) for c in CLAIMS]
+    doc = {"variants": results, "claims": claims, "margins": MARGINS, "meta": meta}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(doc, indent=2))
+    (out / "report.md").write_text(render_report(results, claims, meta))
+    plot_plane(results, out / "plane.png")
+    return doc
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", default="study", help="folder for the study (one subfolder per variant)")
+    parser.add_argument(
+        "--data-dir", default="data", help="prepared datasets (paths.data_dir), shared with the demo"
+    )
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated conf/study/ names")
+    parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every variant")
+    args = parser.parse_args(argv)
+
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if not (REPO / "conf" / "study" / f"{v}.yaml").is_file()]
+    if unknown:
+        raise SystemExit(f"study: no conf/study/ config for {unknown}; known: {sorted(VARIANTS)}")
+    out = (REPO / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
+    data_dir = str((REPO / args.data_dir).resolve())
+    python = sys.executable
+    start = time.perf_counter()
+
+    # Every variant's data first: a later prepare must not make an earlier checkpoint look stale.
+    for v in variants:
+        command = prepare_command_for(data_dir, [f"study={v}", *args.overrides])
+        run_step(f"prepare-{v}", [python, *command[1:]], out / "logs")
+    data_mtime = newest_mtime(Path(data_dir), "**/_complete.json")
+    train_sources = sources_digest(
+        skip=("speechllm/eval/", "evaluate.py", "speechllm/study.py", "speechllm/demo.py")
+    )
+
+    results: dict[str, dict] = {}
+    for v in variants:
+        train_dir, eval_dir = out / v / "train", out / v / "evaluate"
+        final = train_dir / "checkpoints" / "final"
+        train = [python, "train.py", "experiment=default", f"study={v}", f"paths.data_dir={data_dir}",
+                 f"hydra.run.dir={train_dir}", *args.overrides]  # fmt: skip
+        record = {"command": train, "sources": train_sources}
+        if is_fresh(final / "config.json", data_mtime, record):
+            print(f"\n=== train-{v}: reusing {final}")
+        else:
+            run_recorded(f"train-{v}", train, out / "logs", final / "demo_command.json", record)
+        evaluate = [python, "evaluate.py", f"checkpoint={final}", f"paths.data_dir={data_dir}",
+                    f"hydra.run.dir={eval_dir}", *EVAL_ARGS]  # fmt: skip
+        record = {
+            "command": evaluate,
+            "sources": sources_digest(skip=("speechllm/study.py", "speechllm/demo.py")),
+        }
+        if is_fresh(eval_dir / "report.json", (final / "config.json").stat().st_mtime, record):
+            print(f"\n=== evaluate-{v}: reusing {eval_dir / 'report.json'}")
+        else:
+            run_recorded(f"evaluate-{v}", evaluate, out / "logs", eval_dir / "demo_command.json", record)
+        results[v] = variant_result(json.loads((eval_dir / "report.json").read_text()), train_dir)
+        # The report grows with each finished variant, so a long study can be read while it runs.
+        write_study(
+            results, out, {"minutes": (time.perf_counter() - start) / 60, "overrides": args.overrides}
+        )
+
+    doc = write_study(
+        results, out, {"minutes": (time.perf_counter() - start) / 60, "overrides": args.overrides}
+    )
+    print("\n" + "=" * 72)
+    print(f"study: {out / 'report.md'}, {out / 'plane.png'}, {out / 'results.json'}")
+    for c in doc["claims"]:
+        print(f"  {c['verdict']:>14}: {c['claim']} ({c['measure']} {_f(c['difference'], 3)})")
+
+
+if __name__ == "__main__":
+    main()
