@@ -1,0 +1,111 @@
+"""The learning-vs-forgetting study: its variants are the designed ones, its verdicts follow the numbers,
+and it writes one report, plane and results file."""
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from speechllm import study
+from speechllm.demo import prepare_command_for
+from speechllm.train.config import CONF_DIR, validate_schema
+
+
+def _variant(name: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=["experiment=default", f"study={name}"], return_hydra_config=True)
+
+
+def test_every_variant_is_a_config_and_every_config_a_variant():
+    assert set(study.VARIANTS) == {p.stem for p in (CONF_DIR / "study").glob("*.yaml")}
+    named = {c.higher for c in study.CLAIMS} | {c.lower for c in study.CLAIMS}
+    assert named <= set(study.VARIANTS)
+
+
+def test_each_variant_changes_what_it_says_and_nothing_else():
+    ref = _variant("verified")
+    validate_schema(ref)
+    assert ref.trainer.num_train_epochs == 1 and ref.target.verify.enabled and ref.model.llm.finetune == "lora"
+    changes = {
+        "self_output": lambda c: not c.target.verify.enabled and c.target.folder == "self_output_raw",
+        "label": lambda c: c.target.mode == "label" and not c.target.verify.enabled,
+        "paraphrase": lambda c: c.target.mode == "paraphrase" and c.target.verify.fallback == "drop",
+        "label_filtered": lambda c: c.target.mode == "label" and c.target.token_filter.enabled,
+        "frozen": lambda c: c.model.llm.finetune == "frozen",
+        "no_replay": lambda c: c.replay.ratio == 0.0,
+        "long": lambda c: c.trainer.num_train_epochs == 3,
+    }
+    for name, changed in changes.items():
+        cfg = _variant(name)
+        validate_schema(cfg)
+        assert changed(cfg) and not changed(ref), name
+        # The rest is the reference's: same instructions, seed, adapter, learning rate.
+        assert cfg.target.instructions == ref.target.instructions and cfg.seed == ref.seed, name
+        assert cfg.trainer.learning_rate == ref.trainer.learning_rate, name
+
+
+def test_variants_with_their_own_targets_prepare_them_in_their_own_folder():
+    label = prepare_command_for("/tmp/d", ["study=label_filtered"])
+    assert "target=label" in label and "target.folder=label_filtered" in label
+    assert "target.token_filter.enabled=true" in label
+    raw = prepare_command_for("/tmp/d", ["study=self_output"])
+    assert "target.folder=self_output_raw" in raw and "target.verify.enabled=true" not in raw
+
+
+def _result(learned: float, kept: float) -> dict:
+    return {"learned": learned, "kept": kept}
+
+
+def test_verdicts_follow_the_numbers_and_their_margins():
+    claim = study.Claim("x", "kept", "a", "b")
+    assert study.verdict(claim, {"a": _result(0.5, 0.95), "b": _result(0.5, 0.90)})["verdict"] == "supported"
+    assert study.verdict(claim, {"a": _result(0.5, 0.90), "b": _result(0.5, 0.95)})["verdict"] == "contradicted"
+    assert study.verdict(claim, {"a": _result(0.5, 0.91), "b": _result(0.5, 0.90)})["verdict"] == "not separated"
+    assert study.verdict(claim, {"a": _result(0.5, 0.9)})["verdict"] == "not run"
+
+
+def _report(balanced: float, agreement: float | None) -> dict:
+    drift = (
+        {"skipped": "frozen"}
+        if agreement is None
+        else {"kl": 0.2, "ppl_tuned": 2.1, "ppl_base": 2.0, "agreement": agreement, "n_tokens": 500,
+              "base": {"refusal_harmful": 0.0, "json_valid": 0.5}, "tuned": {"refusal_harmful": 0.0, "json_valid": 0.5}}
+    )  # fmt: skip
+    task = {"accuracy": balanced, "balanced_accuracy": balanced, "n": 40, "chance": 0.5, "chance_uniform": 0.5}
+    return {
+        "unseen": {"gender": task, "content": {"accuracy": 0.5, "wer": 0.5, "n": 40}},
+        "ceiling": {"gender": {**task, "balanced_accuracy": 0.65}},
+        "retention": {"format": {"speech": 0.6, "text": 0.7, "n": 120}, "drift": drift},
+        "summary": {"learned": balanced, "retention": 0.9, "retention_parts": {"format": 0.86},
+                    "baseline_learned": 0.45, "baseline_retention": 0.5},
+    }  # fmt: skip
+
+
+def test_the_study_writes_its_report_plane_and_results(tmp_path):
+    train_dir = tmp_path / "train"
+    train_dir.mkdir()
+    (train_dir / "train_metrics.json").write_text(json.dumps({"steps": [{"step": 58, "train/loss": 0.9}]}))
+    results = {
+        "verified": study.variant_result(_report(0.7, 0.95), train_dir),
+        "frozen": study.variant_result(_report(0.6, None), tmp_path / "nowhere"),
+    }
+    assert results["verified"]["steps"] == 58 and results["verified"]["drift"]["agreement"] == 0.95
+    assert results["frozen"]["drift"] is None and results["frozen"]["steps"] is None
+    assert results["verified"]["anchors"]["base_llm"]["learned"] == pytest.approx(0.65)
+    assert list(results["verified"]["tasks"]) == ["gender"]  # content is not an attribute task
+
+    doc = study.write_study(results, tmp_path / "study", {"minutes": 3.0})
+    saved = json.loads((tmp_path / "study" / "results.json").read_text())
+    assert saved["variants"].keys() == {"verified", "frozen"}
+    by_claim = {c["claim"]: c for c in doc["claims"]}
+    lora = by_claim["Tuning the LLM (LoRA) learns more than a frozen LLM"]
+    assert lora["difference"] == pytest.approx(0.1) and lora["verdict"] == "supported"
+    assert by_claim["Token filtering forgets less"]["verdict"] == "not run"
+    md = (tmp_path / "study" / "report.md").read_text()
+    assert "| verified |" in md and "| frozen |" in md and "**supported**" in md
+    assert (tmp_path / "study" / "plane.png").stat().st_size > 1000
+
+
+def test_an_unknown_variant_fails_by_name():
+    with pytest.raises(SystemExit, match="no_such"):
+        study.main(["--variants", "verified,no_such"])
