@@ -179,8 +179,10 @@ def render_report(results: dict[str, dict], claims: list[dict], meta: dict) -> s
         "trained LLM's agreement with the base's own greedy answers on general prompts (`agreement`, "
         "text only); refusals count only when the base refuses some.",
         "",
-        "| variant | what changes | steps | learned | " + " | ".join(tasks) + " | kept | format speech "
-        "(text) | agreement | KL | ppl of base answers | harmful refused |",
+        f"| variant | what changes | steps | learned (n = {len(tasks)} x {n_task}, chance {_f(first['chance'])}) | "
+        + " | ".join(f"{t} (chance {_f(first['tasks'][t]['chance'])})" for t in tasks)
+        + f" | kept | format speech (text), n = {first['format']['n']} | agreement | KL | ppl of base answers "
+        "| harmful refused |",
         "|---|---|---|---|" + "---|" * len(tasks) + "---|---|---|---|---|---|",
     ]
     for name, r in results.items():

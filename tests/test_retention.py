@@ -26,7 +26,9 @@ def test_unknown_format_constraint_fails_by_name():
 
 def test_a_model_agrees_with_itself(tiny_llm_source):
     model, tok = load_llm(tiny_llm_source)
-    d = retention.text_drift(model, model, tok, max_new_tokens=6, batch_size=4, prompts=retention.DRIFT_PROMPTS[:3])
+    d = retention.text_drift(
+        model, model, tok, max_new_tokens=6, batch_size=4, prompts=retention.DRIFT_PROMPTS[:3]
+    )
     assert d["n_tokens"] > 0 and d["agreement"] == 1.0  # its own greedy answers are its argmax tokens
     assert d["kl"] == pytest.approx(0.0, abs=1e-6) and d["ppl_tuned"] == pytest.approx(d["ppl_base"])
 
@@ -40,7 +42,10 @@ def _nonsense_batch(tok, rng: random.Random, n: int) -> dict:
         chat = [{"role": "user", "content": rng.choice(prompts)}]
         prompt = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
         answer = " ".join(rng.choices(words, k=12)) + tok.eos_token
-        p, a = tok(prompt, add_special_tokens=False)["input_ids"], tok(answer, add_special_tokens=False)["input_ids"]
+        p, a = (
+            tok(prompt, add_special_tokens=False)["input_ids"],
+            tok(answer, add_special_tokens=False)["input_ids"],
+        )
         ids.append(p + a)
         labels.append([-100] * len(p) + a)
     width = max(map(len, ids))

@@ -25,7 +25,9 @@ def test_every_variant_is_a_config_and_every_config_a_variant():
 def test_each_variant_changes_what_it_says_and_nothing_else():
     ref = _variant("verified")
     validate_schema(ref)
-    assert ref.trainer.num_train_epochs == 1 and ref.target.verify.enabled and ref.model.llm.finetune == "lora"
+    assert (
+        ref.trainer.num_train_epochs == 1 and ref.target.verify.enabled and ref.model.llm.finetune == "lora"
+    )
     changes = {
         "self_output": lambda c: not c.target.verify.enabled and c.target.folder == "self_output_raw",
         "label": lambda c: c.target.mode == "label" and not c.target.verify.enabled,
@@ -59,8 +61,12 @@ def _result(learned: float, kept: float) -> dict:
 def test_verdicts_follow_the_numbers_and_their_margins():
     claim = study.Claim("x", "kept", "a", "b")
     assert study.verdict(claim, {"a": _result(0.5, 0.95), "b": _result(0.5, 0.90)})["verdict"] == "supported"
-    assert study.verdict(claim, {"a": _result(0.5, 0.90), "b": _result(0.5, 0.95)})["verdict"] == "contradicted"
-    assert study.verdict(claim, {"a": _result(0.5, 0.91), "b": _result(0.5, 0.90)})["verdict"] == "not separated"
+    assert (
+        study.verdict(claim, {"a": _result(0.5, 0.90), "b": _result(0.5, 0.95)})["verdict"] == "contradicted"
+    )
+    assert (
+        study.verdict(claim, {"a": _result(0.5, 0.91), "b": _result(0.5, 0.90)})["verdict"] == "not separated"
+    )
     assert study.verdict(claim, {"a": _result(0.5, 0.9)})["verdict"] == "not run"
 
 
@@ -71,7 +77,13 @@ def _report(balanced: float, agreement: float | None) -> dict:
         else {"kl": 0.2, "ppl_tuned": 2.1, "ppl_base": 2.0, "agreement": agreement, "n_tokens": 500,
               "base": {"refusal_harmful": 0.0, "json_valid": 0.5}, "tuned": {"refusal_harmful": 0.0, "json_valid": 0.5}}
     )  # fmt: skip
-    task = {"accuracy": balanced, "balanced_accuracy": balanced, "n": 40, "chance": 0.5, "chance_uniform": 0.5}
+    task = {
+        "accuracy": balanced,
+        "balanced_accuracy": balanced,
+        "n": 40,
+        "chance": 0.5,
+        "chance_uniform": 0.5,
+    }
     return {
         "unseen": {"gender": task, "content": {"accuracy": 0.5, "wer": 0.5, "n": 40}},
         "ceiling": {"gender": {**task, "balanced_accuracy": 0.65}},
@@ -109,3 +121,39 @@ def test_the_study_writes_its_report_plane_and_results(tmp_path):
 def test_an_unknown_variant_fails_by_name():
     with pytest.raises(SystemExit, match="no_such"):
         study.main(["--variants", "verified,no_such"])
+
+
+def test_a_rerun_skips_the_variants_already_done(tmp_path, monkeypatch):
+    """A killed study picks up where it stopped: finished training and evaluation steps are reused."""
+    ran: list[str] = []
+
+    def fake_recorded(name, argv, log_dir, record_path, record):
+        ran.append(name)
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        if name.startswith("train-"):
+            (record_path.parent / "config.json").write_text("{}")
+        else:
+            (record_path.parent / "report.json").write_text(json.dumps(_report(0.6, 0.9)))
+        record_path.write_text(json.dumps(record))
+        return 0.0
+
+    monkeypatch.setattr(study, "run_step", lambda *a, **k: 0.0)  # the data stages skip themselves anyway
+    monkeypatch.setattr(study, "run_recorded", fake_recorded)
+    args = [
+        "--out",
+        str(tmp_path / "study"),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--variants",
+        "verified,frozen",
+    ]
+    study.main(args)
+    assert ran == ["train-verified", "evaluate-verified", "train-frozen", "evaluate-frozen"]
+    ran.clear()
+    (tmp_path / "study" / "frozen" / "evaluate" / "report.json").unlink()  # killed during frozen's evaluation
+    study.main(args)
+    assert ran == ["evaluate-frozen"]
+    assert json.loads((tmp_path / "study" / "results.json").read_text())["variants"].keys() == {
+        "verified",
+        "frozen",
+    }
