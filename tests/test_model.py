@@ -481,3 +481,30 @@ def test_batched_generate_matches_single_rows(model):
     batched = model.generate(rows, **kwargs)
     assert len(batched) == 3 and all(isinstance(a, str) and a for a in batched)
     assert [model.generate([r], **kwargs)[0] for r in rows] == batched
+
+
+def test_alignment_warmup_is_shared_by_target_sets_of_the_same_clips(tiny_whisper_source, tiny_llm_source, tmp_path):
+    """Another target set of the same clips (labels vs self-output, several rows per clip, in another
+    order) takes the same warm-up steps, so a study's variants share one stored warm-up."""
+    from speechllm.train.align import pretrain_alignment
+
+    clips = [f"c{i}" for i in range(4)]
+    texts = {c: f"A {'man' if i % 2 else 'woman'} speaks." for i, c in enumerate(clips)}
+
+    def run(order: list[str]):
+        model = make_model(tiny_whisper_source, tiny_llm_source)
+        taps, hidden = model.encoder.num_taps, model.encoder.hidden_size
+
+        def features(row):
+            g = torch.Generator().manual_seed(int(row["clip_id"][1:]))
+            return torch.randn(taps, 6, hidden, generator=g)
+
+        rows = [{"clip_id": c, "audio_path": str(tmp_path / f"{c}.wav")} for c in order]
+        history = pretrain_alignment(model, rows, [texts[c] for c in order], features, steps=4, batch_size=2,
+                                     learning_rate=1e-3, seed=0, cache_dir=str(tmp_path / "cache"))  # fmt: skip
+        return history, {k: v.clone() for k, v in model.adapter.state_dict().items()}
+
+    first, weights = run(clips)
+    again, weights_again = run([*reversed(clips), clips[0], clips[2]])
+    assert len(list((tmp_path / "cache" / "align-warmup").glob("*.safetensors"))) == 1  # reused, not redone
+    assert again == first and all(torch.equal(weights[k], weights_again[k]) for k in weights)

@@ -71,7 +71,7 @@ class AlignmentText:
 
 
 # Part of every stored warm-up's key: raise it when the warm-up's computation changes.
-WARMUP_VERSION = 1
+WARMUP_VERSION = 2
 
 
 def pretrain_alignment(model, rows: Sequence[dict], texts: Sequence[str], features: Callable[[dict], torch.Tensor],
@@ -108,7 +108,9 @@ def pretrain_alignment(model, rows: Sequence[dict], texts: Sequence[str], featur
     for r, t in zip(rows, texts, strict=True):
         if t and r["clip_id"] not in clips:
             clips[r["clip_id"]] = (r, t)
-    pairs = list(clips.values())
+    # In clip order, not row order: runs on other target sets of the same clips (labels, self-output,
+    # verified or not) take the same steps, and so share one stored warm-up.
+    pairs = [clips[c] for c in sorted(clips)]
     if not pairs or steps <= 0:
         return []
     stored = None
