@@ -483,7 +483,9 @@ def test_batched_generate_matches_single_rows(model):
     assert [model.generate([r], **kwargs)[0] for r in rows] == batched
 
 
-def test_alignment_warmup_is_shared_by_target_sets_of_the_same_clips(tiny_whisper_source, tiny_llm_source, tmp_path):
+def test_alignment_warmup_is_shared_by_target_sets_of_the_same_clips(
+    tiny_whisper_source, tiny_llm_source, tmp_path
+):
     """Another target set of the same clips (labels vs self-output, several rows per clip, in another
     order) takes the same warm-up steps, so a study's variants share one stored warm-up."""
     from speechllm.train.align import pretrain_alignment
