@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -60,10 +61,6 @@ VARIANTS: dict[str, str] = {
 # per side); drift measured even for a frozen LLM, where it must come out as none.
 EVAL_ARGS = ["eval.max_clips=null", "eval.retention.max_clips=8", "eval.retention.drift=true"]
 
-# Differences smaller than these are not read as an effect: with 40 answers per task a mean balanced
-# accuracy moves by about 0.03 between seeds of one config; the retention score is steadier.
-MARGINS = {"learned": 0.05, "kept": 0.02}
-
 
 @dataclass(frozen=True)
 class Claim:
@@ -96,21 +93,57 @@ CLAIMS = [
 
 
 def verdict(claim: Claim, results: dict[str, dict]) -> dict:
-    """Whether the study's numbers support a claim.
+    """Whether the study's numbers support a claim, given how many answers and tokens are behind them.
 
     Returns:
-        {"claim", "measure", "higher", "lower", "difference", "verdict"}: difference = higher - lower on the
-        measure; verdict "supported" beyond the margin, "contradicted" beyond it the other way, "not
-        separated" within it, "not run" when a variant is missing.
+        {"claim", "measure", "higher", "lower", "difference", "se", "verdict"}: difference = higher - lower
+        on the measure, se its standard error from the counts behind both numbers (sampling noise of the
+        measurement only: another seed moves a run further); verdict "supported" beyond 2 se, "leans
+        for" beyond 1, "not separated" within 1, "leans against" / "contradicted" the other way, and "not
+        run" when a variant is missing.
     """
     out = {"claim": claim.text, "measure": claim.measure, "higher": claim.higher, "lower": claim.lower}
     a, b = results.get(claim.higher), results.get(claim.lower)
     if a is None or b is None or a.get(claim.measure) is None or b.get(claim.measure) is None:
-        return {**out, "difference": None, "verdict": "not run"}
+        return {**out, "difference": None, "se": None, "verdict": "not run"}
     diff = a[claim.measure] - b[claim.measure]
-    margin = MARGINS[claim.measure]
-    word = "supported" if diff > margin else "contradicted" if diff < -margin else "not separated"
-    return {**out, "difference": diff, "verdict": word}
+    se = math.hypot(a.get(f"{claim.measure}_se") or 0.0, b.get(f"{claim.measure}_se") or 0.0)
+    z = diff / se if se > 0 else (math.copysign(math.inf, diff) if diff else 0.0)
+    if z > 2:
+        word = "supported"
+    elif z > 1:
+        word = "leans for"
+    elif z >= -1:
+        word = "not separated"
+    elif z >= -2:
+        word = "leans against"
+    else:
+        word = "contradicted"
+    return {**out, "difference": diff, "se": se, "verdict": word}
+
+
+def _binomial_var(p: float, n: int) -> float:
+    return p * (1 - p) / n if n else 0.0
+
+
+def standard_errors(tasks: dict[str, dict], fmt: dict, drift: dict | None, parts: dict) -> dict:
+    """Sampling standard errors of `learned` and `kept` from the counts behind them.
+
+    learned is a mean over tasks of balanced accuracies on n answers each (binomial variance per task);
+    kept is a mean of parts: the format part is the speech rate over n requests divided by the text rate
+    (the same stored answers in every variant, so a constant of any comparison), the agreement part a
+    share of the base's answer tokens (exact for a frozen LLM).
+    """
+    learned = math.sqrt(sum(_binomial_var(t["balanced"], t["n"]) for t in tasks.values())) / max(
+        1, len(tasks)
+    )
+    variances = []
+    if "format" in parts and fmt.get("n") and fmt.get("text"):
+        variances.append(_binomial_var(fmt["speech"], fmt["n"]) / fmt["text"] ** 2)
+    if "agreement" in parts:
+        variances.append(_binomial_var(drift["agreement"], drift["n_tokens"]) if drift else 0.0)
+    kept = math.sqrt(sum(variances)) / len(variances) if variances else None
+    return {"learned_se": learned, "kept_se": kept}
 
 
 def variant_result(report: dict, train_dir: Path) -> dict:
@@ -122,25 +155,28 @@ def variant_result(report: dict, train_dir: Path) -> dict:
     metrics = _read_json(train_dir / "train_metrics.json") or {}
     steps = [s for s in metrics.get("steps", []) if "train/loss" in s]
     measured = bool(drift) and "skipped" not in drift
+    tasks = {
+        t: {"balanced": u["balanced_accuracy"], "n": u["n"], "chance": u["chance_uniform"]}
+        for t, u in attributes.items()
+    }
+    drift_numbers = {k: drift.get(k) for k in ("kl", "ppl_tuned", "ppl_base", "agreement", "n_tokens")}
+    parts = summ.get("retention_parts", {})
+    fmt_numbers = {"speech": fmt.get("speech"), "text": fmt.get("text"), "n": fmt.get("n")}
+
+    def by_model(key: str) -> dict | None:
+        return {w: drift.get(w, {}).get(key) for w in ("base", "tuned")} if measured else None
+
     return {
         "learned": summ.get("learned"),
         "kept": summ.get("retention"),
-        "kept_parts": summ.get("retention_parts", {}),
-        "tasks": {
-            t: {"balanced": u["balanced_accuracy"], "n": u["n"], "chance": u["chance_uniform"]}
-            for t, u in attributes.items()
-        },  # fmt: skip
+        **standard_errors(tasks, fmt_numbers, drift_numbers if measured else None, parts),
+        "kept_parts": parts,
+        "tasks": tasks,
         "chance": sum(u["chance_uniform"] for u in attributes.values()) / max(1, len(attributes)),
-        "format": {"speech": fmt.get("speech"), "text": fmt.get("text"), "n": fmt.get("n")},
-        "drift": {k: drift.get(k) for k in ("kl", "ppl_tuned", "ppl_base", "agreement", "n_tokens")}
-        if measured
-        else None,
-        "refusal_harmful": {w: drift.get(w, {}).get("refusal_harmful") for w in ("base", "tuned")}
-        if measured
-        else None,
-        "json_valid": {w: drift.get(w, {}).get("json_valid") for w in ("base", "tuned")}
-        if measured
-        else None,
+        "format": fmt_numbers,
+        "drift": drift_numbers if measured else None,
+        "refusal_harmful": by_model("refusal_harmful"),
+        "json_valid": by_model("json_valid"),
         "steps": steps[-1]["step"] if steps else None,
         "final_loss": steps[-1]["train/loss"] if steps else None,
         "anchors": {
@@ -189,9 +225,9 @@ def render_report(results: dict[str, dict], claims: list[dict], meta: dict) -> s
         d = r["drift"] or {}
         refused = r["refusal_harmful"] or {}
         lines.append(
-            f"| {name} | {VARIANTS.get(name, '')} | {r['steps'] or '–'} | **{_f(r['learned'])}** | "
+            f"| {name} | {VARIANTS.get(name, '')} | {r['steps'] or '–'} | **{_f(r['learned'])}** ± {_f(r['learned_se'])} | "
             + " | ".join(_f(r["tasks"].get(t, {}).get("balanced")) for t in tasks)
-            + f" | **{_f(r['kept'], 3)}** | {_f(r['format']['speech'])} ({_f(r['format']['text'])}) | "
+            + f" | **{_f(r['kept'], 3)}** ± {_f(r['kept_se'], 3)} | {_f(r['format']['speech'])} ({_f(r['format']['text'])}) | "
             f"{_f(d.get('agreement'), 3)} | {_f(d.get('kl'), 3)} | {_f(d.get('ppl_tuned'))} (base "
             f"{_f(d.get('ppl_base'))}) | {_f(refused.get('tuned'))} (base {_f(refused.get('base'))}) |"
         )
@@ -207,16 +243,18 @@ def render_report(results: dict[str, dict], claims: list[dict], meta: dict) -> s
         "",
         "## The claims",
         "",
-        f"A difference counts beyond {MARGINS['learned']} (learned) or {MARGINS['kept']} (kept); one seed "
-        "per variant, so a single run's noise is the limit.",
+        "Each claim compares two variants on one axis. se is the standard error of the difference from the "
+        "counts behind both numbers (answers per task, format requests, answer tokens): the measurement's "
+        "own noise; with one seed per variant, run-to-run noise comes on top. Supported: beyond 2 se; "
+        "leans for: beyond 1 se; not separated: within 1 se.",
         "",
-        "| claim | measure | higher | lower | difference | verdict |",
-        "|---|---|---|---|---|---|",
+        "| claim | measure | higher | lower | difference | se | verdict |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in claims:
         lines.append(
             f"| {c['claim']} | {c['measure']} | {c['higher']} | {c['lower']} | "
-            f"{_f(c['difference'], 3)} | **{c['verdict']}** |"
+            f"{_f(c['difference'], 3)} | {_f(c.get('se'), 3)} | **{c['verdict']}** |"
         )
     lines += ["", "![plane](plane.png)", ""]
     return "\n".join(lines)
@@ -251,7 +289,7 @@ def plot_plane(results: dict[str, dict], path: Path) -> Path:
 def write_study(results: dict[str, dict], out: Path, meta: dict) -> dict:
     """Write results.json, report.md and plane.png under `out`; returns the results document."""
     claims = [verdict(c, results) for c in CLAIMS]
-    doc = {"variants": results, "claims": claims, "margins": MARGINS, "meta": meta}
+    doc = {"variants": results, "claims": claims, "meta": meta}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(doc, indent=2))
     (out / "report.md").write_text(render_report(results, claims, meta))
