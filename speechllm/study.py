@@ -191,6 +191,11 @@ def _mean_balanced(scores: dict) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _minutes(results: dict[str, dict]) -> str:
+    seconds = [t for r in results.values() for t in r.get("seconds", {}).values()]
+    return f"{sum(seconds) / 60:.0f}" if seconds else "–"
+
+
 def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -208,24 +213,24 @@ def render_report(results: dict[str, dict], claims: list[dict], meta: dict) -> s
         "# Learning vs forgetting",
         "",
         f"{len(results)} variants of the demo's speech model, one seed, the same prepared data; "
-        f"{meta.get('minutes', 0):.0f} min for the last `make study` (steps it reused not counted). **Learned**: mean balanced accuracy over the "
+        f"training and evaluation took {_minutes(results)} min (the seconds of each are in the table; the data preparation is not counted). **Learned**: mean balanced accuracy over the "
         f"attribute tasks on unseen questions (n = {n_task} per task, chance {_f(first['chance'])}). **Kept**: "
         "the retention score, the mean of the trained model's score over the base LLM's (each capped at 1) "
         "for format following with audio vs the text LLM reading the description (`format`), and the "
         "trained LLM's agreement with the base's own greedy answers on general prompts (`agreement`, "
         "text only); refusals count only when the base refuses some.",
         "",
-        f"| variant | what changes | steps | learned (n = {len(tasks)} x {n_task}, chance {_f(first['chance'])}) | "
+        f"| variant | what changes | steps | train s | eval s | learned (n = {len(tasks)} x {n_task}, chance {_f(first['chance'])}) | "
         + " | ".join(f"{t} (chance {_f(first['tasks'][t]['chance'])})" for t in tasks)
         + f" | kept | format speech (text), n = {first['format']['n']} | agreement | KL | ppl of base answers "
         "| harmful refused |",
-        "|---|---|---|---|" + "---|" * len(tasks) + "---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|" + "---|" * len(tasks) + "---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         d = r["drift"] or {}
         refused = r["refusal_harmful"] or {}
         lines.append(
-            f"| {name} | {VARIANTS.get(name, '')} | {r['steps'] or '–'} | **{_f(r['learned'])}** ± {_f(r['learned_se'])} | "
+            f"| {name} | {VARIANTS.get(name, '')} | {r['steps'] or '–'} | {_f(r.get('seconds', {}).get('train'), 0)} | {_f(r.get('seconds', {}).get('evaluate'), 0)} | **{_f(r['learned'])}** ± {_f(r['learned_se'])} | "
             + " | ".join(_f(r["tasks"].get(t, {}).get("balanced")) for t in tasks)
             + f" | **{_f(r['kept'], 3)}** ± {_f(r['kept_se'], 3)} | {_f(r['format']['speech'])} ({_f(r['format']['text'])}) | "
             f"{_f(d.get('agreement'), 3)} | {_f(d.get('kl'), 3)} | {_f(d.get('ppl_tuned'))} (base "
@@ -333,11 +338,16 @@ def main(argv: list[str] | None = None) -> None:
         final = train_dir / "checkpoints" / "final"
         train = [python, "train.py", "experiment=default", f"study={v}", f"paths.data_dir={data_dir}",
                  f"hydra.run.dir={train_dir}", *args.overrides]  # fmt: skip
+        # Seconds each step took when it ran (kept across reruns that reuse it).
+        times_file = out / v / "times.json"
+        times = _read_json(times_file) or {}
         record = {"command": train, "sources": train_sources}
         if is_fresh(final / "config.json", data_mtime, record):
             print(f"\n=== train-{v}: reusing {final}")
         else:
-            run_recorded(f"train-{v}", train, out / "logs", final / "demo_command.json", record)
+            times["train"] = run_recorded(
+                f"train-{v}", train, out / "logs", final / "demo_command.json", record
+            )
         evaluate = [python, "evaluate.py", f"checkpoint={final}", f"paths.data_dir={data_dir}",
                     f"hydra.run.dir={eval_dir}", *EVAL_ARGS]  # fmt: skip
         record = {
@@ -347,8 +357,12 @@ def main(argv: list[str] | None = None) -> None:
         if is_fresh(eval_dir / "report.json", (final / "config.json").stat().st_mtime, record):
             print(f"\n=== evaluate-{v}: reusing {eval_dir / 'report.json'}")
         else:
-            run_recorded(f"evaluate-{v}", evaluate, out / "logs", eval_dir / "demo_command.json", record)
+            times["evaluate"] = run_recorded(
+                f"evaluate-{v}", evaluate, out / "logs", eval_dir / "demo_command.json", record
+            )
+        times_file.write_text(json.dumps(times))
         results[v] = variant_result(json.loads((eval_dir / "report.json").read_text()), train_dir)
+        results[v]["seconds"] = times
         # The report grows with each finished variant, so a long study can be read while it runs.
         write_study(
             results, out, {"minutes": (time.perf_counter() - start) / 60, "overrides": args.overrides}
