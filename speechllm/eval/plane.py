@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = (
             "no baseline" if p["x_base"] is None else f"untrained: {p['x_base']:.3f}, {p['y_base'] or 0:.3f}"
         )
-        print(f"{d}: target={p['x']:.3f} retention={p['y']:.3f} ({base})")
+        print(f"{d}: learned={p['x']:.3f} retention={p['y']:.3f} ({base})")
     print(f"wrote {path}")
     return 0
 
