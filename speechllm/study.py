@@ -41,6 +41,7 @@ from speechllm.demo import (
     run_step,
     sources_digest,
 )
+from speechllm.eval.runner import learned_score
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -181,14 +182,9 @@ def variant_result(report: dict, train_dir: Path) -> dict:
         "final_loss": steps[-1]["train/loss"] if steps else None,
         "anchors": {
             "untrained": {"learned": summ.get("baseline_learned"), "kept": summ.get("baseline_retention")},
-            "base_llm": {"learned": _mean_balanced(report.get("ceiling", {})), "kept": 1.0},
+            "base_llm": {"learned": learned_score(report.get("ceiling", {})), "kept": 1.0},
         },
     }
-
-
-def _mean_balanced(scores: dict) -> float | None:
-    values = [v["balanced_accuracy"] for v in scores.values() if "balanced_accuracy" in v]
-    return sum(values) / len(values) if values else None
 
 
 def _minutes(results: dict[str, dict]) -> str:
@@ -315,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     variants = [v for v in args.variants.split(",") if v]
+    if not variants:
+        raise SystemExit(f"study: no variants given; known: {', '.join(VARIANTS)}")
     unknown = [v for v in variants if not (REPO / "conf" / "study" / f"{v}.yaml").is_file()]
     if unknown:
         raise SystemExit(f"study: no conf/study/ config for {unknown}; known: {sorted(VARIANTS)}")
@@ -364,13 +362,10 @@ def main(argv: list[str] | None = None) -> None:
         results[v] = variant_result(json.loads((eval_dir / "report.json").read_text()), train_dir)
         results[v]["seconds"] = times
         # The report grows with each finished variant, so a long study can be read while it runs.
-        write_study(
+        doc = write_study(
             results, out, {"minutes": (time.perf_counter() - start) / 60, "overrides": args.overrides}
         )
 
-    doc = write_study(
-        results, out, {"minutes": (time.perf_counter() - start) / 60, "overrides": args.overrides}
-    )
     print("\n" + "=" * 72)
     print(f"study: {out / 'report.md'}, {out / 'plane.png'}, {out / 'results.json'}")
     for c in doc["claims"]:

@@ -26,8 +26,9 @@ def described_dir(data_dir: str | Path, name: str) -> Path:
     return dataset_dir(data_dir, name) / "described"
 
 
-def targets_dir(data_dir: str | Path, name: str, folder: str) -> Path:
-    return dataset_dir(data_dir, name) / "targets" / folder
+def targets_dir(data_dir: str | Path, name: str, mode: str, folder: str | None = None) -> Path:
+    """A target set's folder: `target.folder` when set (several sets of one mode side by side), else the mode."""
+    return dataset_dir(data_dir, name) / "targets" / (folder or mode)
 
 
 def features_dir(data_dir: str | Path, name: str) -> Path:

@@ -117,11 +117,6 @@ class TargetConfig:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     folder: str | None = None
 
-    @property
-    def folder_name(self) -> str:
-        """The folder under ``<data_dir>/<name>/targets/`` this config's targets live in."""
-        return self.folder or self.mode
-
 
 def target_config(node: DictConfig | dict | None) -> TargetConfig:
     """Validate a ``target`` config node against :class:`TargetConfig`.
@@ -588,7 +583,7 @@ def run_targets(cfg: DictConfig, state: dict | None = None) -> Any:
     """
     tcfg = target_config(cfg.target)
     data_dir = Path(cfg.paths.data_dir)
-    out_dir = targets_dir(data_dir, cfg.data.name, tcfg.folder_name)
+    out_dir = targets_dir(data_dir, cfg.data.name, tcfg.mode, tcfg.folder)
     if state is not None and "described" in state and state["described"] is None:
         logger.info("targets: waiting for the other describe shards; rerun when they are done")
         return None

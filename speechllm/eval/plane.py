@@ -45,9 +45,9 @@ def plane_points(report: dict) -> dict:
         report: a report.json dict.
 
     Returns:
-        {"x", "y", "x_base", "y_base"}: target score and retention of the trained model and of the
-        adapter at initialisation (the baseline's retention is its format pass rate relative to the
-        same text rate). x_base and y_base are None when the evaluation ran no baseline.
+        {"x", "y", "x_base", "y_base"}: what the trained model learned and kept (the report's
+        ``summary.learned`` and ``summary.retention``) and the same for the adapter at initialisation.
+        x_base and y_base are None when the evaluation ran no baseline.
     """
     summary = report.get("summary", {})
     base_x, base_y = summary.get("baseline_learned"), summary.get("baseline_retention")

@@ -365,8 +365,9 @@ def data_paths(cfg: DictConfig, mixture: MixtureConfig) -> DataPaths:
         if OmegaConf.select(cfg, key, default=None) in (None, ""):
             raise ConfigError(f"config key '{key}' is missing or empty")
     replay = {name: layout.replay_dir(cfg.paths.data_dir, name) for name in mixture.sources()}
-    folder = OmegaConf.select(cfg, "target.folder", default=None) or cfg.target.mode
-    return DataPaths(targets=layout.targets_dir(cfg.paths.data_dir, cfg.data.name, folder), replay=replay)
+    folder = OmegaConf.select(cfg, "target.folder", default=None)
+    targets = layout.targets_dir(cfg.paths.data_dir, cfg.data.name, cfg.target.mode, folder)
+    return DataPaths(targets=targets, replay=replay)
 
 
 def is_prepared(path: Path) -> bool:
