@@ -163,9 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     if is_fresh(final / "config.json", data_mtime, train_record):
         print(f"\n=== train: reusing {final} (same command and code, newer than its data)")
     else:
-        times["train"] = run_recorded(
-            "train", train, out / "logs", final / "demo_command.json", train_record
-        )
+        times["train"] = run_recorded("train", train, out / "logs", final / "demo_command.json", train_record)
 
     eval_dir = out / "evaluate"
     evaluate = [

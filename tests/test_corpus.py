@@ -47,6 +47,19 @@ def test_plan_is_deterministic_and_the_test_split_is_unseen():
     assert {r["accent"] for r in plan} == set(DEMO["accents"])
 
 
+def test_test_size_fixes_the_test_split_while_the_training_split_grows():
+    def sizes(size, test_size):
+        plan = plan_corpus(size, 0, DEMO["accents"], DEMO["variants"], DEMO["test_variants"],
+                           DEMO["test_fraction"], LEVELS, test_size=test_size)  # fmt: skip
+        return Counter(r["split"] for r in plan)
+
+    assert sizes(200, 40) == {"train": 160, "test": 40}
+    assert sizes(840, 40) == {"train": 800, "test": 40}
+    assert sizes(200, None) == {"train": 160, "test": 40}  # test_fraction of size
+    with pytest.raises(ValueError, match="40 of 30 clips"):
+        sizes(30, 40)
+
+
 def test_every_label_is_balanced_within_each_split():
     plan = _plan(size=120)
     for split in ("train", "test"):

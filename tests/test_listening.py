@@ -2,6 +2,7 @@
 and the report's balanced accuracy."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -81,6 +82,20 @@ def test_alignment_warmup_is_stored_and_reused_exactly(smoke_dirs, tmp_path, cap
     assert len(list((tmp_path / "cache" / "align-warmup").glob("*.safetensors"))) == 2
 
 
+def test_alignment_warmup_can_take_every_described_clip(smoke_dirs, tmp_path, caplog):  # noqa: F811
+    # Rows capped to a few clips' targets; the warm-up still takes every described training clip (the smoke
+    # corpus has 10), encoded into the feature cache like the rest.
+    settings = ["align.weight=1.0", "align.pretrain_steps=2", "max_train_rows=4", "trainer.max_steps=1"]
+    with caplog.at_level("INFO", logger="speechllm.train.align"):
+        train(smoke_cfg(smoke_dirs, tmp_path / "a", *settings))
+    assert int(re.search(r"2 steps on (\d+) clips", caplog.text).group(1)) <= 4
+    caplog.clear()
+    with caplog.at_level("INFO", logger="speechllm.train.align"):
+        metrics = train(smoke_cfg(smoke_dirs, tmp_path / "b", *settings, "align.pretrain_clips=described"))
+    assert "2 steps on 10 clips" in caplog.text
+    assert metrics["encoder_feature_cache"]["clips"] >= 10
+
+
 def test_alignment_config_errors_name_the_problem(smoke_dirs, tmp_path):  # noqa: F811
     from speechllm.config import ConfigError
 
@@ -90,6 +105,8 @@ def test_alignment_config_errors_name_the_problem(smoke_dirs, tmp_path):  # noqa
         train(smoke_cfg(smoke_dirs, tmp_path / "b", "align.weight=1", "align.attributes=[gender,timbre]"))
     with pytest.raises(ConfigError, match="unknown config key 'align.wieght'"):
         train(smoke_cfg(smoke_dirs, tmp_path / "c", "+align.wieght=1"))
+    with pytest.raises(ConfigError, match="align.pretrain_clips='all'"):
+        train(smoke_cfg(smoke_dirs, tmp_path / "d", "align.pretrain_clips=all"))
 
 
 # ---- the probe and the report ----

@@ -191,6 +191,7 @@ def plan_corpus(
     test_fraction: float,
     levels: dict[str, list[str]],
     sentences: tuple[str, ...] = SENTENCES,
+    test_size: int | None = None,
 ) -> list[dict]:
     """Choose every clip's sentence, voice and levels (no audio yet). Deterministic for a seed.
 
@@ -205,9 +206,11 @@ def plan_corpus(
         accents: accent word -> espeak voice.
         variants: gender word -> voice variants.
         test_variants: variants used only in the test split.
-        test_fraction: share of sentences, and of clips, in the test split.
+        test_fraction: share of sentences, and of clips (unless `test_size`), in the test split.
         levels: `pitch`/`speed`/`volume` -> level words to draw from.
         sentences: the sentence pool.
+        test_size: clips in the test split (None: `test_fraction` of `size`), so the training split can
+            grow while the test split, and the cost of evaluating it, stays the same.
 
     Returns:
         One dict per clip: clip_id, split, text, gender, variant, accent, voice, pitch, speed, volume.
@@ -217,7 +220,9 @@ def plan_corpus(
     rng.shuffle(pool)
     n_test_sentences = max(1, round(len(pool) * test_fraction))
     test_sentences, train_sentences = pool[:n_test_sentences], pool[n_test_sentences:]
-    n_test = round(size * test_fraction)
+    n_test = round(size * test_fraction) if test_size is None else test_size
+    if not 0 < n_test < size:
+        raise ValueError(f"the test split would hold {n_test} of {size} clips: both splits need clips")
     plan = []
     for split, n in (("train", size - n_test), ("test", n_test)):
         # Every label is balanced within a split (each value drawn equally often, in shuffled order), so a
@@ -255,8 +260,8 @@ def _balanced(values: list[str], n: int, rng: random.Random) -> list[str]:
 
 # The `data` keys the generator reads (conf/data/demo.yaml), all of which shape the corpus.
 CONFIG_KEYS = (
-    "size", "seed", "accents", "variants", "test_variants", "test_fraction", "pitch_hz", "speed_wpm",
-    "amplitude", "volume_dbfs", "peak_max",
+    "size", "test_size", "seed", "accents", "variants", "test_variants", "test_fraction", "pitch_hz",
+    "speed_wpm", "amplitude", "volume_dbfs", "peak_max",
 )  # fmt: skip
 
 
@@ -265,7 +270,7 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) ->
 
     Args:
         out_dir: the corpus folder (`{data_dir}/{data.name}/corpus`).
-        cfg: the `data` config: `size`, `seed`, `accents`, `variants`, `test_variants`, `test_fraction`,
+        cfg: the `data` config: `size`, `test_size` (optional), `seed`, `accents`, `variants`, `test_variants`, `test_fraction`,
             `pitch_hz` (gender -> level -> Hz), `speed_wpm` (level -> -s), `amplitude` (the one -a),
             `volume_dbfs` (level -> active speech level after the gain), `peak_max` (largest peak).
         num_proc: espeak-ng processes run at once.
@@ -274,7 +279,7 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) ->
         `out_dir` (with `wavs/` and `metadata.csv`).
     """
     out_dir = Path(out_dir)
-    fingerprint = {"plan_version": PLAN_VERSION, **{k: cfg[k] for k in CONFIG_KEYS}}
+    fingerprint = {"plan_version": PLAN_VERSION, **{k: cfg.get(k) for k in CONFIG_KEYS}}
     marker = out_dir / CORPUS_MARKER
     if corpus_is_current(out_dir, fingerprint):
         logger.info("demo corpus: up to date in %s", out_dir)
@@ -299,6 +304,7 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) ->
         cfg["test_variants"],
         cfg["test_fraction"],
         levels,
+        test_size=cfg.get("test_size"),
     )
     gender_of = {v: g for g, vs in cfg["variants"].items() for v in vs}
     used = sorted({row["variant"] for row in plan})

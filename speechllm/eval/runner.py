@@ -365,7 +365,9 @@ def summary(report: dict) -> dict:
     agreement = drift.get("agreement") if measured else 1.0
     base_refusal = drift.get("base", {}).get("refusal_harmful") if measured else None
     tuned_refusal = drift.get("tuned", {}).get("refusal_harmful") if measured else None
-    kept = retention.retention_score(fmt.get("speech"), fmt.get("text"), agreement, tuned_refusal, base_refusal)
+    kept = retention.retention_score(
+        fmt.get("speech"), fmt.get("text"), agreement, tuned_refusal, base_refusal
+    )
     out = {
         "target_score": target_score(report["unseen"]),
         "learned": learned_score(report["unseen"]),

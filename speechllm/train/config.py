@@ -112,6 +112,9 @@ class AlignConfig:
         pretrain_steps: alignment-only adapter steps before training (no LLM pass; 0: none).
         pretrain_batch_size: clips per warm-up step.
         pretrain_learning_rate: warm-up learning rate (AdamW, constant).
+        pretrain_clips: the warm-up's clips: `targets` (the clips with training targets) or `described`
+            (every described clip of the training split: alignment needs only a description, so clips
+            the LLM never answered for count too, and many more clips are cheap).
         renderer: how the text is written (`speechllm.describe.render`: natural | sentences | desta2).
         attributes: the attributes it mentions, in order.
         filler: text whose token fills the audio slots past the description.
@@ -124,6 +127,7 @@ class AlignConfig:
     pretrain_steps: int = 0
     pretrain_batch_size: int = 16
     pretrain_learning_rate: float = 1e-3
+    pretrain_clips: str = "targets"
     renderer: str = "natural"
     attributes: list[str] = field(
         default_factory=lambda: ["gender", "accent", "pitch", "speaking_rate", "volume"]
@@ -254,6 +258,8 @@ def validate_schema(cfg: DictConfig) -> tuple[TopLevelConfig, TrainerConfig, Mix
         raise ConfigError("align.weight and align.pretrain_steps must be >= 0")
     if top.align.pretrain_batch_size < 1 or top.align.pretrain_learning_rate <= 0:
         raise ConfigError("align.pretrain_batch_size must be >= 1 and align.pretrain_learning_rate > 0")
+    if top.align.pretrain_clips not in ("targets", "described"):
+        raise ConfigError(f"align.pretrain_clips={top.align.pretrain_clips!r}: choose targets or described")
     if top.probe.every < 0 or top.probe.questions_per_task < 1 or top.probe.batch_size < 1:
         raise ConfigError("probe.every must be >= 0, probe.questions_per_task and probe.batch_size >= 1")
     if top.max_train_rows is not None and top.max_train_rows < 1:

@@ -370,11 +370,12 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
     # (the training clips and the probe's held-out clips).
     dataset = mixture.dataset.add_column("length", row_lengths(model, mixture.dataset))
     probe_rows = _probe_rows(cfg, top) if top.probe.every > 0 else []
+    warmup = _warmup_rows(cfg, top, dataset) if top.align.pretrain_steps > 0 and not resume else []
     feature_cache, cache_stats = None, None
     if tr.cache_encoder_features and model.encoder.frozen:
         speech = dataset.filter(lambda k: k == "speech", input_columns="kind")
         clips = list(zip(speech["clip_id"], speech["audio_path"], strict=True))
-        clips += [(r["clip_id"], r["audio_path"]) for r in probe_rows]
+        clips += [(r["clip_id"], r["audio_path"]) for r in probe_rows + warmup]
         feature_cache, cache_stats = _fill_feature_cache(model, clips, cfg, tr)
     elif tr.cache_encoder_features:
         logger.info("encoder-feature cache off: the encoder trains (model.encoder.frozen=false)")
@@ -385,10 +386,9 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
         return model.encode_audio([row["audio_path"]])[0]
 
     align_history = []
-    if top.align.pretrain_steps > 0 and not resume:
-        speech = [r for r in dataset if r["kind"] == "speech"]
+    if warmup:
         align_history = pretrain_alignment(
-            model, speech, [r["align_text"] for r in speech], features, steps=top.align.pretrain_steps,
+            model, warmup, [r["align_text"] for r in warmup], features, steps=top.align.pretrain_steps,
             batch_size=top.align.pretrain_batch_size, learning_rate=top.align.pretrain_learning_rate,
             seed=top.seed, filler=top.align.filler, cache_dir=str(cfg.paths.cache_dir) if top.align.reuse else None,
             encoder_key=feature_cache.dir.name if feature_cache is not None else None,
@@ -480,6 +480,24 @@ def _probe_rows(cfg: DictConfig, top) -> list[dict]:
         logger.warning("probe off: %s", err)
         return []
     return data.rows
+
+
+def _warmup_rows(cfg: DictConfig, top, dataset: datasets.Dataset) -> list[dict]:
+    """The alignment warm-up's rows (clip_id, audio_path, align_text): the speech rows of the mixture, or with
+    `align.pretrain_clips=described` every described clip of the training split."""
+    if top.align.pretrain_clips == "targets":
+        return [r for r in dataset if r["kind"] == "speech"]
+    try:
+        described = load_described(str(cfg.paths.data_dir), str(cfg.data.name), split=top.train_split).rows
+    except EvalDataError as err:
+        raise ConfigError(f"align.pretrain_clips=described: {err}") from None
+    text = AlignmentText(top.align.renderer, top.align.attributes)
+    rows = [
+        {"clip_id": r["clip_id"], "audio_path": r["audio_path"], "align_text": text(r)} for r in described
+    ]
+    logger.info("alignment warm-up clips: %d described clips of split %r (%d have targets)", len(rows),
+                top.train_split, len(set(dataset.filter(lambda k: k == "speech", input_columns="kind")["clip_id"])))  # fmt: skip
+    return rows
 
 
 def _fill_feature_cache(model, clips: list[tuple[str, str]], cfg: DictConfig, tr: TrainerConfig):
