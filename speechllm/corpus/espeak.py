@@ -270,9 +270,10 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) ->
 
     Args:
         out_dir: the corpus folder (`{data_dir}/{data.name}/corpus`).
-        cfg: the `data` config: `size`, `test_size` (optional), `seed`, `accents`, `variants`, `test_variants`, `test_fraction`,
-            `pitch_hz` (gender -> level -> Hz), `speed_wpm` (level -> -s), `amplitude` (the one -a),
-            `volume_dbfs` (level -> active speech level after the gain), `peak_max` (largest peak).
+        cfg: the `data` config: `size`, `test_size` (optional), `seed`, `accents`, `variants`,
+            `test_variants`, `test_fraction`, `pitch_hz` (gender -> level -> Hz), `speed_wpm` (level -> -s),
+            `amplitude` (the one -a), `volume_dbfs` (level -> active speech level after the gain), `peak_max`
+            (largest peak).
         num_proc: espeak-ng processes run at once.
 
     Returns:
