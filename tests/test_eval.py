@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 from hydra import compose, initialize_config_dir
 
+from speechllm.config import ConfigError
 from speechllm.eval import plane
 from speechllm.eval.data import EvalDataError
 from speechllm.eval.runner import CheckpointError, evaluate
@@ -149,6 +150,33 @@ def test_report_keys_are_numbers(smoke_ckpt, data_dir, tmp_path):
     assert {"speech", "speech_parsed", "text", "baseline_parsed", "clip_id", "gold"} <= set(gender[0])
     recomputed = sum(x["speech_parsed"] == x["gold"] for x in gender) / len(gender)
     assert recomputed == saved["unseen"]["gender"]["accuracy"]
+
+
+def test_more_questions_per_clip_with_yardsticks_on_the_first_and_intervals(smoke_ckpt, data_dir, tmp_path):
+    out = tmp_path / "out"
+    rep = evaluate(_cfg(f"checkpoint={smoke_ckpt}", f"paths.data_dir={data_dir}", "eval.questions_per_task=3",
+                        "eval.reference_questions_per_task=1", "eval.retention.format=false"), out_dir=str(out))  # fmt: skip
+    gender = rep["unseen"]["gender"]
+    assert gender["n"] == 9 and gender["clips"] == 3  # three clips, three phrasings each
+    assert rep["ceiling"]["gender"]["n"] == rep["baseline"]["gender"]["n"] == 3  # the first phrasing of each
+    for key in ("accuracy", "balanced_accuracy"):
+        lo, hi = gender[f"{key}_ci"]
+        assert 0.0 <= lo <= gender[key] <= hi <= 1.0
+    lines = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    asked = [x for x in lines if x["task"] == "gender"]
+    assert len(asked) == 9 and sum(x["text"] is not None for x in asked) == 3
+    assert {x["clip_id"] for x in asked if x["text"] is not None} == {x["clip_id"] for x in asked}
+    # The yardsticks' questions are the ones a one-question evaluation asks.
+    one = evaluate(_cfg(f"checkpoint={smoke_ckpt}", f"paths.data_dir={data_dir}", "eval.retention.format=false"),
+                   out_dir=str(tmp_path / "one"))  # fmt: skip
+    assert one["ceiling"] == rep["ceiling"] and one["baseline"] == rep["baseline"]
+    md = (out / "report.md").read_text()
+    meta = rep["meta"]
+    assert meta["reference_questions"] * 3 == meta["n_questions"]
+    assert f"answer {meta['reference_questions']} of the {meta['n_questions']} questions" in md
+    with pytest.raises(ConfigError, match="reference_questions_per_task"):
+        evaluate(_cfg(f"checkpoint={smoke_ckpt}", f"paths.data_dir={data_dir}", "eval.reference_questions_per_task=0"),
+                 out_dir=str(tmp_path / "bad"))  # fmt: skip
 
 
 def test_ceiling_and_baseline_answers_are_reused_and_keyed_by_what_they_depend_on(

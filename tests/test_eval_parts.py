@@ -288,3 +288,24 @@ def test_target_score_averages_the_attribute_tasks_only():
     }
     assert target_score(scores) == 0.25
     assert target_score({"content": {"accuracy": 0.8, "wer": 0.2}}) == 0.8
+
+
+def test_clip_interval_resamples_clips_and_narrows_with_more_of_them():
+    # 3 questions per clip; a model right on 80% of the clips, for all of a clip's questions at once.
+    def answers(n_clips):
+        golds = [G[c % 2] for c in range(n_clips) for _ in range(3)]
+        preds = [g if (i // 3) % 5 else G[1 - G.index(g)] for i, g in enumerate(golds)]
+        return golds, preds, [i // 3 for i in range(len(golds))]
+
+    golds, preds, clips = answers(40)
+    small = tasks.clip_interval(golds, preds, G, clips)
+    lo, hi = small["balanced_accuracy_ci"]
+    assert lo < tasks.balanced_accuracy(golds, preds, G) < hi and 0.6 < lo and hi < 0.95
+    assert small == tasks.clip_interval(golds, preds, G, clips)  # seeded: the same interval every time
+    # Counted as 120 independent answers, the interval would be narrower than resampling 40 clips gives.
+    flat = tasks.clip_interval(golds, preds, G, list(range(len(golds))))
+    assert flat["accuracy_ci"][1] - flat["accuracy_ci"][0] < hi - lo
+    big = tasks.clip_interval(*answers(400)[:2], G, answers(400)[2])
+    assert big["accuracy_ci"][1] - big["accuracy_ci"][0] < (hi - lo) / 2
+    # One class for every answer: balanced accuracy is exactly chance in every resample.
+    assert tasks.clip_interval(golds, ["male"] * len(golds), G, clips)["balanced_accuracy_ci"] == [0.5, 0.5]

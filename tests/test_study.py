@@ -33,7 +33,8 @@ def test_each_variant_changes_what_it_says_and_nothing_else():
         "label": lambda c: c.target.mode == "label" and not c.target.verify.enabled,
         "paraphrase": lambda c: c.target.mode == "paraphrase" and c.target.verify.fallback == "drop",
         "label_filtered": lambda c: c.target.mode == "label" and c.target.token_filter.enabled,
-        "frozen": lambda c: c.model.llm.finetune == "frozen",
+        # the adapter is then all that trains: its learning rate (and alignment) are the run's again
+        "frozen": lambda c: c.model.llm.finetune == "frozen" and c.trainer.adapter_learning_rate is None,
         "no_replay": lambda c: c.replay.ratio == 0.0,
         "long": lambda c: c.trainer.num_train_epochs == 3,
     }

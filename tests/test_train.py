@@ -305,6 +305,48 @@ def test_lora_policy_saves_and_reloads_the_peft_adapter(smoke_dirs, tmp_path):
         )  # fmt: skip
 
 
+class CaptureOptimizer(TrainerCallback):
+    """Keeps the trainer's optimiser's learning rates per parameter at the first step."""
+
+    def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if state.global_step == 0:
+            self.lr = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+            self.model = model
+
+
+def test_adapter_learning_rate_is_its_own_and_zero_freezes_it(smoke_dirs, tmp_path):
+    lora = [
+        "model.llm.finetune=lora",
+        "trainer.max_steps=2",
+        "trainer.save_steps=0",
+        "trainer.warmup_steps=0",
+    ]
+    opt = CaptureOptimizer()
+    train(
+        smoke_cfg(smoke_dirs, tmp_path / "own", *lora, "trainer.adapter_learning_rate=1e-5"), callbacks=[opt]
+    )
+    adapter = {id(p) for p in opt.model.adapter.parameters()}
+    rates = {("adapter" if i in adapter else "llm"): lr for i, lr in opt.lr.items()}
+    assert set(rates) == {"adapter", "llm"} and rates["adapter"] == pytest.approx(1e-5)
+    assert {lr for i, lr in opt.lr.items() if i not in adapter} == {pytest.approx(1e-3)}  # the preset's
+
+    cap = Capture()
+    train(
+        smoke_cfg(smoke_dirs, tmp_path / "frozen", *lora, "trainer.adapter_learning_rate=0"), callbacks=[cap]
+    )
+    now = cap.model.state_dict()
+    assert all(torch.equal(cap.start[k], now[k]) for k in cap.start if k.startswith("adapter."))
+    assert any(
+        not torch.equal(cap.start[k], now[k]) for k in cap.start if "lora_B" in k
+    )  # the reader trained
+    with pytest.raises(ConfigError, match="nothing left to train"):
+        train(
+            smoke_cfg(smoke_dirs, tmp_path / "none", "trainer.max_steps=1", "trainer.adapter_learning_rate=0")
+        )
+    with pytest.raises(ConfigError, match="trainer.adapter_learning_rate"):
+        train(smoke_cfg(smoke_dirs, tmp_path / "bad", "trainer.adapter_learning_rate=-1"))
+
+
 def test_replay_mixture_and_kd_loss_train(smoke_dirs, tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -1,8 +1,9 @@
 """Writing an evaluation: `report.json` (numbers), `report.md` (tables people read), PNG plots.
 
 report.json layout (every leaf listed here is a number):
-    unseen.<task>.{accuracy, balanced_accuracy, chance, chance_uniform, n, answered}   speech model, unseen
-        questions; unseen.<task>.one_answer_questions lists questions answered alike for every clip
+    unseen.<task>.{accuracy, balanced_accuracy, chance, chance_uniform, n, clips, answered}   speech model,
+        unseen questions; unseen.<task>.{accuracy_ci, balanced_accuracy_ci} are [low, high] 95% intervals
+        (bootstrap over clips); unseen.<task>.one_answer_questions lists questions answered alike for every clip
     ceiling.<task>.{accuracy, n}          text LLM reading the gold description
     agreement.<task>                      share of items where speech and text answers parse alike
     baseline_agreement.<task>             the same for the untrained baseline
@@ -51,6 +52,11 @@ def _fmt(x, digits: int = 3) -> str:
     return str(x)
 
 
+def _with_ci(value, ci) -> str:
+    """A score with its 95% interval: "0.875 [0.81, 0.93]"."""
+    return _fmt(value) if not ci else f"{_fmt(value)} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
 def _clip(text: str, n: int = 160) -> str:
     text = " ".join(str(text).split()).replace("|", "\\|")
     return text if len(text) <= n else text[: n - 1] + "…"
@@ -74,7 +80,20 @@ def render_markdown(report: dict, plots: Sequence[str] = ()) -> str:
         f"max_new_tokens: {meta.get('max_new_tokens', '?')} · LLM: `{meta.get('llm', '?')}` · "
         f"seconds: {_fmt(meta.get('seconds'), 1)}"
     )
-    lines += ["", "## Unseen instructions", ""]
+    lines += [
+        "",
+        "## Unseen instructions",
+        "",
+        "Scores with their 95% interval [low, high], from resampling the clips (2000 bootstrap draws).",
+        "",
+    ]
+    if meta.get("reference_questions") not in (None, meta.get("n_questions")):
+        lines[-1:-1] = [
+            f"The ceiling and the untrained baseline answer {meta['reference_questions']} of the "
+            f"{meta['n_questions']} questions (each clip's first phrasings per task; "
+            "`eval.reference_questions_per_task`); agreement is over those.",
+            "",
+        ]
     lines.append(
         "| task | n | speech model | balanced | ceiling (text LLM + description) | agreement | untrained baseline "
         "| baseline agreement | chance (majority) | 1/classes |"
@@ -86,9 +105,10 @@ def render_markdown(report: dict, plots: Sequence[str] = ()) -> str:
         name = f"{task} (word acc.; WER {_fmt(u.get('wer'))})" if "wer" in u else task
         name = f"{task} ({u['metric']})" if "metric" in u else name
         lines.append(
-            f"| {name} | {u.get('n')} | {_fmt(u.get('accuracy'))} | {_fmt(u.get('balanced_accuracy'))} | "
-            f"{_fmt(c.get('accuracy'))} | "
-            f"{_fmt(report.get('agreement', {}).get(task))} | {_fmt(b.get('accuracy'))} | "
+            f"| {name} | {u.get('n')} | {_with_ci(u.get('accuracy'), u.get('accuracy_ci'))} | "
+            f"{_with_ci(u.get('balanced_accuracy'), u.get('balanced_accuracy_ci'))} | "
+            f"{_with_ci(c.get('accuracy'), c.get('accuracy_ci'))} | "
+            f"{_fmt(report.get('agreement', {}).get(task))} | {_with_ci(b.get('accuracy'), b.get('accuracy_ci'))} | "
             f"{_fmt(report.get('baseline_agreement', {}).get(task))} | "
             f"{_fmt(u.get('chance'))} | {_fmt(u.get('chance_uniform'))} |"
         )

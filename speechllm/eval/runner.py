@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from speechllm import parsing
 from speechllm.attributes import use_attributes_dir
@@ -47,6 +48,7 @@ from speechllm.eval.tasks import (
     balanced_accuracy,
     build_items,
     chance_level,
+    clip_interval,
     normalize_answer,
     select_tasks,
 )
@@ -213,7 +215,9 @@ def speech_answers(
     ]
     out: list[str] = []
     with torch.no_grad():
-        for start in range(0, len(reqs), batch_size):
+        for start in tqdm(
+            range(0, len(reqs), batch_size), desc="speech answers", unit="batch", disable=not reqs
+        ):
             out.extend(model.generate(reqs[start : start + batch_size], max_new_tokens=max_new_tokens))
     return [a.strip() for a in out]
 
@@ -270,7 +274,9 @@ def score(items: Sequence[Item], parsed: Sequence[str | None]) -> dict[str, dict
         parsed: from :func:`parse_answers`.
 
     Returns:
-        {task: {"accuracy", "n", "answered", "chance", "chance_uniform"}}; content tasks (no classes)
+        {task: {"accuracy", "n", "answered", "chance", "chance_uniform"}}, label tasks also with
+        "balanced_accuracy", 95% clip-bootstrap intervals of both ("accuracy_ci", "balanced_accuracy_ci")
+        and the number of clips asked about; content tasks (no classes)
         get "wer" and accuracy = max(0, 1 - WER) (word accuracy) with chance 0.
     """
     by_task: dict[str, list[tuple[Item, str | None]]] = {}
@@ -294,7 +300,10 @@ def score(items: Sequence[Item], parsed: Sequence[str | None]) -> dict[str, dict
             out[task] = {
                 "accuracy": sum(p == it.gold for it, p in pairs) / len(pairs),
                 "balanced_accuracy": balanced_accuracy(golds, [p for _, p in pairs], classes),
+                # 95% intervals from resampling clips (the questions about one clip are not independent)
+                **clip_interval(golds, [p for _, p in pairs], classes, [it.row for it, _ in pairs]),
                 "n": len(pairs),
+                "clips": len({it.row for it, _ in pairs}),
                 "answered": sum(p is not None for _, p in pairs) / len(pairs),
                 "chance": majority,
                 "chance_uniform": uniform,
@@ -520,6 +529,7 @@ class EvalSettings:
     tasks: list[str] | None = None
     max_clips: int | None = 8
     questions_per_task: int = 1
+    reference_questions_per_task: int | None = None
     max_new_tokens: int = 32
     batch_size: int = 16
     seed: int = 0
@@ -543,6 +553,11 @@ def check_eval_config(cfg: DictConfig) -> EvalSettings:
     if min(e.questions_per_task, e.max_new_tokens, e.batch_size, e.retention.max_new_tokens) < 1:
         raise ConfigError(
             "eval.questions_per_task, max_new_tokens, batch_size and retention.max_new_tokens must be >= 1"
+        )
+    if e.reference_questions_per_task is not None and e.reference_questions_per_task < 1:
+        raise ConfigError(
+            f"eval.reference_questions_per_task={e.reference_questions_per_task} must be >= 1, or null for "
+            "as many as eval.questions_per_task"
         )
     try:
         retention.constraints_named(e.retention.constraints)
@@ -589,11 +604,32 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         data.notes.append(f"{n} clip(s) had no transcript; the checkpoint's Whisper transcribed them")
     if data.items is not None:  # an external instruction set brings its own questions and references
         items, skipped = data.items, {}
+        ref_items = items
     else:
         columns = sorted({k for r in rows for k in r})
         tasks, skipped = select_tasks(columns, list(e.tasks) if e.get("tasks") else None)
         items, dropped = build_items(rows, tasks, e.questions_per_task, e.seed)
         skipped.update(dropped)
+        # The ceiling and the baseline may answer only each clip's first phrasings: the same questions
+        # the speech model is asked first (build_items assigns phrasings in the same order for any count).
+        ref_q = e.reference_questions_per_task
+        ref_items = (
+            build_items(rows, tasks, ref_q, e.seed)[0] if ref_q and ref_q < e.questions_per_task else items
+        )
+    position = {(it.row, it.task, it.question): i for i, it in enumerate(items)}
+    ref_index = [position[(it.row, it.task, it.question)] for it in ref_items]
+
+    def on_all_items(values: list) -> list:
+        """Reference answers (one per ref item) placed on the speech model's items (None elsewhere)."""
+        out = [None] * len(items)
+        for i, v in zip(ref_index, values, strict=True):
+            out[i] = v
+        return out
+
+    def speech_on_ref(values: list) -> list:
+        """The speech model's values on the reference items."""
+        return [values[i] for i in ref_index]
+
     for name, why in skipped.items():
         log.info("skipping task %s: %s", name, why)
     if not items:
@@ -645,13 +681,13 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
 
     if e.ceiling:
         text_ans = reuse(
-            "ceiling", text_key(items, None, gen), lambda: text_answers(llm, tok, rows, items, **gen)
+            "ceiling", text_key(ref_items, None, gen), lambda: text_answers(llm, tok, rows, ref_items, **gen)
         )
-        text_parsed = parse_answers(items, text_ans)
-        report["ceiling"] = score(items, text_parsed)
-        report["agreement"] = agreement(items, speech_parsed, text_parsed)
-        answers["text"] = text_ans
-        parsed["text"] = text_parsed
+        text_parsed = parse_answers(ref_items, text_ans)
+        report["ceiling"] = score(ref_items, text_parsed)
+        report["agreement"] = agreement(ref_items, speech_on_ref(speech_parsed), text_parsed)
+        answers["text"] = on_all_items(text_ans)
+        parsed["text"] = on_all_items(text_parsed)
     # Format retention compares speech and text under one system prompt: the speech model's.
     speech_system = model.prompt.system or ""
     text_fmt = []
@@ -670,14 +706,14 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         data.notes.append(f"untrained baseline: adapter initialised with seed {seed} (from {seed_from})")
         base_model = untrained_model(model_cfg, seed)
         base_weights = {n: weights_digest(getattr(base_model, n)) for n in ("encoder", "adapter", "llm")}
-        base_ans = reuse("baseline", _speech_key(base_weights, base_model.model_config, rows, items, gen),
-                         lambda: speech_answers(base_model, rows, items, **gen))  # fmt: skip
-        base_parsed = parse_answers(items, base_ans)
-        report["baseline"] = score(items, base_parsed)
+        base_ans = reuse("baseline", _speech_key(base_weights, base_model.model_config, rows, ref_items, gen),
+                         lambda: speech_answers(base_model, rows, ref_items, **gen))  # fmt: skip
+        base_parsed = parse_answers(ref_items, base_ans)
+        report["baseline"] = score(ref_items, base_parsed)
         if e.ceiling:  # what training must beat: agreement with the ceiling before any training
-            report["baseline_agreement"] = agreement(items, base_parsed, text_parsed)
-        answers["baseline"] = base_ans
-        parsed["baseline"] = base_parsed
+            report["baseline_agreement"] = agreement(ref_items, base_parsed, text_parsed)
+        answers["baseline"] = on_all_items(base_ans)
+        parsed["baseline"] = on_all_items(base_parsed)
         if fmt_items:
             base_fmt = reuse(
                 "format-baseline",
@@ -728,6 +764,7 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         "n_clips": len(rows),
         "n_questions": len(items),
         "questions_per_task": int(e.questions_per_task),
+        "reference_questions": len(ref_items),
         "max_new_tokens": int(e.max_new_tokens),
         "llm": source,
         "seconds": time.time() - t0,

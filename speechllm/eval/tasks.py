@@ -231,3 +231,60 @@ def balanced_accuracy(golds: Sequence[str], preds: Sequence[str | None], classes
         if idx:
             recalls.append(sum(preds[i] == c for i in idx) / len(idx))
     return sum(recalls) / len(recalls) if recalls else 0.0
+
+
+def clip_interval(golds: Sequence[str], preds: Sequence[str | None], classes: Sequence[str],
+                  clips: Sequence[object], confidence: float = 0.95, resamples: int = 2000,
+                  seed: int = 0) -> dict[str, list[float]]:  # fmt: skip
+    """Bootstrap intervals of accuracy and balanced accuracy, resampling whole clips.
+
+    The questions asked about one clip share its audio, so they are not independent answers: the
+    interval resamples clips (with every question asked about each), not answers.
+
+    Args:
+        golds: gold class per answer.
+        preds: parsed class per answer (None: unparsed, counted wrong).
+        classes: the task's classes.
+        clips: the clip each answer is about (any hashable id).
+        confidence: the interval's coverage.
+        resamples: bootstrap resamples.
+        seed: the resampling's seed (the interval is reproducible).
+
+    Returns:
+        {"accuracy_ci": [lo, hi], "balanced_accuracy_ci": [lo, hi]}, percentile intervals.
+
+    Shapes: per-clip counts (clips, classes); each resample weighs the clips by how often it drew them.
+    """
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    clip_ids = sorted(set(clips), key=str)
+    if len(clip_ids) < 2:  # nothing to resample
+        acc = sum(p == g for p, g in zip(preds, golds, strict=True)) / max(1, len(golds))
+        bal = balanced_accuracy(golds, preds, classes)
+        return {"accuracy_ci": [acc, acc], "balanced_accuracy_ci": [bal, bal]}
+    row_of = {c: i for i, c in enumerate(clip_ids)}
+    col_of = {c: k for k, c in enumerate(classes)}
+    asked = np.zeros((len(clip_ids), len(classes)))
+    right = np.zeros((len(clip_ids), len(classes)))
+    for g, p, c in zip(golds, preds, clips, strict=True):
+        asked[row_of[c], col_of[g]] += 1
+        right[row_of[c], col_of[g]] += p == g
+
+    def scores(index, axis=-1):
+        index = np.asarray(index, dtype=int)
+        n, k = asked[index].sum(axis=-2), right[index].sum(axis=-2)  # (..., classes)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recall = np.where(n > 0, k / n, np.nan)
+        return k.sum(-1) / n.sum(-1), np.nanmean(recall, axis=-1)
+
+    out = {}
+    for key, which in (("accuracy_ci", 0), ("balanced_accuracy_ci", 1)):
+        res = bootstrap((np.arange(len(clip_ids)),), lambda i, axis=-1, w=which: scores(i, axis)[w],
+                        confidence_level=confidence, n_resamples=resamples, method="percentile",
+                        vectorized=True, rng=np.random.default_rng(seed))  # fmt: skip
+        out[key] = [
+            round(float(res.confidence_interval.low), 4),
+            round(float(res.confidence_interval.high), 4),
+        ]
+    return out

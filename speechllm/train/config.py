@@ -45,6 +45,9 @@ class TrainerConfig:
         per_device_train_batch_size: rows per device per micro-batch.
         gradient_accumulation_steps: micro-batches per optimiser step.
         learning_rate: peak learning rate.
+        adapter_learning_rate: the adapter's own peak learning rate (None: `learning_rate`; 0 freezes it).
+            After an alignment warm-up the adapter already writes each clip's description; at the
+            reader's learning rate the cross-entropy steps can overwrite what it wrote.
         lr_scheduler_type: a `transformers` schedule name (cosine, linear, constant_with_warmup, ...).
         warmup_steps: linear warm-up: a share of the steps when below 1 (0.05), else a step count
             (as `TrainingArguments.warmup_steps`).
@@ -71,6 +74,7 @@ class TrainerConfig:
     per_device_train_batch_size: int = 8
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
+    adapter_learning_rate: float | None = None
     lr_scheduler_type: str = "cosine"
     warmup_steps: float = 0.05
     weight_decay: float = 0.0
@@ -254,6 +258,11 @@ def validate_schema(cfg: DictConfig) -> tuple[TopLevelConfig, TrainerConfig, Mix
         raise ConfigError(f"kd.temperature must be > 0, got {top.kd.temperature}")
     if top.torch_threads is not None and top.torch_threads < 1:
         raise ConfigError(f"torch_threads must be >= 1 or null, got {top.torch_threads}")
+    if trainer.adapter_learning_rate is not None and trainer.adapter_learning_rate < 0:
+        raise ConfigError(
+            f"trainer.adapter_learning_rate={trainer.adapter_learning_rate} must be >= 0 (0 freezes the adapter), "
+            "or null for trainer.learning_rate"
+        )
     if top.align.weight < 0 or top.align.pretrain_steps < 0:
         raise ConfigError("align.weight and align.pretrain_steps must be >= 0")
     if top.align.pretrain_batch_size < 1 or top.align.pretrain_learning_rate <= 0:

@@ -394,6 +394,13 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
             encoder_key=feature_cache.dir.name if feature_cache is not None else None,
         )  # fmt: skip
 
+    if tr.adapter_learning_rate == 0:
+        # The warm-up wrote what the adapter writes; the cross-entropy steps train only the reader.
+        model.adapter.requires_grad_(False)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ConfigError("trainer.adapter_learning_rate=0 freezes the adapter, and the LLM and encoder are "
+                              "frozen too: nothing left to train")  # fmt: skip
+        logger.info("adapter frozen for training (trainer.adapter_learning_rate=0)")
     args = training_arguments(tr, run_dir, top.seed, has_replay=mixture.composition["replay"] > 0)
     align_targets = AlignmentTargets(model.tokenizer, top.align.filler) if top.align.weight > 0 else None
     collate = TrainCollator(
@@ -441,7 +448,7 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
         model=model, args=args, train_dataset=dataset, data_collator=collate,
         callbacks=[MetricsCallback(write_outputs), *tensorboard, *probe_callback, *(callbacks or [])],
         loss_type=top.loss, kd_temperature=top.kd.temperature, kd_ce_weight=top.kd.ce_weight,
-        align_weight=top.align.weight,
+        align_weight=top.align.weight, adapter_learning_rate=tr.adapter_learning_rate or None,
     )  # fmt: skip
     for cb in probe_callback:
         cb.trainer = trainer

@@ -194,11 +194,15 @@ class SpeechTrainer(Trainer):
         loss_type: "ce" (the model's own cross-entropy) or "kd".
         kd_temperature: softmax temperature for kd.
         kd_ce_weight: weight of cross-entropy added to the kd loss on distilled tokens.
+        align_weight: weight of the alignment loss added to the training loss.
+        adapter_learning_rate: the adapter's peak learning rate (None: the run's `learning_rate`); the
+            schedule scales it as it scales the rest.
     """
 
     def __init__(self, *args, loss_type: str = "ce", kd_temperature: float = 1.0, kd_ce_weight: float = 0.0,
-                 align_weight: float = 0.0, **kwargs):  # fmt: skip
+                 align_weight: float = 0.0, adapter_learning_rate: float | None = None, **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
+        self.adapter_learning_rate = adapter_learning_rate
         self.loss_type = loss_type
         self.kd_temperature = kd_temperature
         self.kd_ce_weight = kd_ce_weight
@@ -206,6 +210,27 @@ class SpeechTrainer(Trainer):
         self._align_losses: list[float] = []
         # SpeechLM's loss is a mean over labelled tokens; Trainer then averages over accumulation steps.
         self.model_accepts_loss_kwargs = False
+
+    # ---- optimiser: the adapter may have a learning rate of its own ----
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.adapter_learning_rate is None:
+            return optimizer
+        adapter = {id(p) for p in self.accelerator.unwrap_model(model or self.model).adapter.parameters()}
+        # Before the first step (no optimiser state yet): move the adapter's parameters into groups of their
+        # own; the scheduler, built after this, scales every group's learning rate alike.
+        split = []
+        for group in optimizer.param_groups:
+            mine = [p for p in group["params"] if id(p) in adapter]
+            group["params"] = [p for p in group["params"] if id(p) not in adapter]
+            if mine:
+                split.append({**{k: v for k, v in group.items() if k != "params"}, "params": mine,
+                              "lr": self.adapter_learning_rate})  # fmt: skip
+        optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+        for group in split:
+            optimizer.add_param_group(group)
+        return optimizer
 
     # ---- loss ----
 
