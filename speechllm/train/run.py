@@ -359,6 +359,12 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable == 0:
         raise ConfigError("nothing to train: the adapter, encoder and LLM are all frozen")
+    if tr.adapter_learning_rate == 0 and trainable == sum(
+        p.numel() for p in model.adapter.parameters() if p.requires_grad
+    ):
+        # Said before the warm-up, which trains the adapter that training then freezes.
+        raise ConfigError("trainer.adapter_learning_rate=0 freezes the adapter, and the LLM and encoder are "
+                          "frozen too: nothing left to train")  # fmt: skip
     if resume:
         check_resume_config(model.model_config, resume)
     if tr.gradient_checkpointing:
@@ -397,9 +403,6 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
     if tr.adapter_learning_rate == 0:
         # The warm-up wrote what the adapter writes; the cross-entropy steps train only the reader.
         model.adapter.requires_grad_(False)
-        if not any(p.requires_grad for p in model.parameters()):
-            raise ConfigError("trainer.adapter_learning_rate=0 freezes the adapter, and the LLM and encoder are "
-                              "frozen too: nothing left to train")  # fmt: skip
         logger.info("adapter frozen for training (trainer.adapter_learning_rate=0)")
     args = training_arguments(tr, run_dir, top.seed, has_replay=mixture.composition["replay"] > 0)
     align_targets = AlignmentTargets(model.tokenizer, top.align.filler) if top.align.weight > 0 else None
