@@ -357,11 +357,10 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
     t0 = time.perf_counter()
     model = SpeechLM.from_config(cfg.model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    beside_adapter = trainable - sum(p.numel() for p in model.adapter.parameters() if p.requires_grad)
     if trainable == 0:
         raise ConfigError("nothing to train: the adapter, encoder and LLM are all frozen")
-    if tr.adapter_learning_rate == 0 and trainable == sum(
-        p.numel() for p in model.adapter.parameters() if p.requires_grad
-    ):
+    if tr.adapter_learning_rate == 0 and beside_adapter == 0:
         # Said before the warm-up, which trains the adapter that training then freezes.
         raise ConfigError("trainer.adapter_learning_rate=0 freezes the adapter, and the LLM and encoder are "
                           "frozen too: nothing left to train")  # fmt: skip
