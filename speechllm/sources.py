@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from speechllm.packaged import PACKAGED, PackagedFileMissing
-from speechllm.packaged.cache import cache_root, ensure_converted
+from speechllm.packaged.cache import cache_root, content_key, ensure_converted
 
 log = logging.getLogger(__name__)
 
@@ -195,3 +195,43 @@ def load_whisper(source: str, *, dtype=None):
     model.eval()
     log.info("loaded %s from %s", _describe(model), _where(source, resolved))
     return model, processor
+
+
+def ct2_whisper_dir(source: str) -> Path:
+    """A CTranslate2 Whisper folder for `source`, for the `ct2` ASR backend.
+
+    A packaged Whisper shipped as CTranslate2 files (``packaged:whisper-tiny.en``) is used where the
+    wheel installed it, unconverted; a local folder holding a ``model.bin`` is taken as CTranslate2
+    already; any other Whisper (a transformers folder or hub id) is converted once with
+    ``ctranslate2``'s own converter into ``<cache>/ct2-<name>-<content digest>/`` (float32, so its answers stay the model's).
+
+    Raises:
+        SourceError: the source cannot be resolved, or ``ctranslate2`` cannot convert it.
+    """
+    if source.startswith(PACKAGED_PREFIX):
+        packaged = PACKAGED.get(source[len(PACKAGED_PREFIX) :])
+        main = packaged.files[0] if packaged and packaged.kind == "whisper" else None
+        if main is not None and main.relpath.endswith("model.bin"):
+            return main.path().parent
+    resolved = resolve_source(source)
+    if (Path(resolved) / "model.bin").is_file():
+        return Path(resolved)
+    if not Path(resolved).is_dir():  # a hub id: the files transformers would download
+        from huggingface_hub import snapshot_download
+
+        resolved = snapshot_download(resolved)
+    folder = Path(resolved)
+    weights = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".json")
+    )
+
+    def convert(out: Path) -> None:
+        from ctranslate2.converters import TransformersConverter
+
+        try:
+            TransformersConverter(str(folder)).convert(str(out), force=True)
+        except (OSError, ValueError, NotImplementedError) as e:
+            raise SourceError(source, f"ctranslate2 cannot convert {folder}: {e}") from e
+
+    # Keyed by content: the same model at another path (a new temporary folder, a second checkout) reuses it.
+    return ensure_converted(f"ct2-{folder.name}-{content_key(weights)}", weights, convert)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +25,84 @@ def _load(source: str):
     return model.eval(), processor
 
 
+class _HFWhisper:
+    """transformers' Whisper: `generate`, on a trimmed encoding when the features are cut short."""
+
+    def __init__(self, source: str):
+        self.model, self.processor = _load(source)
+
+    def __call__(
+        self, features: np.ndarray, max_new_tokens: int, trimmed: bool
+    ) -> tuple[list[str], list[bool]]:
+        model = self.model
+        features = torch.from_numpy(features).to(model.dtype)
+        with torch.inference_mode():
+            if trimmed:
+                ids = model.generate(
+                    encoder_outputs=_encode_trimmed(model, features), max_new_tokens=max_new_tokens
+                )
+            else:
+                ids = model.generate(features, max_new_tokens=max_new_tokens)
+        ended = (ids == model.generation_config.eos_token_id).any(dim=1).tolist()
+        return self.processor.batch_decode(ids, skip_special_tokens=True), ended
+
+
+@functools.lru_cache(maxsize=2)
+def _load_ct2(source: str, compute_type: str, threads: int):
+    import ctranslate2
+    from transformers import WhisperProcessor
+
+    from speechllm.sources import ct2_whisper_dir, resolve_source
+
+    folder = ct2_whisper_dir(source)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = ctranslate2.models.Whisper(
+        str(folder), device=device, compute_type=compute_type, intra_threads=threads
+    )
+    if folder == Path(resolve_source(source)):  # a folder of CTranslate2 files only: its tokenizer.json
+        from speechllm.packaged.whisper_processor import build_whisper_processor
+
+        return model, build_whisper_processor(folder / "tokenizer.json", model.n_mels)
+    # The processor the transformers model uses (for packaged tiny.en, its converted folder's).
+    return model, WhisperProcessor.from_pretrained(resolve_source(source))
+
+
+class _CT2Whisper:
+    """CTranslate2's Whisper (the engine under faster-whisper), greedy like `generate`. It takes log-mels
+    of any length up to 30 s, so a trimmed batch needs nothing special."""
+
+    def __init__(self, source: str, compute_type: str):
+        self.model, self.processor = _load_ct2(source, compute_type, torch.get_num_threads())
+        tok = self.processor.tokenizer
+        self.start = tok.convert_tokens_to_ids("<|startoftranscript|>")
+        self.tail = tok.convert_tokens_to_ids(["<|transcribe|>", "<|notimestamps|>"])
+
+    def _prompts(self, features) -> list[list[int]]:
+        if not self.model.is_multilingual:
+            return [[self.start, self.tail[1]] for _ in range(features.shape[0])]
+        tok = self.processor.tokenizer
+        languages = [ranked[0][0] for ranked in self.model.detect_language(features)]
+        return [[self.start, tok.convert_tokens_to_ids(lang), *self.tail] for lang in languages]
+
+    def __call__(
+        self, features: np.ndarray, max_new_tokens: int, trimmed: bool
+    ) -> tuple[list[str], list[bool]]:
+        import ctranslate2
+
+        storage = ctranslate2.StorageView.from_array(np.ascontiguousarray(features, dtype=np.float32))
+        # ctranslate2 4.x stops Whisper after max_length // 2 new tokens (measured); asking for twice
+        # the limit and cutting there gives exactly `max_new_tokens`, whichever way it counts.
+        results = self.model.generate(
+            storage, self._prompts(storage), beam_size=1, max_length=2 * max_new_tokens + 4
+        )
+        ids = [r.sequences_ids[0][:max_new_tokens] for r in results]
+        ended = [len(r.sequences_ids[0]) < max_new_tokens for r in results]
+        return self.processor.tokenizer.batch_decode(ids, skip_special_tokens=True), ended
+
+
+ASR_BACKENDS = ("hf", "ct2")
+
+
 def transcribe(
     arrays: list[np.ndarray],
     source: str,
@@ -32,6 +111,8 @@ def transcribe(
     sr: int = 16000,
     trim: bool = True,
     trim_margin_seconds: float = 5.0,
+    backend: str = "hf",
+    compute_type: str = "float32",
 ) -> list[str]:
     """Transcribe clips with Whisper, `batch_size` at a time.
 
@@ -52,19 +133,25 @@ def transcribe(
         sr: sample rate of `arrays`.
         trim: encode only each batch's audio length (plus the margin) instead of 30 s.
         trim_margin_seconds: silence kept after each batch's longest clip when trimming.
+        backend: ``hf`` (transformers) or ``ct2`` (CTranslate2: the packaged CT2 files as shipped, other
+            Whisper models converted once; bench/describe.py compares them).
+        compute_type: CTranslate2's weight type (``ct2`` only): ``float32`` keeps the model's own words.
 
     Returns:
         One stripped transcript per clip, in input order.
 
     Raises:
-        ValueError: a clip longer than 30 s (Whisper would silently cut it).
+        ValueError: a clip longer than 30 s (Whisper would silently cut it), or an unknown backend.
     """
     for i, a in enumerate(arrays):
         if len(a) / sr > WHISPER_MAX_SECONDS:
             raise ValueError(
                 f"clip {i} is {len(a) / sr:.1f} s; Whisper takes at most {WHISPER_MAX_SECONDS:g} s"
             )
-    model, processor = _load(source)
+    if backend not in ASR_BACKENDS:
+        raise ValueError(f"transcript backend {backend!r} is not one of {', '.join(ASR_BACKENDS)}")
+    whisper = _CT2Whisper(source, compute_type) if backend == "ct2" else _HFWhisper(source)
+    processor = whisper.processor
     # Longest first: batches hold clips of similar length, so trimming cuts the most.
     order = sorted(range(len(arrays)), key=lambda i: -len(arrays[i])) if trim else list(range(len(arrays)))
     texts: list[str] = [""] * len(arrays)
@@ -74,25 +161,22 @@ def transcribe(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = [np.asarray(arrays[i], dtype=np.float32) for i in idx]
-        features = processor(batch, sampling_rate=sr, return_tensors="pt").input_features.to(model.dtype)
-        with torch.inference_mode():
-            if trim:
-                frames = max(len(a) for a in batch) // hop + margin_frames
-                frames = min(features.shape[-1], frames + frames % 2)  # conv2 has stride 2
-                encoded = _encode_trimmed(model, features[..., :frames])
-                ids = model.generate(encoder_outputs=encoded, max_new_tokens=max_new_tokens)
-            else:
-                ids = model.generate(features, max_new_tokens=max_new_tokens)
+        features = processor(batch, sampling_rate=sr, return_tensors="np").input_features
         if trim:
-            ended = (ids == model.generation_config.eos_token_id).any(dim=1).tolist()
+            frames = max(len(a) for a in batch) // hop + margin_frames
+            frames = min(features.shape[-1], frames + frames % 2)  # conv2 has stride 2
+            features = features[..., :frames]
+        decoded, ended = whisper(features, max_new_tokens, trimmed=trim)
+        if trim:
             unfinished += [i for i, done in zip(idx, ended, strict=True) if not done]
-        for i, text in zip(idx, processor.batch_decode(ids, skip_special_tokens=True), strict=True):
+        for i, text in zip(idx, decoded, strict=True):
             texts[i] = text.strip()
     if unfinished:
         logger.info("transcript: %d clip(s) ran to the token limit trimmed; redone on 30 s", len(unfinished))
         redone = transcribe(
-            [arrays[i] for i in unfinished], source, batch_size, max_new_tokens, sr, trim=False
-        )
+            [arrays[i] for i in unfinished], source, batch_size, max_new_tokens, sr, trim=False,
+            backend=backend, compute_type=compute_type,
+        )  # fmt: skip
         for i, text in zip(unfinished, redone, strict=True):
             texts[i] = text
     return texts
@@ -118,7 +202,17 @@ def _encode_trimmed(model, features: torch.Tensor):
 
 @register_attribute(
     "transcript",
-    keys=("methods", "label", "source", "batch_size", "max_new_tokens", "trim", "trim_margin_seconds"),
+    keys=(
+        "methods",
+        "label",
+        "source",
+        "backend",
+        "compute_type",
+        "batch_size",
+        "max_new_tokens",
+        "trim",
+        "trim_margin_seconds",
+    ),
 )
 def transcript(clips: list[Clip], cfg: dict) -> list[dict]:
     """What is said (`transcript`), from the first of `methods` that gives it: `label` or `asr`."""
@@ -139,6 +233,8 @@ def transcript(clips: list[Clip], cfg: dict) -> list[dict]:
                 cfg["max_new_tokens"],
                 trim=cfg["trim"],
                 trim_margin_seconds=cfg["trim_margin_seconds"],
+                backend=cfg["backend"],
+                compute_type=cfg["compute_type"],
             )
             for i, text in zip(todo, heard, strict=True):
                 texts[i] = text

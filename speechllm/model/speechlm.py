@@ -456,7 +456,11 @@ class SpeechLM(nn.Module):
         Returns:
             One transcript per clip.
         """
+        from speechllm.describe import load_attribute_config
         from speechllm.describe.transcript import WHISPER_MAX_SECONDS, transcribe
+
+        # The describe stage's ASR settings (conf/attributes/transcript.yaml), with this model's Whisper.
+        asr = load_attribute_config("transcript")
 
         step = int(WHISPER_MAX_SECONDS * 16000)
         windows, owners = [], []
@@ -464,7 +468,16 @@ class SpeechLM(nn.Module):
             for start in range(0, max(len(array), 1), step):
                 windows.append(array[start : start + step])
                 owners.append(i)
-        texts = transcribe(windows, self.model_config["encoder"]["source"], max_new_tokens=max_new_tokens)
+        texts = transcribe(
+            windows,
+            self.model_config["encoder"]["source"],
+            batch_size=asr["batch_size"],
+            max_new_tokens=max_new_tokens,
+            trim=asr["trim"],
+            trim_margin_seconds=asr["trim_margin_seconds"],
+            backend=asr["backend"],
+            compute_type=asr["compute_type"],
+        )
         joined: list[list[str]] = [[] for _ in arrays]
         for i, text in zip(owners, texts, strict=True):
             joined[i].append(text)

@@ -57,6 +57,11 @@ def _sha256(path: Path) -> str:
 _source_hashes: dict[tuple, str] = {}
 
 
+def content_key(sources: list[Path]) -> str:
+    """A short digest of files' contents (names, sizes, sha256): one cache folder per distinct model."""
+    return hashlib.sha256(json.dumps(_source_stamp(sources)).encode()).hexdigest()[:16]
+
+
 def _source_stamp(sources: list[Path]) -> list[dict]:
     # By content, not path or mtime: every virtual environment (a CI clone, a second checkout) installs
     # the same wheel at another path with new mtimes, and must reuse the same conversion.
