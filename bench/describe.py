@@ -7,8 +7,9 @@ Prints, from one run:
 - real-time factor of the signal attributes (duration, pitch, gender by pitch, volume, speaking rate,
   SNR): audio seconds described per wall second on one core (torch and BLAS limited to one thread);
 - Whisper ASR clips per second and WER, one clip per `generate` call vs `batch_size` clips, each on
-  Whisper's 30-s input and trimmed to the audio (`transcript.trim`), and the ratio of ours (batched,
-  trimmed) to the plain way (one clip at a time, 30 s).
+  Whisper's 30-s input and trimmed to the audio (`transcript.trim`), with transformers (`hf`) and
+  CTranslate2 (`ct2`, `transcript.backend`), and the ratio of ours (ct2, batched, trimmed) to the plain
+  way (transformers, one clip at a time, 30 s).
 """
 
 from __future__ import annotations
@@ -77,24 +78,24 @@ def main() -> None:
     describe_clips(clips, SIGNAL, configs, order, "natural")
     signal_wall = time.perf_counter() - start
 
-    transcribe(asr_arrays[:1], args.whisper, batch_size=1)  # load + warm up
-    plain, single_trimmed = "one at a time, 30 s (the plain way)", "one at a time, trimmed"
-    batched, ours = (
-        f"batch of {args.batch_size}, 30 s",
-        f"batch of {args.batch_size}, trimmed (ours, the default)",
-    )
-    runs = {  # name -> (batch size, trim)
-        plain: (1, False),
-        single_trimmed: (1, True),
-        batched: (args.batch_size, False),
-        ours: (args.batch_size, True),
+    for backend in ("hf", "ct2"):  # load + warm up
+        transcribe(asr_arrays[:1], args.whisper, batch_size=1, backend=backend)
+    plain, single_trimmed = "hf, one at a time, 30 s (the plain way)", "hf, one at a time, trimmed"
+    batched, hf_batched = f"hf, batch of {args.batch_size}, 30 s", f"hf, batch of {args.batch_size}, trimmed"
+    ours = f"ct2, batch of {args.batch_size}, trimmed (ours, the default)"
+    runs = {  # name -> (batch size, trim, backend)
+        plain: (1, False, "hf"),
+        single_trimmed: (1, True, "hf"),
+        batched: (args.batch_size, False, "hf"),
+        hf_batched: (args.batch_size, True, "hf"),
+        ours: (args.batch_size, True, "ct2"),
     }
-    seconds, wers = {}, {}
-    for name, (batch_size, trim) in runs.items():
+    seconds, wers, texts = {}, {}, {}
+    for name, (batch_size, trim, backend) in runs.items():
         start = time.perf_counter()
-        heard = transcribe(asr_arrays, args.whisper, batch_size=batch_size, trim=trim)
+        texts[name] = transcribe(asr_arrays, args.whisper, batch_size=batch_size, trim=trim, backend=backend)
         seconds[name] = time.perf_counter() - start
-        wers[name] = word_error_rate(asr_texts, heard)
+        wers[name] = word_error_rate(asr_texts, texts[name])
 
     print(
         f"signal attributes {SIGNAL}: {len(clips)} clips, {audio_seconds:.1f} s of audio in {signal_wall:.2f} s"
@@ -102,11 +103,16 @@ def main() -> None:
     print(f"  real-time factor (audio s per wall s, 1 core): {audio_seconds / signal_wall:.0f}x")
     print(f"whisper ASR ({args.whisper}), {len(asr_arrays)} clips, 1 thread:")
     for name in runs:
-        print(f"  {name:45s} {len(asr_arrays) / seconds[name]:6.2f} clips/s   WER {wers[name]:.3f}")
+        print(f"  {name:58s} {len(asr_arrays) / seconds[name]:6.2f} clips/s   WER {wers[name]:.3f}")
     print(f"  ours / one-at-a-time throughput: {seconds[plain] / seconds[ours]:.2f}x")
     print(
-        f"  batching alone: {seconds[single_trimmed] / seconds[ours]:.2f}x trimmed, "
+        f"  batching alone: {seconds[single_trimmed] / seconds[hf_batched]:.2f}x trimmed, "
         f"{seconds[plain] / seconds[batched]:.2f}x on 30 s"
+    )
+    same = sum(a == b for a, b in zip(texts[ours], texts[hf_batched], strict=True))
+    print(
+        f"  ct2 / hf, both batched and trimmed: {seconds[hf_batched] / seconds[ours]:.2f}x, "
+        f"{same} of {len(asr_arrays)} transcripts identical"
     )
 
 
