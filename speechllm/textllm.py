@@ -194,13 +194,112 @@ def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
     return input_ids, attention
 
 
+@dataclass
+class PrefixGroup:
+    """Prompts that start with the same tokens: the first `shared` tokens are run once for all of them.
+
+    Attributes:
+        shared: length of the shared prefix (at most each prompt's length minus one, so every row has
+            a token of its own after it).
+        rows: indices of the prompts in the group.
+    """
+
+    shared: int
+    rows: list[int]
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for k in range(n):
+        if a[k] != b[k]:
+            return k
+    return n
+
+
+def shared_prefix_groups(
+    encoded: Sequence[Sequence[int]], max_rows: int, min_share: float = 0.5
+) -> list[PrefixGroup]:
+    """Group prompts whose leading tokens agree, so their common prefix is computed once.
+
+    Prompts are sorted by their token ids, so prompts with a common prefix sit side by side. A prompt
+    joins its neighbour's group when that computes fewer prompt tokens than running it apart (a
+    newcomer that shortens the group's prefix costs every member those tokens) and the prefix still
+    covers `min_share` of the shortest member: the three questions about one clip share its system
+    turn and description (about 85% of their tokens) and are grouped; prompts about different clips
+    share the system turn (about 25%) and are not, so batches stay length-sorted.
+
+    Args:
+        encoded: token ids per prompt.
+        max_rows: the most prompts in one group (the generation batch size).
+        min_share: the least shared fraction of the shortest member's tokens.
+
+    Returns:
+        Groups covering every prompt once; a prompt that shares with no other is a group of one
+        (its prefix all but its last token).
+    """
+
+    def cost(shared: int, lengths: list[int]) -> int:  # prompt tokens run for a group
+        return shared + sum(n - shared for n in lengths)
+
+    order = sorted(range(len(encoded)), key=lambda i: (list(encoded[i]), i))
+    groups: list[PrefixGroup] = []
+    for i in order:
+        ids = encoded[i]
+        if groups and len(groups[-1].rows) < max_rows:
+            last = groups[-1]
+            lengths = [len(encoded[r]) for r in last.rows]
+            shared = min(last.shared, common_prefix_length(encoded[last.rows[0]], ids), len(ids) - 1)
+            merged = cost(shared, [*lengths, len(ids)])
+            if shared >= max(1, min_share * min(*lengths, len(ids))) and merged <= cost(
+                last.shared, lengths
+            ) + len(ids):
+                last.shared = shared
+                last.rows.append(i)
+                continue
+        groups.append(PrefixGroup(shared=len(ids) - 1, rows=[i]))
+    return groups
+
+
+def _generation_batches(
+    encoded: list[list[int]], batch_size: int, share_prefix: bool
+) -> list[list[PrefixGroup]]:
+    """Batches of prompt groups: length-sorted, at most `batch_size` prompts each. Without a shared
+    prefix to reuse, every prompt is its own group with nothing shared (`shared` 0)."""
+    if share_prefix:
+        groups = shared_prefix_groups(encoded, batch_size)
+        if any(len(g.rows) > 1 for g in groups) and all(g.shared >= 1 for g in groups):
+            groups.sort(key=lambda g: (g.shared, max(len(encoded[r]) for r in g.rows), g.rows[0]))
+            batches: list[list[PrefixGroup]] = [[]]
+            for g in groups:
+                if sum(len(x.rows) for x in batches[-1]) + len(g.rows) > batch_size:
+                    batches.append([])
+                batches[-1].append(g)
+            return batches
+    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
+    return [
+        [PrefixGroup(0, [i]) for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)
+    ]
+
+
+def _prefill_shared(model, prefix_ids: torch.Tensor, prefix_mask: torch.Tensor, group_of_row: torch.Tensor):
+    """The KV cache of each group's prefix, one copy per row (row r belongs to group `group_of_row[r]`)."""
+    positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=positions, use_cache=True,
+                logits_to_keep=1)  # fmt: skip
+    out.cache.batch_select_indices(group_of_row)
+    return out.cache
+
+
 @torch.inference_mode()
 def generate_texts(
-    model, tokenizer, prompts: list[str], gen: GenerationConfig, salt: str = ""
+    model, tokenizer, prompts: list[str], gen: GenerationConfig, salt: str = "", share_prefix: bool = True
 ) -> list[Generation]:
     """Generate a continuation for each prompt, in left-padded, length-sorted batches.
 
     Prompts are sorted by token length so each batch pads little; results come back in input order.
+    Prompts that begin alike (several questions about one clip's description; one prompt sampled
+    several times) are grouped, and their common prefix is run once per group and its KV cache copied
+    to each row (:func:`shared_prefix_groups`): prefill is most of the cost of short answers.
 
     Args:
         model: a causal LM (eval mode).
@@ -209,6 +308,8 @@ def generate_texts(
         gen: decoding settings.
         salt: mixed into the sampling seed; give different calls with identical prompts different
             salts (e.g. the chunk's first key) so they do not sample identical text.
+        share_prefix: run common prefixes once (greedy answers equal the unshared ones up to float
+            noise; sampled ones differ, as the batches do).
 
     Returns:
         One :class:`Generation` per prompt, in input order.
@@ -236,17 +337,33 @@ def generate_texts(
         # Neutralise sampling defaults a checkpoint's generation_config may carry (they warn otherwise).
         kwargs.update(temperature=None, top_p=None, top_k=None)
 
-    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
     results: list[Generation | None] = [None] * len(prompts)
     device = next(model.parameters()).device
     stop_set = set(stops)
-    for start in range(0, len(order), gen.batch_size):
-        idx = order[start : start + gen.batch_size]
+    start = 0
+    for groups in _generation_batches(encoded, gen.batch_size, share_prefix):
+        idx = [i for g in groups for i in g.rows]
         batch = [encoded[i] for i in idx]
-        input_ids, attention = _left_pad(batch, pad_id)
         if gen.do_sample:
             torch.manual_seed(_batch_seed(gen.seed, salt, start, batch))
-        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
+        start += len(idx)
+        if groups[0].shared == 0:
+            input_ids, attention = _left_pad(batch, pad_id)
+            out = model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs
+            )
+        else:
+            # [left-padded shared prefix | left-padded own tokens]: padding in the middle is masked out
+            # and positions count real tokens only, so each row reads what it would read alone.
+            prefix_ids, prefix_mask = _left_pad([encoded[g.rows[0]][: g.shared] for g in groups], pad_id)
+            group_of_row = torch.tensor([k for k, g in enumerate(groups) for _ in g.rows])
+            own_ids, own_mask = _left_pad([encoded[i][g.shared :] for g in groups for i in g.rows], pad_id)
+            input_ids = torch.cat([prefix_ids[group_of_row], own_ids], dim=1).to(device)
+            attention = torch.cat([prefix_mask[group_of_row], own_mask], dim=1).to(device)
+            cache = _prefill_shared(
+                model, prefix_ids.to(device), prefix_mask.to(device), group_of_row.to(device)
+            )
+            out = model.generate(input_ids=input_ids, attention_mask=attention, cache=cache, **kwargs)
         new = out[:, input_ids.shape[1] :].tolist()
         for i, tokens in zip(idx, new, strict=True):
             end = next((k for k, t in enumerate(tokens) if t in stop_set), None)

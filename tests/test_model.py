@@ -483,6 +483,35 @@ def test_batched_generate_matches_single_rows(model):
     assert [model.generate([r], **kwargs)[0] for r in rows] == batched
 
 
+def test_questions_about_one_clip_share_its_prompt_and_answer_as_alone(model, tmp_path):
+    clips = []
+    for i, (seconds, hz) in enumerate([(1.0, 220.0), (2.3, 330.0)]):
+        clips.append(tmp_path / f"clip{i}.wav")
+        sf.write(clips[-1], tone(seconds, hz), 16000)
+    questions = ["What can you hear?", "Is the speaker a man or a woman?", "How fast is the speech?"]
+    rows = [
+        {"audio_path": str(c), "transcript": t, "instruction": q}
+        for c, t in zip(clips, ["hi", "a longer one"], strict=True)
+        for q in questions
+    ]
+    rows.insert(2, {"messages": [{"role": "user", "content": "Say something."}]})
+    newline = model.tokenizer("\n", add_special_tokens=False).input_ids
+    kwargs = {"max_new_tokens": 6, "min_new_tokens": 6, "suppress_tokens": newline}
+    encoded = []
+    real = model.audio_embeddings
+
+    def counting(**audio):
+        out = real(**audio)
+        encoded.append(out[0].shape[0])
+        return out
+
+    model.audio_embeddings = counting
+    shared = model.generate(rows, **kwargs)
+    assert encoded == [2]  # each clip's audio once, not once per question
+    plain = model.generate(rows, share_prefix=False, **kwargs)
+    assert shared == plain and len(set(shared)) > 2
+
+
 def test_alignment_warmup_is_shared_by_target_sets_of_the_same_clips(
     tiny_whisper_source, tiny_llm_source, tmp_path
 ):

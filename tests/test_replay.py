@@ -8,6 +8,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from test_targets import load, make_talky_llm
+from transformers import DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from speechllm.data.replay import (
     HARMFUL_REQUESTS,
@@ -112,6 +114,10 @@ class ScriptedLM(torch.nn.Module):
         self.anchor = torch.nn.Parameter(torch.zeros(1))  # generate_texts reads the device from here
         self.tok, self.answers = tokenizer, answers
         self.prompts: list[str] = []
+
+    def forward(self, **_):
+        # Requests that share a prefix (the system turn) have it run first; this LM keeps no cache.
+        return CausalLMOutputWithPast(cache=DynamicCache())
 
     def generate(self, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, **_):
         rows = []

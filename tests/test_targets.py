@@ -191,6 +191,48 @@ def test_batched_generation_matches_one_at_a_time(talky):
     assert a != generate_texts(model, tok, prompts, GenerationConfig(**{**sgen.__dict__, "seed": 8}))
 
 
+def test_shared_prefixes_are_grouped_only_where_they_save_work():
+    from speechllm.textllm import shared_prefix_groups
+
+    system = list(range(100, 110))
+    clip_a, clip_b = [1, 2, 3, 4, 5, 6, 7, 8], [9, 9, 9, 9, 9, 9, 9, 9]
+    prompts = [
+        system + clip_a + [50, 51],  # 0
+        system + clip_b + [50, 51],  # 1
+        system + clip_a + [60],  # 2
+        system + clip_b + [70, 71, 72],  # 3
+        system + clip_a + [70, 71, 72],  # 4
+        [5, 5, 5],  # 5: shares nothing
+    ]
+    groups = shared_prefix_groups(prompts, max_rows=16)
+    assert sorted(sorted(g.rows) for g in groups) == [[0, 2, 4], [1, 3], [5]]
+    assert {tuple(sorted(g.rows)): g.shared for g in groups}[(0, 2, 4)] == 18  # system + clip
+    assert {tuple(sorted(g.rows)): g.shared for g in groups}[(5,)] == 2  # all but its last token
+    # A group never exceeds a batch, and every member keeps a token of its own.
+    assert max(len(g.rows) for g in shared_prefix_groups(prompts, max_rows=2)) == 2
+    assert shared_prefix_groups([[1, 2], [1, 2], [1, 2]], max_rows=8)[0].shared == 1
+
+
+def test_shared_prefix_generation_matches_unshared(talky):
+    _, model, tok = talky
+    questions = ["Describe it.", "Who is speaking here?", "Is the voice high or low?"]
+    prompts = [
+        chat_prompt(tok, description_messages(r["description"], q))
+        for r in described_rows(5)
+        for q in questions
+    ]
+    gen = GenerationConfig(max_new_tokens=10, batch_size=7)  # groups of three, two groups a batch
+    shared = generate_texts(model, tok, prompts, gen)
+    plain = generate_texts(model, tok, prompts, gen, share_prefix=False)
+    assert [g.token_ids for g in shared] == [g.token_ids for g in plain]
+    assert len({g.text for g in shared}) > 3
+    # One prompt sampled several times (Magpie's requests): reproducible, and not all alike.
+    sgen = GenerationConfig(max_new_tokens=10, batch_size=4, do_sample=True, seed=3)
+    a = generate_texts(model, tok, prompts[:1] * 6, sgen)
+    assert a == generate_texts(model, tok, prompts[:1] * 6, sgen)
+    assert len({g.text for g in a}) > 1
+
+
 def test_greedy_ids_are_the_argmax_of_their_own_scores(talky):
     # The drift check scores the base model's greedy answer under both models; generation and scoring
     # must agree on which positions hold the answer.

@@ -111,8 +111,8 @@ class TargetConfig:
     instructions_per_clip: int = 1
     system: str | None = None
     on_truncated: str = "trim"
-    chunk_size: int = 64
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    chunk_size: int = 192
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(batch_size=48))
     token_filter: TokenFilterConfig = field(default_factory=TokenFilterConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     folder: str | None = None

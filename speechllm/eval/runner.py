@@ -213,13 +213,19 @@ def speech_answers(
         }
         for it in items
     ]
-    out: list[str] = []
+    # A clip's questions side by side: in one batch they share the audio and the prompt before the
+    # question, which SpeechLM.generate then computes once.
+    order = sorted(range(len(reqs)), key=lambda i: (items[i].row, i))
+    out: list[str] = [""] * len(reqs)
     with torch.no_grad():
         for start in tqdm(
-            range(0, len(reqs), batch_size), desc="speech answers", unit="batch", disable=not reqs
+            range(0, len(order), batch_size), desc="speech answers", unit="batch", disable=not reqs
         ):
-            out.extend(model.generate(reqs[start : start + batch_size], max_new_tokens=max_new_tokens))
-    return [a.strip() for a in out]
+            idx = order[start : start + batch_size]
+            answers = model.generate([reqs[i] for i in idx], max_new_tokens=max_new_tokens)
+            for i, answer in zip(idx, answers, strict=True):
+                out[i] = answer.strip()
+    return out
 
 
 def description_chats(
@@ -531,7 +537,7 @@ class EvalSettings:
     questions_per_task: int = 1
     reference_questions_per_task: int | None = None
     max_new_tokens: int = 32
-    batch_size: int = 16
+    batch_size: int = 48
     seed: int = 0
     ceiling: bool = True
     baseline: bool = True

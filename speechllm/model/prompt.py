@@ -213,6 +213,13 @@ class SpeechCollator:
             return array
         return None
 
+    def generation_ids(self, row: dict, n_audio: int) -> tuple[list[int], int]:
+        """A speech row's generation prompt as `__call__` builds it, with `n_audio` audio slots (pad
+        ids), and the index just past the slots."""
+        messages = speech_messages(row, self.prompt, with_audio=True)
+        ids, _, audio_at = self.prompt_tokenizer.encode(messages, generation=True)
+        return ids[:audio_at] + [self.tokenizer.pad_token_id] * n_audio + ids[audio_at:], audio_at + n_audio
+
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         seqs = []
         arrays, names, cached = [], [], []

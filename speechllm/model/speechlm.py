@@ -11,6 +11,7 @@ or shape-mismatched weight raises CheckpointError listing every offending name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -27,10 +28,12 @@ from speechllm.config import check_section
 from speechllm.model.alignment import alignment_loss
 from speechllm.model.encoder import EncoderOutput, WhisperFeatureEncoder, load_encoder, pad_features
 from speechllm.model.prompt import PromptConfig, PromptTokenizer, SpeechCollator
+from speechllm.textllm import common_prefix_length
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+_AUDIO_KEYS = ("input_features", "window_frames", "windows_per_clip", "encoder_features", "encoder_mask")
 FINETUNE_POLICIES = ("frozen", "lora", "full")
 
 
@@ -378,7 +381,9 @@ class SpeechLM(nn.Module):
     # ---- inference ----
 
     @torch.no_grad()
-    def generate(self, rows: list[dict] | dict, max_new_tokens: int = 128, **gen_kwargs: Any) -> list[str]:
+    def generate(
+        self, rows: list[dict] | dict, max_new_tokens: int = 128, share_prefix: bool = True, **gen_kwargs: Any
+    ) -> list[str]:
         """Answer a batch of rows (greedy unless sampling settings are given).
 
         Args:
@@ -386,6 +391,9 @@ class SpeechLM(nn.Module):
                 `collator(padding_side="left", generation=True)`. Speech rows without a transcript get
                 one from Whisper when `prompt.transcript` is on.
             max_new_tokens: generation length limit.
+            share_prefix: rows about the same clip (one `audio_path` and transcript) have their prompt
+                up to the question, audio included, encoded and run once (`_generate_shared`); greedy
+                answers equal the unshared ones up to float noise.
             **gen_kwargs: passed to the LLM's `generate` (do_sample, temperature, top_p, ...).
 
         Returns:
@@ -393,6 +401,17 @@ class SpeechLM(nn.Module):
         """
         if isinstance(rows, list | tuple):
             rows = self._with_transcripts(list(rows))
+            groups = self._clip_groups(rows) if share_prefix else []
+            if groups:
+                answers: list[str | None] = [None] * len(rows)
+                for i, text in self._generate_shared(rows, groups, max_new_tokens, gen_kwargs):
+                    answers[i] = text
+                rest = [i for i, a in enumerate(answers) if a is None]
+                if rest:
+                    texts = self.generate([rows[i] for i in rest], max_new_tokens, False, **gen_kwargs)
+                    for i, text in zip(rest, texts, strict=True):
+                        answers[i] = text
+                return answers  # type: ignore[return-value]
             batch = self.collator(padding_side="left", generation=True)(rows)
         else:
             batch = rows
@@ -400,29 +419,117 @@ class SpeechLM(nn.Module):
                 raise ValueError(
                     "generate needs a left-padded batch: use collator(padding_side='left', generation=True)"
                 )
-        audio = {k: batch[k] for k in ("input_features", "window_frames", "windows_per_clip") if k in batch}
-        audio.update({k: batch[k] for k in ("encoder_features", "encoder_mask") if k in batch})
-        was_training = self.training
-        self.eval()
-        try:
+        audio = {k: batch[k] for k in _AUDIO_KEYS if k in batch}
+        with self._inference():
             embeds = self.embed(batch["input_ids"], batch.get("audio_mask"), **audio)
-            gen_kwargs.setdefault("do_sample", False)
-            gen_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
-            eos = self.llm.generation_config.eos_token_id
-            eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-            if self.prompt_tokenizer.end_of_turn is not None and self.prompt_tokenizer.end_of_turn not in eos:
-                eos.append(self.prompt_tokenizer.end_of_turn)
-            gen_kwargs.setdefault("eos_token_id", eos)
             out = self.llm.generate(
                 inputs_embeds=embeds,
                 attention_mask=batch["attention_mask"].to(self.device),
                 max_new_tokens=max_new_tokens,
-                **gen_kwargs,
+                **self._generation_kwargs(gen_kwargs),
             )
-        finally:
-            self.train(was_training)
         # With inputs_embeds only, decoder-only generate returns just the new tokens.
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def _generation_kwargs(self, gen_kwargs: dict) -> dict:
+        """Greedy by default; stop at the LLM's EOS and at the chat template's end of turn."""
+        out = {"do_sample": False, "pad_token_id": self.tokenizer.pad_token_id, **gen_kwargs}
+        eos = self.llm.generation_config.eos_token_id
+        eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        if self.prompt_tokenizer.end_of_turn is not None and self.prompt_tokenizer.end_of_turn not in eos:
+            eos.append(self.prompt_tokenizer.end_of_turn)
+        out.setdefault("eos_token_id", eos)
+        return out
+
+    @contextlib.contextmanager
+    def _inference(self):
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
+    @staticmethod
+    def _clip_groups(rows: list[dict]) -> list[list[int]]:
+        """Indices of rows that ask about the same clip (one `audio_path` and transcript), two or more."""
+        groups: dict[tuple, list[int]] = {}
+        for i, row in enumerate(rows):
+            if (
+                row.get("audio_path") is not None
+                and "instruction" in row
+                and row.get("encoder_features") is None
+            ):
+                groups.setdefault((str(row["audio_path"]), row.get("transcript")), []).append(i)
+        return [g for g in groups.values() if len(g) > 1]
+
+    def _generate_shared(
+        self, rows: list[dict], members: list[list[int]], max_new_tokens: int, gen_kwargs: dict
+    ) -> list[tuple[int, str]]:
+        """`generate` for groups of rows about one clip: each clip's audio is encoded once and its prompt
+        up to the question (system turn, audio slots, transcript) run through the LLM once; that KV
+        cache is copied to each of its questions, which then run as one left-padded batch.
+
+        Returns:
+            (row index, answer) for every row of the groups.
+        """
+        collate = self.collator(padding_side="left", generation=True)
+        first = collate([rows[g[0]] for g in members])  # one row per clip: its audio, encoded once
+        n_audio = first["audio_mask"].sum(1).tolist()
+        lengths = first["attention_mask"].sum(1).tolist()
+        width = first["input_ids"].shape[1]
+        ids, shared = {}, []
+        for k, g in enumerate(members):
+            own = [collate.generation_ids(rows[i], n_audio[k]) for i in g]
+            if own[0][0] != first["input_ids"][k, width - lengths[k] :].tolist():
+                raise AssertionError(
+                    f"{rows[g[0]]['audio_path']}: generation_ids disagrees with the collator"
+                )
+            ids.update(zip(g, (o[0] for o in own), strict=True))
+            common = min(len(o[0]) - 1 for o in own)
+            common = min([common, *(common_prefix_length(own[0][0], o[0]) for o in own[1:])])
+            if common < own[0][1]:
+                raise AssertionError(
+                    f"{rows[g[0]]['audio_path']}: prompts about one clip differ before its audio ends"
+                )
+            shared.append(common)
+        audio = {k: first[k] for k in _AUDIO_KEYS if k in first}
+        with self._inference():
+            embeds = self.embed(first["input_ids"], first["audio_mask"], **audio)
+            hidden = embeds.shape[-1]
+            prefix = embeds.new_zeros(len(members), max(shared), hidden)
+            prefix_mask = torch.zeros(len(members), max(shared), dtype=torch.long)
+            for k, n in enumerate(shared):
+                start = width - lengths[k]
+                prefix[k, prefix.shape[1] - n :] = embeds[k, start : start + n]
+                prefix_mask[k, prefix.shape[1] - n :] = 1
+            prefix_mask = prefix_mask.to(self.device)
+            positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
+            cache = self.llm(
+                inputs_embeds=prefix, attention_mask=prefix_mask, position_ids=positions, use_cache=True,
+                logits_to_keep=1,
+            ).cache  # fmt: skip
+            order = [i for g in members for i in g]
+            group_of_row = torch.tensor([k for k, g in enumerate(members) for _ in g], device=self.device)
+            cache.batch_select_indices(group_of_row)
+            own = [ids[i][shared[k] :] for k, g in enumerate(members) for i in g]
+            own_ids = torch.full(
+                (len(own), max(map(len, own))), self.tokenizer.pad_token_id, dtype=torch.long
+            )
+            own_mask = torch.zeros_like(own_ids)
+            for r, seq in enumerate(own):
+                own_ids[r, own_ids.shape[1] - len(seq) :] = torch.tensor(seq)
+                own_mask[r, own_ids.shape[1] - len(seq) :] = 1
+            own_embeds = self.llm.get_input_embeddings()(own_ids.to(self.device)).to(prefix.dtype)
+            out = self.llm.generate(
+                inputs_embeds=torch.cat([prefix[group_of_row], own_embeds], dim=1),
+                attention_mask=torch.cat([prefix_mask[group_of_row], own_mask.to(self.device)], dim=1),
+                cache=cache,
+                max_new_tokens=max_new_tokens,
+                **self._generation_kwargs(gen_kwargs),
+            )
+        texts = [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        return list(zip(order, texts, strict=True))
 
     def _with_transcripts(self, rows: list[dict]) -> list[dict]:
         if not self.prompt.transcript:
