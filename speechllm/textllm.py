@@ -184,7 +184,7 @@ def _batch_seed(seed: int, salt: str, start: int, prompts: list[list[int]]) -> i
     return int.from_bytes(h.digest()[:4], "big")
 
 
-def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(ids) for ids in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(batch), width), dtype=torch.long)
@@ -281,11 +281,14 @@ def _generation_batches(
     ]
 
 
-def _prefill_shared(model, prefix_ids: torch.Tensor, prefix_mask: torch.Tensor, group_of_row: torch.Tensor):
-    """The KV cache of each group's prefix, one copy per row (row r belongs to group `group_of_row[r]`)."""
+def prefill_shared(model, prefix_mask: torch.Tensor, group_of_row: torch.Tensor, **prefix):
+    """The KV cache of each group's left-padded prefix (`input_ids=` or `inputs_embeds=`), one copy per
+    row: row r belongs to group `group_of_row[r]`. Positions count real tokens only, as `generate` counts
+    them from the attention mask."""
     positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=positions, use_cache=True,
-                logits_to_keep=1)  # fmt: skip
+    out = model(
+        **prefix, attention_mask=prefix_mask, position_ids=positions, use_cache=True, logits_to_keep=1
+    )
     out.cache.batch_select_indices(group_of_row)
     return out.cache
 
@@ -348,20 +351,20 @@ def generate_texts(
             torch.manual_seed(_batch_seed(gen.seed, salt, start, batch))
         start += len(idx)
         if groups[0].shared == 0:
-            input_ids, attention = _left_pad(batch, pad_id)
+            input_ids, attention = left_pad(batch, pad_id)
             out = model.generate(
                 input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs
             )
         else:
             # [left-padded shared prefix | left-padded own tokens]: padding in the middle is masked out
             # and positions count real tokens only, so each row reads what it would read alone.
-            prefix_ids, prefix_mask = _left_pad([encoded[g.rows[0]][: g.shared] for g in groups], pad_id)
+            prefix_ids, prefix_mask = left_pad([encoded[g.rows[0]][: g.shared] for g in groups], pad_id)
             group_of_row = torch.tensor([k for k, g in enumerate(groups) for _ in g.rows])
-            own_ids, own_mask = _left_pad([encoded[i][g.shared :] for g in groups for i in g.rows], pad_id)
+            own_ids, own_mask = left_pad([encoded[i][g.shared :] for g in groups for i in g.rows], pad_id)
             input_ids = torch.cat([prefix_ids[group_of_row], own_ids], dim=1).to(device)
             attention = torch.cat([prefix_mask[group_of_row], own_mask], dim=1).to(device)
-            cache = _prefill_shared(
-                model, prefix_ids.to(device), prefix_mask.to(device), group_of_row.to(device)
+            cache = prefill_shared(
+                model, prefix_mask.to(device), group_of_row.to(device), input_ids=prefix_ids.to(device)
             )
             out = model.generate(input_ids=input_ids, attention_mask=attention, cache=cache, **kwargs)
         new = out[:, input_ids.shape[1] :].tolist()

@@ -28,7 +28,7 @@ from speechllm.config import check_section
 from speechllm.model.alignment import alignment_loss
 from speechllm.model.encoder import EncoderOutput, WhisperFeatureEncoder, load_encoder, pad_features
 from speechllm.model.prompt import PromptConfig, PromptTokenizer, SpeechCollator
-from speechllm.textllm import common_prefix_length
+from speechllm.textllm import common_prefix_length, left_pad, prefill_shared
 
 log = logging.getLogger(__name__)
 
@@ -504,22 +504,12 @@ class SpeechLM(nn.Module):
                 prefix[k, prefix.shape[1] - n :] = embeds[k, start : start + n]
                 prefix_mask[k, prefix.shape[1] - n :] = 1
             prefix_mask = prefix_mask.to(self.device)
-            positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
-            cache = self.llm(
-                inputs_embeds=prefix, attention_mask=prefix_mask, position_ids=positions, use_cache=True,
-                logits_to_keep=1,
-            ).cache  # fmt: skip
             order = [i for g in members for i in g]
             group_of_row = torch.tensor([k for k, g in enumerate(members) for _ in g], device=self.device)
-            cache.batch_select_indices(group_of_row)
-            own = [ids[i][shared[k] :] for k, g in enumerate(members) for i in g]
-            own_ids = torch.full(
-                (len(own), max(map(len, own))), self.tokenizer.pad_token_id, dtype=torch.long
+            cache = prefill_shared(self.llm, prefix_mask, group_of_row, inputs_embeds=prefix)
+            own_ids, own_mask = left_pad(
+                [ids[i][shared[k] :] for k, g in enumerate(members) for i in g], self.tokenizer.pad_token_id
             )
-            own_mask = torch.zeros_like(own_ids)
-            for r, seq in enumerate(own):
-                own_ids[r, own_ids.shape[1] - len(seq) :] = torch.tensor(seq)
-                own_mask[r, own_ids.shape[1] - len(seq) :] = 1
             own_embeds = self.llm.get_input_embeddings()(own_ids.to(self.device)).to(prefix.dtype)
             out = self.llm.generate(
                 inputs_embeds=torch.cat([prefix[group_of_row], own_embeds], dim=1),
