@@ -20,7 +20,6 @@ package's, through :func:`use_attributes_dir`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -46,8 +45,6 @@ class AttributeTask:
         questions: unseen evaluation phrasings.
         synonyms: class -> the words and phrases that name it in an answer.
         weak: synonyms that decide only when no other class word is present.
-        classes: the class words the attribute's extractor writes (the YAML's top-level `words`); they
-            fill a training instruction's `{options}` (`speechllm.data.instructions`).
     """
 
     name: str
@@ -58,7 +55,6 @@ class AttributeTask:
     questions: tuple[str, ...]
     synonyms: dict[str, tuple[str, ...]]
     weak: frozenset[str]
-    classes: tuple[str, ...] = ()
 
 
 def use_attributes_dir(path: str | Path | None) -> None:
@@ -84,8 +80,7 @@ def task_from_yaml(attribute: str, path: Path) -> AttributeTask | None:
     Raises:
         ValueError: an unknown key in the block, or a value of the wrong shape, naming the file.
     """
-    spec = yaml.safe_load(path.read_text()) or {}
-    block = spec.get("task")
+    block = (yaml.safe_load(path.read_text()) or {}).get("task")
     if block is None:
         return None
     if not isinstance(block, dict):
@@ -111,16 +106,7 @@ def task_from_yaml(attribute: str, path: Path) -> AttributeTask | None:
         questions=tuple(str(q) for q in block.get("questions") or ()),
         synonyms={str(c).lower(): tuple(str(w).lower() for w in ws) for c, ws in synonyms.items()},
         weak=frozenset(str(w).lower() for w in block.get("weak") or ()),
-        classes=tuple(str(w).lower() for w in spec.get("words") or ()),
     )
-
-
-def format_options(classes: Sequence[str]) -> str:
-    """ "a, b or c": the classes as a question lists them (`{options}`)."""
-    classes = list(classes)
-    if len(classes) <= 1:
-        return "".join(classes)
-    return ", ".join(classes[:-1]) + " or " + classes[-1]
 
 
 @cache

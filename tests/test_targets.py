@@ -11,8 +11,6 @@ from omegaconf import OmegaConf
 from speechllm.data.instructions import (
     INSTRUCTION_POOLS,
     all_training_instructions,
-    asked_attributes,
-    fill_options,
     pick_instruction,
     pick_instructions,
 )
@@ -120,7 +118,7 @@ def test_instruction_pools_and_training_set():
 def test_several_instructions_per_clip_are_distinct_and_stable():
     pool = INSTRUCTION_POOLS["attributes"]
     picks = pick_instructions("attributes", "c7", seed=1, count=4)
-    assert len(set(picks)) == 4 and set(picks) <= all_training_instructions()
+    assert len(set(picks)) == 4 and set(picks) <= set(pool)
     assert picks == pick_instructions("attributes", "c7", seed=1, count=4)
     # The first is the single-instruction choice, so count=1 keeps the old assignment.
     assert picks[0] == pick_instruction("attributes", "c7", seed=1)
@@ -131,28 +129,6 @@ def test_several_instructions_per_clip_are_distinct_and_stable():
         pick_instructions("desta2", "c0", count=2)
     with pytest.raises(ValueError, match="instructions_per_clip"):
         target_config({"instructions": "desta25", "instructions_per_clip": 0})
-
-
-def test_listed_options_come_in_every_order_and_name_the_asked_attribute():
-    template = "Is the speech {options} in pace?"
-    filled = [pick_instructions([template, "Describe it."], f"c{i}", seed=0, count=2) for i in range(60)]
-    asked = [q for pair in filled for q in pair if q != "Describe it."]
-    assert len(asked) == 60 and all("{options}" not in q for q in asked)
-    # Each of the three classes leads in some clips: no fixed order for a reader to lock onto.
-    orders = {re.search(r"speech (.+) in pace", q).group(1) for q in asked}
-    assert {o.split(",")[0] for o in orders} == {"slow", "normal", "fast"}
-    assert all(sorted(re.split(r", | or ", o)) == ["fast", "normal", "slow"] for o in orders)
-    assert orders <= {
-        q.removeprefix("Is the speech ").removesuffix(" in pace?") for q in all_training_instructions()
-    }
-    assert filled == [
-        pick_instructions([template, "Describe it."], f"c{i}", seed=0, count=2) for i in range(60)
-    ]
-    assert all(asked_attributes(q) == ["speed"] for q in asked)  # verification still knows what is asked
-    with pytest.raises(ValueError, match="asks about no attribute"):
-        fill_options("Which is it: {options}?", "c0")
-    with pytest.raises(ValueError, match=r"\['gender', 'accent'\]"):
-        fill_options("Gender and accent: {options}?", "c0")
 
 
 def test_each_instruction_of_a_clip_gets_its_own_target(talky, tmp_path):

@@ -15,23 +15,14 @@ Pools:
     ``attributes``: short questions about one attribute each (gender, accent, pitch, pace, loudness)
     or the words spoken. Their answers are a sentence, so the attribute is a large share of the
     target's tokens; draw several per clip with ``target.instructions_per_clip``.
-
-Options: an instruction may list the classes to choose from as ``{options}``, filled per clip with the
-asked attribute's classes (its YAML's ``words``) in an order hashed from (seed, clip id, instruction).
-A reader trained on one fixed order ("slow, normal or fast") learns to answer a question that lists
-options with one of them whatever the audio says; it must learn to choose by the audio.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
-import random
 import re
 
-from speechllm.attributes import attribute_tasks, format_options
-
-OPTIONS = "{options}"
+from speechllm.attributes import attribute_tasks
 
 INSTRUCTION_POOLS: dict[str, list[str]] = {
     "desta2": ["What can you hear from the audio?"],
@@ -62,33 +53,29 @@ INSTRUCTION_POOLS: dict[str, list[str]] = {
     "attributes": [
         "Is the speaker a man or a woman?",
         "What is the gender of the person speaking?",
-        "Which gender do you hear, {options}?",
-        "Is the speaker's gender {options}?",
+        "Tell me whether you hear a male or a female voice.",
+        "Male or female: who is talking here?",
         "Is it a woman or a man who speaks in this clip?",
         "Which gender would you assign to this speaker?",
         "What accent does the speaker have?",
         "Which English accent do you hear in this voice?",
         "Name the speaker's accent.",
-        "Is the speaker's accent {options}?",
-        "Pick the accent you hear: {options}.",
+        "Does the speaker have a Scottish, American, Caribbean or British accent?",
         "Identify the accent of the voice in a word or two.",
         "How high or low is the speaker's voice?",
         "Describe the pitch of the voice.",
         "What pitch does the person speak at?",
-        "Does the voice sound {options} in pitch?",
-        "Which pitch fits this voice best: {options}?",
+        "Is the voice low, normal or high in pitch?",
         "Tell me the pitch of the speaker's voice in one word.",
         "How fast does the speaker talk?",
         "Describe the speaking pace in this recording.",
         "What is the speaking rate of this person?",
-        "Is the speech {options} in pace?",
-        "Which pace fits this speech best: {options}?",
+        "Is the speech slow, normal or fast in pace?",
         "Give the speed of the speech in one word.",
         "How loud is the voice in this recording?",
         "Describe the loudness of the speech.",
         "What is the volume of the speaker's voice?",
-        "Is the voice {options} in volume?",
-        "Which volume fits this voice best: {options}?",
+        "Is the voice quiet, normal or loud?",
         "Tell me the volume of the recording in one word.",
         "What does the speaker say?",
         "What words are spoken in this clip?",
@@ -135,7 +122,7 @@ PARAPHRASE_TEMPLATE = (
 
 
 def pick_instruction(pool: str | list[str], clip_id: str, seed: int = 0) -> str:
-    """Choose one instruction for a clip, deterministically, with its `{options}` filled.
+    """Choose one instruction for a clip, deterministically.
 
     The choice depends only on (seed, clip_id), not on row order, shard or batch, so reruns and
     sharded runs agree.
@@ -148,10 +135,7 @@ def pick_instruction(pool: str | list[str], clip_id: str, seed: int = 0) -> str:
     Returns:
         The chosen instruction.
     """
-    return fill_options(_pick_template(resolve_pool(pool), clip_id, seed), clip_id, seed)
-
-
-def _pick_template(items: list[str], clip_id: str, seed: int) -> str:
+    items = resolve_pool(pool)
     if len(items) == 1:
         return items[0]
     digest = hashlib.sha256(f"{seed}:{clip_id}".encode()).digest()
@@ -159,7 +143,7 @@ def _pick_template(items: list[str], clip_id: str, seed: int) -> str:
 
 
 def pick_instructions(pool: str | list[str], clip_id: str, seed: int = 0, count: int = 1) -> list[str]:
-    """Choose `count` distinct instructions for a clip, deterministically, with their `{options}` filled.
+    """Choose `count` distinct instructions for a clip, deterministically.
 
     The first is :func:`pick_instruction`'s choice, so `count=1` keeps the single-instruction
     assignment; the others follow in an order hashed from (seed, clip_id, instruction).
@@ -180,53 +164,11 @@ def pick_instructions(pool: str | list[str], clip_id: str, seed: int = 0, count:
     distinct = set(items)
     if not 1 <= count <= len(distinct):
         raise ValueError(f"cannot draw {count} distinct instructions from a pool of {len(distinct)}")
-    first = _pick_template(items, clip_id, seed)
+    first = pick_instruction(items, clip_id, seed)
     rest = sorted(
         distinct - {first}, key=lambda text: hashlib.sha256(f"{seed}:{clip_id}:{text}".encode()).digest()
     )
-    return [fill_options(t, clip_id, seed) for t in [first, *rest[: count - 1]]]
-
-
-def options_classes(template: str) -> tuple[str, ...]:
-    """The classes an instruction's `{options}` lists: those of the one attribute it asks about.
-
-    Raises:
-        ValueError: the instruction asks about no attribute or several, or the attribute's YAML has
-            fewer than two `words`.
-    """
-    asked = asked_attributes(template.replace(OPTIONS, " "))
-    if len(asked) != 1:
-        raise ValueError(
-            f"instruction {template!r} lists {OPTIONS} but asks about {asked or 'no attribute'}: it needs "
-            "exactly one attribute's keyword (task.keywords in its YAML) to know which classes to list"
-        )
-    classes = attribute_tasks()[asked[0]].classes
-    if len(classes) < 2:
-        raise ValueError(
-            f"instruction {template!r}: attribute {asked[0]!r} has no `words` to list as options"
-        )
-    return classes
-
-
-def fill_options(template: str, clip_id: str, seed: int = 0) -> str:
-    """`template` with `{options}` replaced by its attribute's classes in an order hashed from
-    (seed, clip_id, template); unchanged without `{options}`."""
-    if OPTIONS not in template:
-        return template
-    classes = list(options_classes(template))
-    digest = hashlib.sha256(f"{seed}:{clip_id}:{template}:options".encode()).digest()
-    random.Random(int.from_bytes(digest[:8], "big")).shuffle(classes)
-    return template.replace(OPTIONS, format_options(classes))
-
-
-def option_fillings(template: str) -> list[str]:
-    """Every way :func:`fill_options` can fill `template` (just `template` without `{options}`)."""
-    if OPTIONS not in template:
-        return [template]
-    return [
-        template.replace(OPTIONS, format_options(p))
-        for p in itertools.permutations(options_classes(template))
-    ]
+    return [first, *rest[: count - 1]]
 
 
 def resolve_pool(pool: str | list[str]) -> list[str]:
@@ -255,13 +197,12 @@ def all_training_instructions() -> set[str]:
     """Every instruction or template any training target mode uses (replay excluded).
 
     Returns:
-        A set of strings: all pool instructions (as templates and with every filling of their
-        `{options}`), label clause templates, the transcript template and the paraphrase template.
+        A set of strings: all pool instructions, label clause templates, the transcript
+        template and the paraphrase template.
     """
     out: set[str] = set()
     for items in INSTRUCTION_POOLS.values():
         out.update(items)
-        out.update(filled for item in items for filled in option_fillings(item))
     out.update(label_clauses().values())
     out.add(LABEL_TRANSCRIPT_TEMPLATE)
     out.add(PARAPHRASE_TEMPLATE)

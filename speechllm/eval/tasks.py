@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from speechllm.attributes import attribute_tasks, format_options
+from speechllm.attributes import attribute_tasks
 
 # The spoken-content task's phrasings; every other task's come from its attribute's YAML (`task.questions`).
 # Never reuse a training instruction here (tests/test_eval.py checks).
@@ -147,6 +147,14 @@ def gold_value(row: dict, task: Task) -> str | None:
 def task_classes(rows: Sequence[dict], task: Task) -> tuple[str, ...]:
     """Sorted distinct gold labels of a label task over the evaluated rows."""
     return tuple(sorted({g for r in rows if (g := gold_value(r, task)) is not None}))
+
+
+def format_options(classes: Sequence[str]) -> str:
+    """ "a, b or c" for a question's ``{options}``."""
+    classes = list(classes)
+    if len(classes) <= 1:
+        return "".join(classes)
+    return ", ".join(classes[:-1]) + " or " + classes[-1]
 
 
 def build_items(
