@@ -10,6 +10,7 @@ about and answered:
       probe: "The speaker talks at a {v} pace." # the listening probe's answer ({V}: capitalised; default: clause)
       keywords: [pace, speed, how fast]         # an instruction containing one asks about this attribute
       questions: ["Is the person talking {options}?"]   # unseen evaluation phrasings ({options}: the classes)
+      training_questions: ["How fast does the speaker talk?"]   # what the `attributes` pool asks in training
       synonyms: {fast: [quick, rapid], slow: [slowly]}  # words that name each class in an answer
       weak: [she, he]             # synonyms that count only when no other class word is found
 
@@ -20,6 +21,7 @@ package's, through :func:`use_attributes_dir`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -27,7 +29,7 @@ from pathlib import Path
 import yaml
 
 ATTRIBUTES_DIR = Path(__file__).resolve().parent / "conf" / "attributes"
-TASK_KEYS = ("name", "clause", "probe", "keywords", "questions", "synonyms", "weak")
+TASK_KEYS = ("name", "clause", "probe", "keywords", "questions", "training_questions", "synonyms", "weak")
 
 _extra_dirs: list[Path] = []
 
@@ -43,6 +45,8 @@ class AttributeTask:
         probe: the listening probe's templated answer (`{v}`, or `{V}` capitalised); default: `clause`.
         keywords: phrases (lowercase words) that mark an instruction as asking about it.
         questions: unseen evaluation phrasings.
+        training_questions: the phrasings the `attributes` instruction pool asks about it in training;
+            each must name the attribute by one of `keywords` and be none of `questions`.
         synonyms: class -> the words and phrases that name it in an answer.
         weak: synonyms that decide only when no other class word is present.
     """
@@ -53,6 +57,7 @@ class AttributeTask:
     probe: str
     keywords: tuple[str, ...]
     questions: tuple[str, ...]
+    training_questions: tuple[str, ...]
     synonyms: dict[str, tuple[str, ...]]
     weak: frozenset[str]
 
@@ -97,16 +102,32 @@ def task_from_yaml(attribute: str, path: Path) -> AttributeTask | None:
     probe = block.get("probe") or clause
     if probe and "{v}" not in probe and "{V}" not in probe:
         raise ValueError(f"{path}: task.probe {probe!r} has no {{v}} or {{V}} for the value")
+    keywords = tuple(str(k).lower() for k in block.get("keywords") or ())
+    questions = tuple(str(q) for q in block.get("questions") or ())
+    training_questions = tuple(str(q) for q in block.get("training_questions") or ())
+    for question in training_questions:
+        # Verification and label answers find what a training question asks by these keywords, and the
+        # evaluation's phrasings must stay unseen.
+        if words_of(question) in {words_of(q) for q in questions}:
+            raise ValueError(f"{path}: {question!r} is both a training question and an unseen evaluation question")
+        if not any(f" {k} " in words_of(question) for k in keywords):
+            raise ValueError(f"{path}: task.training_questions {question!r} names none of task.keywords {list(keywords)}")
     return AttributeTask(
         name=str(block.get("name") or attribute),
         attribute=attribute,
         clause=clause,
         probe=probe,
-        keywords=tuple(str(k).lower() for k in block.get("keywords") or ()),
-        questions=tuple(str(q) for q in block.get("questions") or ()),
+        keywords=keywords,
+        questions=questions,
+        training_questions=training_questions,
         synonyms={str(c).lower(): tuple(str(w).lower() for w in ws) for c, ws in synonyms.items()},
         weak=frozenset(str(w).lower() for w in block.get("weak") or ()),
     )
+
+
+def words_of(text: str) -> str:
+    """`text` as its lowercase words, space-padded: the form keywords are matched in."""
+    return " " + " ".join(re.findall(r"[a-z]+", text.lower())) + " "
 
 
 @cache

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from speechllm import attributes
-from speechllm.data.instructions import asked_attributes
+from speechllm.data.instructions import asked_attributes, resolve_pool
 from speechllm.data.targets import label_answer
 from speechllm.describe import Clip, describe_clips, load_configs, register_attribute
 from speechllm.describe.registry import ATTRIBUTES
@@ -25,6 +25,7 @@ task:
   clause: "The voice is {v}."
   keywords: [breathy, breathiness]
   questions: ["Does the voice sound {options}?"]
+  training_questions: ["How breathy is this voice?", "Is the voice breathy or clear?"]
   synonyms:
     breathy: [airy, whispery]
     clear: [crisp]
@@ -58,6 +59,8 @@ def test_a_new_attribute_needs_one_extractor_and_one_yaml(breathiness):
     assert label_answer(row, "Is the voice breathy?") == "The voice is breathy."
     assert label_answer(row, "Describe the audio.") == "The speaker is male. The voice is breathy."
     assert asked_attributes("How breathy is this voice?") == ["breathiness"]
+    # Training asks about it too: its questions join the `attributes` pool the self-output targets draw from.
+    assert {"How breathy is this voice?", "Is the voice breathy or clear?"} <= set(resolve_pool("attributes"))
     assert parse_label("It sounds rather airy to me.", "breathiness", ["breathy", "clear"]) == "breathy"
     assert answer("breathiness", "clear") == "The voice is clear."
 
@@ -75,4 +78,18 @@ def test_a_typo_in_an_attribute_yaml_names_the_key(breathiness):
 def test_a_typo_in_an_attribute_task_block_names_the_key(tmp_path):
     (tmp_path / "breathiness.yaml").write_text(BREATHINESS_YAML.replace("  clause:", "  clauses:"))
     with pytest.raises(ValueError, match=r"breathiness.yaml: unknown key\(s\) task.clauses"):
+        attributes.task_from_yaml("breathiness", tmp_path / "breathiness.yaml")
+
+
+@pytest.mark.parametrize(
+    "question, error",
+    [
+        ("How does this voice sound?", "names none of task.keywords"),  # verification could not tell what it asks
+        ("Does the voice sound {options}?", "both a training question and an unseen evaluation question"),
+    ],
+)
+def test_a_training_question_that_cannot_be_checked_or_is_unseen_fails_naming_the_file(tmp_path, question, error):
+    yaml_text = BREATHINESS_YAML.replace('["How breathy is this voice?", ', f'["{question}", ')
+    (tmp_path / "breathiness.yaml").write_text(yaml_text)
+    with pytest.raises(ValueError, match=rf"breathiness.yaml: .*{error}"):
         attributes.task_from_yaml("breathiness", tmp_path / "breathiness.yaml")

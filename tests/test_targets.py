@@ -13,6 +13,7 @@ from speechllm.data.instructions import (
     all_training_instructions,
     pick_instruction,
     pick_instructions,
+    resolve_pool,
 )
 from speechllm.data.stage import load_stage, read_rejects
 from speechllm.data.targets import (
@@ -116,7 +117,7 @@ def test_instruction_pools_and_training_set():
 
 
 def test_several_instructions_per_clip_are_distinct_and_stable():
-    pool = INSTRUCTION_POOLS["attributes"]
+    pool = resolve_pool("attributes")
     picks = pick_instructions("attributes", "c7", seed=1, count=4)
     assert len(set(picks)) == 4 and set(picks) <= set(pool)
     assert picks == pick_instructions("attributes", "c7", seed=1, count=4)
@@ -356,7 +357,7 @@ def test_label_answers_say_what_the_instruction_asks():
     assert label_answer(row, "What accent does the speaker have?") is None
     # Every question of the `attributes` pool is answered by exactly the clause(s) it asks about.
     full = {**row, "label_accent": "irish", "label_volume": "loud"}
-    for question in INSTRUCTION_POOLS["attributes"]:
+    for question in resolve_pool("attributes"):
         answer = label_answer(full, question)
         assert answer and answer != label_answer(full), question
 

@@ -12,9 +12,11 @@ Pools:
     ``speaker``: description requests that name the speaker's attributes (gender, accent, pitch, pace,
     loudness). A small LLM asked an open "Describe the audio" mostly ignores the attribute tags it
     reads; asked this way its answers state them, so its self-output targets carry them.
-    ``attributes``: short questions about one attribute each (gender, accent, pitch, pace, loudness)
-    or the words spoken. Their answers are a sentence, so the attribute is a large share of the
-    target's tokens; draw several per clip with ``target.instructions_per_clip``.
+    ``attributes``: short questions about one attribute each, the `task.training_questions` of every
+    attribute YAML that has them (gender, accent, pitch, speed and volume in the package; an attribute a
+    user adds is asked about once its YAML lists some), then :data:`CONTENT_QUESTIONS`. Their answers
+    are a sentence, so the attribute is a large share of the target's tokens; draw several per clip
+    with ``target.instructions_per_clip``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from speechllm.attributes import attribute_tasks
+from speechllm.attributes import attribute_tasks, words_of
 
 INSTRUCTION_POOLS: dict[str, list[str]] = {
     "desta2": ["What can you hear from the audio?"],
@@ -50,37 +52,10 @@ INSTRUCTION_POOLS: dict[str, list[str]] = {
         "Describe the person talking and their way of speaking (accent, pitch, pace, volume).",
         "Sketch the talker for me: man or woman, accent, and how high, fast and loud they speak.",
     ],
-    "attributes": [
-        "Is the speaker a man or a woman?",
-        "What is the gender of the person speaking?",
-        "Tell me whether you hear a male or a female voice.",
-        "Male or female: who is talking here?",
-        "Is it a woman or a man who speaks in this clip?",
-        "Which gender would you assign to this speaker?",
-        "What accent does the speaker have?",
-        "Which English accent do you hear in this voice?",
-        "Name the speaker's accent.",
-        "Does the speaker have a Scottish, American, Caribbean or British accent?",
-        "Identify the accent of the voice in a word or two.",
-        "How high or low is the speaker's voice?",
-        "Describe the pitch of the voice.",
-        "What pitch does the person speak at?",
-        "Is the voice low, normal or high in pitch?",
-        "Tell me the pitch of the speaker's voice in one word.",
-        "How fast does the speaker talk?",
-        "Describe the speaking pace in this recording.",
-        "What is the speaking rate of this person?",
-        "Is the speech slow, normal or fast in pace?",
-        "Give the speed of the speech in one word.",
-        "How loud is the voice in this recording?",
-        "Describe the loudness of the speech.",
-        "What is the volume of the speaker's voice?",
-        "Is the voice quiet, normal or loud?",
-        "Tell me the volume of the recording in one word.",
-        "What does the speaker say?",
-        "What words are spoken in this clip?",
-    ],
 }
+
+# The `attributes` pool's questions about what was said (the transcript has no task block).
+CONTENT_QUESTIONS: tuple[str, ...] = ("What does the speaker say?", "What words are spoken in this clip?")
 
 # Words of an instruction that asks what was said (the `label` answer is then the transcript).
 CONTENT_KEYWORDS: tuple[str, ...] = ("say", "says", "said", "words", "spoken", "transcribe")
@@ -95,7 +70,7 @@ def attribute_keywords() -> dict[str, tuple[str, ...]]:
 
 def asked_attributes(instruction: str) -> list[str]:
     """The attributes an instruction asks about (see :func:`attribute_keywords`), in task order."""
-    words = " " + " ".join(re.findall(r"[a-z]+", instruction.lower())) + " "
+    words = words_of(instruction)
     return [name for name, keys in attribute_keywords().items() if any(f" {k} " in words for k in keys)]
 
 
@@ -183,14 +158,23 @@ def resolve_pool(pool: str | list[str]) -> list[str]:
     Raises:
         ValueError: unknown pool name, or an empty/non-string list.
     """
+    if pool == "attributes":
+        return attribute_questions()
     if isinstance(pool, str):
         if pool not in INSTRUCTION_POOLS:
-            raise ValueError(f"unknown instruction pool {pool!r}; known: {sorted(INSTRUCTION_POOLS)}")
+            known = sorted([*INSTRUCTION_POOLS, "attributes"])
+            raise ValueError(f"unknown instruction pool {pool!r}; known: {known}")
         return list(INSTRUCTION_POOLS[pool])
     items = list(pool)
     if not items or not all(isinstance(x, str) and x.strip() for x in items):
         raise ValueError("an instruction pool must be a non-empty list of non-empty strings")
     return items
+
+
+def attribute_questions() -> list[str]:
+    """The `attributes` pool: every attribute task's training questions in task order, then
+    :data:`CONTENT_QUESTIONS`."""
+    return [q for task in attribute_tasks().values() for q in task.training_questions] + list(CONTENT_QUESTIONS)
 
 
 def all_training_instructions() -> set[str]:
@@ -203,6 +187,7 @@ def all_training_instructions() -> set[str]:
     out: set[str] = set()
     for items in INSTRUCTION_POOLS.values():
         out.update(items)
+    out.update(attribute_questions())
     out.update(label_clauses().values())
     out.add(LABEL_TRANSCRIPT_TEMPLATE)
     out.add(PARAPHRASE_TEMPLATE)
