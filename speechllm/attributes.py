@@ -109,9 +109,13 @@ def task_from_yaml(attribute: str, path: Path) -> AttributeTask | None:
         # Verification and label answers find what a training question asks by these keywords, and the
         # evaluation's phrasings must stay unseen.
         if words_of(question) in {words_of(q) for q in questions}:
-            raise ValueError(f"{path}: {question!r} is both a training question and an unseen evaluation question")
+            raise ValueError(
+                f"{path}: {question!r} is both a training question and an unseen evaluation question"
+            )
         if not any(f" {k} " in words_of(question) for k in keywords):
-            raise ValueError(f"{path}: task.training_questions {question!r} names none of task.keywords {list(keywords)}")
+            raise ValueError(
+                f"{path}: task.training_questions {question!r} names none of task.keywords {list(keywords)}"
+            )
     return AttributeTask(
         name=str(block.get("name") or attribute),
         attribute=attribute,

@@ -84,11 +84,16 @@ def test_a_typo_in_an_attribute_task_block_names_the_key(tmp_path):
 @pytest.mark.parametrize(
     "question, error",
     [
-        ("How does this voice sound?", "names none of task.keywords"),  # verification could not tell what it asks
+        (
+            "How does this voice sound?",
+            "names none of task.keywords",
+        ),  # verification could not tell what it asks
         ("Does the voice sound {options}?", "both a training question and an unseen evaluation question"),
     ],
 )
-def test_a_training_question_that_cannot_be_checked_or_is_unseen_fails_naming_the_file(tmp_path, question, error):
+def test_a_training_question_that_cannot_be_checked_or_is_unseen_fails_naming_the_file(
+    tmp_path, question, error
+):
     yaml_text = BREATHINESS_YAML.replace('["How breathy is this voice?", ', f'["{question}", ')
     (tmp_path / "breathiness.yaml").write_text(yaml_text)
     with pytest.raises(ValueError, match=rf"breathiness.yaml: .*{error}"):

@@ -174,7 +174,8 @@ def resolve_pool(pool: str | list[str]) -> list[str]:
 def attribute_questions() -> list[str]:
     """The `attributes` pool: every attribute task's training questions in task order, then
     :data:`CONTENT_QUESTIONS`."""
-    return [q for task in attribute_tasks().values() for q in task.training_questions] + list(CONTENT_QUESTIONS)
+    questions = [q for task in attribute_tasks().values() for q in task.training_questions]
+    return questions + list(CONTENT_QUESTIONS)
 
 
 def all_training_instructions() -> set[str]:
