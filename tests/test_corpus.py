@@ -99,6 +99,10 @@ def test_generate_small_corpus_and_rerun_is_a_noop(tmp_path):
     stamp = (out / "metadata.csv").stat().st_mtime_ns
     generate_corpus(tmp_path / "corpus", cfg)
     assert (out / "metadata.csv").stat().st_mtime_ns == stamp
+    # A config that cannot be planned fails before anything of the finished corpus is deleted.
+    with pytest.raises(ValueError, match="test split"):
+        generate_corpus(tmp_path / "corpus", {**cfg, "size": 0})
+    assert (out / "metadata.csv").stat().st_mtime_ns == stamp and (out / rows[0]["file_name"]).is_file()
 
     inputs = read_audiofolder(out)
     assert [r["clip_id"] for r in inputs] == [r["clip_id"] for r in rows]

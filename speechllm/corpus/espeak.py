@@ -285,13 +285,6 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) ->
     if corpus_is_current(out_dir, fingerprint):
         logger.info("demo corpus: up to date in %s", out_dir)
         return out_dir
-    # A different config: old wavs would not match their new labels.
-    (out_dir / "metadata.csv").unlink(missing_ok=True)
-    if marker.exists() and json.loads(marker.read_text()) != fingerprint:
-        shutil.rmtree(out_dir / "wavs", ignore_errors=True)
-    (out_dir / "wavs").mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(fingerprint))
-
     levels = {
         "pitch": sorted(next(iter(cfg["pitch_hz"].values()))),
         "speed": sorted(cfg["speed_wpm"]),
@@ -307,6 +300,14 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) ->
         levels,
         test_size=cfg.get("test_size"),
     )
+    # Only now that the new config has a plan (a bad value raises above, the old corpus untouched):
+    # a different config's wavs would not match their new labels.
+    (out_dir / "metadata.csv").unlink(missing_ok=True)
+    if marker.exists() and json.loads(marker.read_text()) != fingerprint:
+        shutil.rmtree(out_dir / "wavs", ignore_errors=True)
+    (out_dir / "wavs").mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(fingerprint))
+
     gender_of = {v: g for g, vs in cfg["variants"].items() for v in vs}
     used = sorted({row["variant"] for row in plan})
     with ThreadPoolExecutor(max(1, num_proc)) as pool:
