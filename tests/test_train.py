@@ -130,6 +130,10 @@ def test_every_preset_composes_with_allowed_targets():
         ("+model.llm.lora.rr=4", "rr"),
         ("+paths.dta_dir=/x", "paths.dta_dir"),
         ("+data.sise=10", "data.sise"),
+        ("trainer.learning_rate=-1", "trainer.learning_rate"),
+        ("trainer.weight_decay=-5", "trainer.weight_decay"),
+        ("trainer.save_total_limit=0", "trainer.save_total_limit"),
+        ("trainer.lr_scheduler_type=nope", "trainer.lr_scheduler_type"),
     ],
 )
 def test_config_errors_name_the_key_before_any_model_loads(tmp_path, monkeypatch, override, names):

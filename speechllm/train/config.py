@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from transformers.trainer_utils import SchedulerType
 
 from speechllm.config import ConfigError, check_section, check_targets, flatten, override_value
 from speechllm.data import layout, stage
@@ -308,6 +309,19 @@ def validate_schema(cfg: DictConfig) -> tuple[TopLevelConfig, TrainerConfig, Mix
         )
     if trainer.save_steps < 0:
         raise ConfigError(f"trainer.save_steps must be >= 0, got {trainer.save_steps}")
+    if trainer.learning_rate <= 0:
+        raise ConfigError(f"trainer.learning_rate must be > 0, got {trainer.learning_rate}")
+    if trainer.weight_decay < 0:
+        raise ConfigError(f"trainer.weight_decay must be >= 0, got {trainer.weight_decay}")
+    if trainer.save_total_limit is not None and trainer.save_total_limit < 1:
+        raise ConfigError(
+            f"trainer.save_total_limit must be >= 1, or null to keep every checkpoint; got {trainer.save_total_limit}"
+        )
+    schedulers = [t.value for t in SchedulerType]
+    if trainer.lr_scheduler_type not in schedulers:
+        raise ConfigError(
+            f"trainer.lr_scheduler_type={trainer.lr_scheduler_type!r} is not one of {schedulers}"
+        )
     _check_extra_args(trainer.extra_args)
     # Every `_target_` a run could instantiate (Hydra's own node configures Hydra, not the run).
     for key in cfg.keys():
