@@ -105,14 +105,15 @@ def task_from_yaml(attribute: str, path: Path) -> AttributeTask | None:
     keywords = tuple(str(k).lower() for k in block.get("keywords") or ())
     questions = tuple(str(q) for q in block.get("questions") or ())
     training_questions = tuple(str(q) for q in block.get("training_questions") or ())
+    unseen = {_words(q) for q in questions}
     for question in training_questions:
         # Verification and label answers find what a training question asks by these keywords, and the
         # evaluation's phrasings must stay unseen.
-        if words_of(question) in {words_of(q) for q in questions}:
+        if _words(question) in unseen:
             raise ValueError(
                 f"{path}: {question!r} is both a training question and an unseen evaluation question"
             )
-        if not any(f" {k} " in words_of(question) for k in keywords):
+        if not mentions(question, keywords):
             raise ValueError(
                 f"{path}: task.training_questions {question!r} names none of task.keywords {list(keywords)}"
             )
@@ -129,9 +130,15 @@ def task_from_yaml(attribute: str, path: Path) -> AttributeTask | None:
     )
 
 
-def words_of(text: str) -> str:
+def _words(text: str) -> str:
     """`text` as its lowercase words, space-padded: the form keywords are matched in."""
     return " " + " ".join(re.findall(r"[a-z]+", text.lower())) + " "
+
+
+def mentions(text: str, keywords) -> bool:
+    """Whether `text` contains one of `keywords` (lowercase words or phrases) as whole words."""
+    words = _words(text)
+    return any(f" {k} " in words for k in keywords)
 
 
 @cache

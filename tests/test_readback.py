@@ -2,33 +2,20 @@
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from test_eval import _model_cfg
 
 from speechllm.eval.readback import read_back, readback_scores
 from speechllm.model import SpeechLM
 
 
 def test_readback_reads_what_the_adapter_writes_and_scores_it(tiny_whisper_source, tiny_llm_source):
-    cfg = {
-        "encoder": {"source": tiny_whisper_source},
-        "adapter": {
-            "_target_": "speechllm.model.adapters.QFormerAdapter",
-            "num_queries": 4,
-            "num_layers": 1,
-            "hidden_size": 32,
-            "num_heads": 2,
-        },  # fmt: skip
-        "llm": {"source": tiny_llm_source, "finetune": "frozen"},
-        "prompt": {"transcript": False},
-    }
-    model = SpeechLM.from_config(OmegaConf.create(cfg))
+    model = SpeechLM.from_config(_model_cfg(tiny_llm_source, tiny_whisper_source))
     written = ["A man speaks quickly.", "A woman speaks slowly.", "A man speaks slowly."]
     table = model.llm.get_input_embeddings().weight.detach()
     queue = [table[model.tokenizer(t, add_special_tokens=False).input_ids] for t in written]
 
-    def writes_the_texts(
-        **encoder_output,
-    ):  # stands in for an adapter that writes each text's token embeddings
+    # Stands in for an adapter that writes each text's token embeddings.
+    def writes_the_texts(**encoder_output):
         embeds = queue.pop(0)
         return embeds[None], torch.ones(1, len(embeds), dtype=torch.bool)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from speechllm.attributes import attribute_tasks, words_of
+from speechllm.attributes import attribute_tasks, mentions
 
 INSTRUCTION_POOLS: dict[str, list[str]] = {
     "desta2": ["What can you hear from the audio?"],
@@ -70,8 +70,7 @@ def attribute_keywords() -> dict[str, tuple[str, ...]]:
 
 def asked_attributes(instruction: str) -> list[str]:
     """The attributes an instruction asks about (see :func:`attribute_keywords`), in task order."""
-    words = words_of(instruction)
-    return [name for name, keys in attribute_keywords().items() if any(f" {k} " in words for k in keys)]
+    return [name for name, keys in attribute_keywords().items() if mentions(instruction, keys)]
 
 
 def asks_content(instruction: str) -> bool:
