@@ -13,19 +13,73 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-# The same ChatML layout as SmolLM2-Instruct (without its default system prompt), so prompt code tested
-# on the tiny model meets the real one's markers: <|im_start|>role\ncontent<|im_end|>\n
+# Chat layouts of the LLM families the presets use, each with its special tokens. The tiny models carry
+# them so prompt code tested at tiny width meets the real model's markers. `chatml` is SmolLM2-Instruct's
+# layout without its default system prompt: <|im_start|>role\ncontent<|im_end|>\n
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Llama-3.1-Instruct's layout (tools left out): BOS, a system block that always opens with the knowledge
+# cut-off and the template's fixed date, trimmed contents, <|eot_id|> closing each turn.
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] | trim %}"
+    "{% set messages = messages[1:] %}{% else %}{% set system = '' %}{% endif %}"
+    "{{ '<|start_header_id|>system<|end_header_id|>\\n\\nCutting Knowledge Date: December 2023\\n"
+    "Today Date: 26 Jul 2024\\n\\n' + system + '<|eot_id|>' }}"
+    "{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
+    " + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+# Qwen2.5-Instruct's layout (tools left out): ChatML with its own default system turn.
+QWEN2_5_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}"
+    "{{ '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{% set messages = messages[1:] %}"
+    "{% else %}"
+    "{{ '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """A family's chat layout: template, special tokens and which of them are BOS, EOS and pad.
+
+    `pad` None leaves the tokenizer without a pad token, as Llama-3's ships (the loader then pads with
+    EOS, as it does for the real model).
+    """
+
+    template: str
+    special_tokens: tuple[str, ...]
+    bos: str | None
+    eos: str
+    pad: str | None
+
+
+CHAT_FORMATS = {
+    "chatml": ChatFormat(CHATML_TEMPLATE, ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+                         bos="<|im_start|>", eos="<|im_end|>", pad="<|endoftext|>"),
+    "llama3": ChatFormat(LLAMA3_TEMPLATE, ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                                           "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>"),
+                         bos="<|begin_of_text|>", eos="<|eot_id|>", pad=None),
+    "qwen2.5": ChatFormat(QWEN2_5_TEMPLATE, ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+                          bos=None, eos="<|im_end|>", pad="<|endoftext|>"),
+}  # fmt: skip
 
 # Training text for the tiny BPE: words this project's prompts use, so common words are a token or two
 # (any other text still encodes, byte by byte).
@@ -48,17 +102,18 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _train_tokenizer(vocab_size: int):
-    """Train a byte-level BPE on the built-in text.
+def _train_tokenizer(vocab_size: int, chat: ChatFormat):
+    """Train a byte-level BPE on the built-in text, with a chat family's special tokens and template.
 
     Byte-level pre-tokenization with the full 256-byte alphabet means any string (accents, emoji,
     other scripts) encodes without an unknown token, and decodes back to the same text.
 
     Args:
         vocab_size: target vocabulary size including the 256 bytes and the special tokens.
+        chat: the chat layout (one of :data:`CHAT_FORMATS`).
 
     Returns:
-        A ``PreTrainedTokenizerFast`` with ChatML special tokens, pad and eos set, and a chat template.
+        A ``PreTrainedTokenizerFast`` with the family's special tokens, BOS/EOS/pad and chat template.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -68,18 +123,18 @@ def _train_tokenizer(vocab_size: int):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=list(chat.special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(_TOKENIZER_TEXT.splitlines(), trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
+        bos_token=chat.bos,
+        eos_token=chat.eos,
+        pad_token=chat.pad,
         unk_token=None,
-        chat_template=CHATML_TEMPLATE,
+        chat_template=chat.template,
         model_max_length=2048,
         clean_up_tokenization_spaces=False,
         # Causal LMs take no token_type_ids; returning them breaks `generate(**encoded)`.
@@ -90,6 +145,7 @@ def _train_tokenizer(vocab_size: int):
 def make_tiny_llm(
     out_dir: str | Path,
     *,
+    chat_format: str = "chatml",
     hidden_size: int = 64,
     num_layers: int = 2,
     num_heads: int = 4,
@@ -97,30 +153,41 @@ def make_tiny_llm(
     vocab_size: int = 1024,
     seed: int = 0,
 ) -> str:
-    """Save a tiny random ``LlamaForCausalLM`` with a ChatML tokenizer.
+    """Save a tiny random causal LM of a preset's family, with its chat layout.
 
-    The tokenizer: byte-level BPE (no unknown tokens), ``eos = <|im_end|>`` (ends an assistant turn, so
-    ``generate`` stops there), ``pad = <|endoftext|>``, ``bos = <|im_start|>`` (not added by
-    ``tokenizer(text)``), and a ChatML chat template with ``add_generation_prompt`` support.
+    `chatml` (SmolLM2-like): ``LlamaForCausalLM``, tied embeddings, ``eos = <|im_end|>`` (ends an
+    assistant turn, so ``generate`` stops there), ``pad = <|endoftext|>``, ``bos = <|im_start|>`` (not
+    added by ``tokenizer(text)``). `llama3` (Llama-3.1-Instruct's shape): ``LlamaForCausalLM``, untied
+    LM head, BOS in the template, ``<|eot_id|>`` ending a turn, no pad token. `qwen2.5`:
+    ``Qwen2ForCausalLM`` (biased q/k/v projections), untied, no BOS, ChatML with Qwen's default system
+    turn. The tokenizer is a byte-level BPE (no unknown tokens) in every case.
 
     Args:
         out_dir: folder to write (created; existing files are overwritten).
+        chat_format: a key of :data:`CHAT_FORMATS`.
         hidden_size: model width.
         num_layers: decoder layers.
         num_heads: attention heads.
         num_kv_heads: key/value heads (grouped-query attention when smaller than ``num_heads``).
-        vocab_size: BPE vocabulary size (>= 259: 256 bytes + 3 special tokens).
+        vocab_size: BPE vocabulary size (>= 256 bytes + the family's special tokens).
         seed: weight initialisation seed.
 
     Returns:
         ``out_dir`` as a string, loadable with ``AutoModelForCausalLM``/``AutoTokenizer.from_pretrained``.
-    """
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+    Raises:
+        KeyError: an unknown `chat_format`, naming the known ones.
+    """
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    if chat_format not in CHAT_FORMATS:
+        raise KeyError(f"unknown chat_format {chat_format!r}; choose one of {sorted(CHAT_FORMATS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = _train_tokenizer(vocab_size)
-    config = LlamaConfig(
+    tokenizer = _train_tokenizer(vocab_size, CHAT_FORMATS[chat_format])
+    config_class, model_class = (Qwen2Config, Qwen2ForCausalLM) if chat_format == "qwen2.5" else (
+        LlamaConfig, LlamaForCausalLM)  # fmt: skip
+    config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
@@ -128,13 +195,13 @@ def make_tiny_llm(
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
         max_position_embeddings=2048,
-        tie_word_embeddings=True,
+        tie_word_embeddings=chat_format == "chatml",
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     _seed(seed)
-    model = LlamaForCausalLM(config).eval()
+    model = model_class(config).eval()
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -256,6 +256,65 @@ def test_smoke_frozen_policy_reload_and_feature_cache(smoke_dirs, tmp_path):
     assert step_losses(uncached)[1] == pytest.approx(step_losses(metrics)[1], rel=1e-5)
 
 
+# Each shipped encoder and LLM preset's tiny stand-in: its family's input shape (mel bins) or chat layout.
+TINY_OF_PRESET = {
+    "model/encoder": {"whisper_tiny_en": "whisper-tiny.en", "whisper_small": "whisper-tiny.en",
+                      "whisper_large_v3": "whisper-large-v3"},
+    "model/llm": {"smollm2_135m": "llm", "qwen2_5_coder_0_5b": "qwen2.5", "qwen2_5_7b_instruct": "qwen2.5",
+                  "llama3_8b_instruct": "llama3"},
+}  # fmt: skip
+# Every experiment preset, and the LLM presets no experiment uses (on the default experiment).
+PRESET_RUNS = [(name, None) for name in PRESETS] + [
+    ("default", "qwen2_5_coder_0_5b"),
+    ("default", "qwen2_5_7b_instruct"),
+]
+
+
+def test_every_shipped_model_preset_has_a_tiny_stand_in():
+    for group, tiny in TINY_OF_PRESET.items():
+        assert sorted(tiny) == sorted(p.stem for p in (CONF / group).glob("*.yaml")), group
+
+
+@pytest.mark.parametrize("experiment, llm_preset", PRESET_RUNS)
+def test_each_preset_trains_a_step_at_tiny_width(smoke_dirs, tmp_path, experiment, llm_preset):
+    """The preset's model (its adapter, prompt and fine-tuning policy, with tiny models of its encoder and LLM
+    families and a narrow adapter), its loss and precision, one step on the smoke clips' label targets; the
+    checkpoint reloads and trains on each answer and the token that closes its turn."""
+    from omegaconf import OmegaConf
+
+    from speechllm.model import SpeechLM
+
+    preset = compose_train([f"experiment={experiment}", *([f"model/llm={llm_preset}"] if llm_preset else []),
+                            "paths.output_dir=/unused"])  # fmt: skip
+    choices = preset.hydra.runtime.choices
+    encoder = TINY_OF_PRESET["model/encoder"][choices["model/encoder"]]
+    llm = TINY_OF_PRESET["model/llm"][choices["model/llm"]]
+    narrow = {"qformer": {"num_queries": 4, "hidden_size": 32, "num_heads": 2},
+              "qformer_desta2": {"num_queries": 4, "hidden_size": 32, "num_heads": 2},
+              "stack_mlp": {"hidden_size": 32}, "conv": {"channels": 32}}[choices["model/adapter"]]  # fmt: skip
+    cfg = smoke_cfg(smoke_dirs, tmp_path, "trainer.max_steps=1", "trainer.save_steps=0", "align.pretrain_steps=0")
+    OmegaConf.update(cfg, "model", preset.model, merge=False)
+    OmegaConf.update(cfg, "model.encoder.source", f"tiny:{encoder}")
+    OmegaConf.update(cfg, "model.llm.source", f"tiny:{llm}")
+    OmegaConf.update(cfg, "model.adapter", narrow, merge=True)
+    for key in ("loss", "kd", "trainer.precision"):
+        OmegaConf.update(cfg, key, OmegaConf.select(preset, key), merge=False)
+    metrics = train(cfg)
+    assert sorted(step_losses(metrics)) == [1] and math.isfinite(step_losses(metrics)[1])
+
+    reloaded = SpeechLM.from_pretrained(tmp_path / "checkpoints" / "final")
+    assert reloaded.model_config["adapter"]["_target_"] == preset.model.adapter._target_
+    assert reloaded.finetune == preset.model.llm.finetune
+    assert reloaded.encoder.feature_extractor.feature_size == (128 if encoder == "whisper-large-v3" else 80)
+    rows = [r for r in datasets.load_from_disk(str(smoke_dirs["data"] / "smoke/targets/label"))][:2]
+    batch = reloaded.collator()(rows)
+    end_of_turn = reloaded.tokenizer.convert_tokens_to_ids("<|eot_id|>" if llm == "llama3" else "<|im_end|>")
+    assert ((batch["labels"] == end_of_turn).sum(1) == 1).all()  # each answer ends with its turn's end
+    assert ((batch["labels"] != -100).sum(1) > 1).all()
+    with torch.no_grad():
+        assert torch.isfinite(reloaded(**batch).logits.float()).all()
+
+
 def test_resume_continues_the_same_data_and_optimizer_state(smoke_dirs, tmp_path):
     fast = ("trainer.learning_rate=0.02", "trainer.lr_scheduler_type=constant")
     straight = step_losses(train(smoke_cfg(smoke_dirs, tmp_path / "a", *fast)))

@@ -157,13 +157,23 @@ def resolve_resume(resume: str | None, checkpoints_dir: Path) -> str | None:
 
 
 TINY_PREFIX = "tiny:"
-_TINY_BUILDERS = {"llm": "make_tiny_llm", "whisper": "make_tiny_whisper"}
+# name -> (speechllm.tiny builder, its arguments): a tiny random model of each family the presets use.
+_TINY_BUILDERS = {
+    "llm": ("make_tiny_llm", {}),  # SmolLM2's ChatML layout
+    "llama3": ("make_tiny_llm", {"chat_format": "llama3"}),  # Llama-3.1-Instruct's layout, no pad token
+    "qwen2.5": ("make_tiny_llm", {"chat_format": "qwen2.5"}),  # Qwen2.5-Instruct's layout and architecture
+    "whisper": ("make_tiny_whisper", {}),  # 80 mel bins, 2 layers
+    "whisper-tiny.en": ("make_tiny_whisper", {"encoder_layers": 4}),  # 80 mel bins and tiny.en's 4 layers
+    "whisper-large-v3": ("make_tiny_whisper", {"num_mel_bins": 128, "encoder_layers": 4}),  # 128 mel bins
+}
 
 
 def resolve_tiny_sources(cfg: DictConfig) -> None:
-    """Replace `tiny:llm` / `tiny:whisper` model sources by tiny random models built once into the cache.
+    """Replace `tiny:<name>` model sources by tiny random models built once into the cache.
 
-    The smoke preset trains on these (seconds on CPU, nothing to download). They are built with
+    The smoke preset trains on these (seconds on CPU, nothing to download); `tiny:llama3`, `tiny:qwen2.5`
+    and `tiny:whisper-large-v3` have the large presets' chat layouts and input shapes, so a large preset
+    can be tried on a CPU (`model.llm.source=tiny:llama3 model.encoder.source=tiny:whisper-large-v3`). They are built with
     `speechllm.tiny` (seeded, so every build is identical) into `<paths.cache_dir>/tiny/<name>`, into a
     temporary folder first and renamed, so concurrent runs (multirun, several ranks) never see half a model.
 
@@ -189,7 +199,8 @@ def resolve_tiny_sources(cfg: DictConfig) -> None:
         if not (target / "config.json").is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-            getattr(speechllm.tiny, _TINY_BUILDERS[name])(tmp)
+            builder, kwargs = _TINY_BUILDERS[name]
+            getattr(speechllm.tiny, builder)(tmp, **kwargs)
             try:
                 os.rename(tmp, target)
             except OSError:  # another process finished first; its copy is identical
