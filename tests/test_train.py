@@ -499,3 +499,68 @@ def test_torchrun_two_gloo_processes_share_one_run_dir(smoke_dirs, tmp_path):
     # (a rank training alone on all 10 rows would be at 1.33).
     assert metrics["summary"]["train/epoch"] == 2.0
     assert log.count("starting fresh") == 1  # only rank 0 writes the run folder
+    assert "parallelism: DDP over 2 processes" in log
+
+
+# Two ranks with 2 rows each take the steps one process takes with 2 rows and 2 accumulation steps: each
+# rank's loss is a mean over its own rows, as each micro-batch's is, and the data order is the same.
+SHARDED_RUN = ["experiment=smoke", "model.llm.finetune=lora", "model.llm.lora.dropout=0", "trainer.max_steps=2",
+               "trainer.per_device_train_batch_size=2", "trainer.learning_rate=0.01",
+               "trainer.lr_scheduler_type=constant", "trainer.save_steps=0", "trainer.report_to=[]",
+               # Length grouping sorts within groups sized by the global batch per process (4 rows in one
+               # process with 2 accumulation steps, 2 per rank): the same rows would reach other steps.
+               "trainer.group_by_length=false"]  # fmt: skip
+ENGINES = {
+    # accelerate's FSDP2 (`fully_shard`): frozen LLM weights and trainable LoRA and Q-Former weights in the
+    # same shard units. accelerate keeps CPU processes on DDP, hence the launcher that allows it.
+    "fsdp": (REPO / "tests" / "fsdp_cpu_train.py", "+trainer.extra_args.fsdp=true", "parallelism: FSDP2 over 2"),
+    # DeepSpeed ZeRO-3 (parameters, gradients and optimiser state partitioned) on its CPU accelerator.
+    "zero3": (REPO / "train.py", f"+trainer.extra_args.deepspeed={REPO / 'launch/deepspeed/zero3.json'}",
+              "parallelism: DeepSpeed ZeRO-3 over 2"),
+}
+
+
+@pytest.fixture(scope="module")
+def one_process_logits(smoke_dirs, tmp_path_factory):
+    """Logits of the one-process reference run's final checkpoint on four smoke rows."""
+    from speechllm.model import SpeechLM
+
+    run = tmp_path_factory.mktemp("one-process")
+    cmd = [sys.executable, str(REPO / "train.py"), *SHARDED_RUN, *_dirs(smoke_dirs, run),
+           "trainer.gradient_accumulation_steps=2", f"hydra.run.dir={run}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=run, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = SpeechLM.from_pretrained(run / "checkpoints" / "final")
+    with torch.no_grad():
+        return model(**model.collator()(_four_rows(smoke_dirs))).logits
+
+
+def _dirs(smoke_dirs, run: Path) -> list[str]:
+    return [f"paths.data_dir={smoke_dirs['data']}", f"paths.cache_dir={smoke_dirs['cache']}",
+            f"trainer.feature_cache_dir={run / 'features'}"]  # fmt: skip
+
+
+def _four_rows(smoke_dirs) -> list[dict]:
+    return [r for r in datasets.load_from_disk(str(smoke_dirs["data"] / "smoke/targets/label"))][:4]
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_sharded_two_gloo_processes_match_one_process_and_reload_strictly(
+    smoke_dirs, tmp_path, one_process_logits, engine
+):
+    from speechllm.model import SpeechLM
+
+    script, switch, marker = ENGINES[engine]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           *SHARDED_RUN, *_dirs(smoke_dirs, tmp_path), switch, f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert marker in proc.stdout + proc.stderr  # the engine really ran
+    model = SpeechLM.from_pretrained(tmp_path / "run" / "checkpoints" / "final")  # a strict load
+    rows = _four_rows(smoke_dirs)
+    with torch.no_grad():
+        logits = model(**model.collator()(rows)).logits
+        with model.llm.disable_adapter():
+            without_lora = model(**model.collator()(rows)).logits
+    torch.testing.assert_close(logits, one_process_logits, rtol=1e-4, atol=1e-4)
+    assert (logits - without_lora).abs().max() > 1e-3  # the LoRA weights were gathered and saved, not zeros

@@ -606,18 +606,41 @@ class SpeechLM(nn.Module):
 
     # ---- save / load ----
 
-    def _saved_state(self) -> dict[str, torch.Tensor]:
-        """The weights stored in model.safetensors: the adapter, plus the encoder when it trains."""
-        state = {f"adapter.{k}": v for k, v in self.adapter.state_dict().items()}
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """Layer classes that FSDP shards as units (its transformer auto-wrap policy reads this, as it does
+        for a transformers model): the LLM's decoder layers, the encoder's layers and the adapter's."""
+        llm = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        names = list(getattr(llm, "_no_split_modules", None) or [])
+        names += list(getattr(self.encoder.encoder, "_no_split_modules", None) or [])
+        names += [type(m).__name__ for m in self.adapter.modules() if isinstance(m, nn.TransformerDecoderLayer)]
+        return list(dict.fromkeys(names))
+
+    def _saved_state(self, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The weights stored in model.safetensors: the adapter, plus the encoder when it trains.
+
+        Args:
+            state_dict: this model's full `state_dict()` gathered from its shards (FSDP, DeepSpeed ZeRO-3);
+                None reads the weights from the modules.
+        """
+        if state_dict is None:
+            state = {f"adapter.{k}": v for k, v in self.adapter.state_dict().items()}
+            if not self.encoder.frozen:
+                state.update({f"encoder.{k}": v for k, v in self.encoder.encoder.state_dict().items()})
+            return state
+        state = {k: v for k, v in state_dict.items() if k.startswith("adapter.")}
         if not self.encoder.frozen:
-            state.update({f"encoder.{k}": v for k, v in self.encoder.encoder.state_dict().items()})
+            inner = "encoder.encoder."  # the Whisper encoder inside WhisperFeatureEncoder
+            state.update({"encoder." + k[len(inner) :]: v for k, v in state_dict.items() if k.startswith(inner)})
         return state
 
-    def save_pretrained(self, out_dir: str | Path) -> Path:
+    def save_pretrained(self, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         """Write the checkpoint folder (see the module docstring).
 
         Args:
             out_dir: created if missing.
+            state_dict: this model's full `state_dict()` when its weights are sharded across processes
+                (FSDP, DeepSpeed ZeRO-3: gathered by the trainer); None reads the modules' own weights.
 
         Returns:
             The folder.
@@ -626,12 +649,15 @@ class SpeechLM(nn.Module):
         out_dir.mkdir(parents=True, exist_ok=True)
         config = {"format": "speechllm", "format_version": FORMAT_VERSION, **self.model_config}
         (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        state = {k: v.detach().contiguous().cpu() for k, v in self._saved_state().items()}
+        state = {k: v.detach().contiguous().cpu() for k, v in self._saved_state(state_dict).items()}
         save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+        llm_state = None
+        if state_dict is not None:
+            llm_state = {k[len("llm.") :]: v for k, v in state_dict.items() if k.startswith("llm.")}
         if self.finetune == "lora":
-            self.llm.save_pretrained(str(out_dir / "lora"), safe_serialization=True)
+            self.llm.save_pretrained(str(out_dir / "lora"), safe_serialization=True, state_dict=llm_state)
         elif self.finetune == "full":
-            self.llm.save_pretrained(str(out_dir / "llm"), safe_serialization=True)
+            self.llm.save_pretrained(str(out_dir / "llm"), safe_serialization=True, state_dict=llm_state)
             self.tokenizer.save_pretrained(str(out_dir / "llm"))
         log.info("saved SpeechLM checkpoint to %s", out_dir)
         return out_dir

@@ -469,6 +469,7 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "mixture.json").write_text(json.dumps(mixture.composition, indent=2))
         logger.info("run dir %s; %s", run_dir, f"resuming from {resume}" if resume else "starting fresh")
+        logger.info("parallelism: %s", trainer.parallelism())
 
     # 4. Train, then the final checkpoint and metrics.
     # HF Trainer resumed from a checkpoint that already holds every planned step would take one more.

@@ -211,6 +211,16 @@ class SpeechTrainer(Trainer):
         # SpeechLM's loss is a mean over labelled tokens; Trainer then averages over accumulation steps.
         self.model_accepts_loss_kwargs = False
 
+    def parallelism(self) -> str:
+        """How the run is spread over processes, in words (logged at the start of training)."""
+        processes = self.args.world_size
+        if self.is_deepspeed_enabled:
+            stage = self.accelerator.state.deepspeed_plugin.zero_stage
+            return f"DeepSpeed ZeRO-{stage} over {processes} processes"
+        if self.is_fsdp_enabled:
+            return f"FSDP{self.accelerator.state.fsdp_plugin.fsdp_version} over {processes} processes"
+        return f"DDP over {processes} processes" if processes > 1 else "one process"
+
     # ---- optimiser: the adapter may have a learning rate of its own ----
 
     def create_optimizer(self, model=None):
@@ -304,7 +314,20 @@ class SpeechTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
+        if self.is_fsdp_enabled:
+            # Every rank takes part in gathering the sharded weights into one full state dict.
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            state_dict = get_model_state_dict(self.model, options=options)
+            if self.args.should_save:
+                logger.info("FSDP: gathered %d tensors from %d processes for %s", len(state_dict),
+                            self.args.world_size, output_dir)  # fmt: skip
+        elif not self.is_deepspeed_enabled:
+            state_dict = None  # unsharded: the modules hold the weights (and DDP's copies are identical)
+        # DeepSpeed hands over the state dict it gathered (ZeRO-3), or the module's own (ZeRO-1/2).
+        if self.args.should_save:  # one writer, whatever the number of ranks
+            self.accelerator.unwrap_model(self.model).save_pretrained(output_dir, state_dict=state_dict)
 
     def _save_checkpoint(self, model, trial):
         output_dir = os.path.join(self.args.output_dir, f"{CHECKPOINT_PREFIX}-{self.state.global_step}")
