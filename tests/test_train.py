@@ -510,14 +510,35 @@ SHARDED_RUN = ["experiment=smoke", "model.llm.finetune=lora", "model.llm.lora.dr
                # Length grouping sorts within groups sized by the global batch per process (4 rows in one
                # process with 2 accumulation steps, 2 per rank): the same rows would reach other steps.
                "trainer.group_by_length=false"]  # fmt: skip
+# Each engine through its shipped accelerate config, on two CPU processes.
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--config_file"]
 ENGINES = {
-    # accelerate's FSDP2 (`fully_shard`): frozen LLM weights and trainable LoRA and Q-Former weights in the
-    # same shard units. accelerate keeps CPU processes on DDP, hence the launcher that allows it.
-    "fsdp": (REPO / "tests" / "fsdp_cpu_train.py", "+trainer.extra_args.fsdp=true", "parallelism: FSDP2 over 2"),
-    # DeepSpeed ZeRO-3 (parameters, gradients and optimiser state partitioned) on its CPU accelerator.
-    "zero3": (REPO / "train.py", f"+trainer.extra_args.deepspeed={REPO / 'launch/deepspeed/zero3.json'}",
+    # FSDP2 (`fully_shard`): frozen LLM weights and trainable LoRA and Q-Former weights in the same shard
+    # units. accelerate keeps CPU processes on DDP, hence the launcher that allows FSDP there.
+    "fsdp": ([*LAUNCH, str(REPO / "launch/accelerate/fsdp.yaml"), str(REPO / "tests/fsdp_cpu_train.py")],
+             "parallelism: FSDP2 over 2"),
+    # DeepSpeed ZeRO-3 (weights, gradients and optimiser state partitioned) on its CPU accelerator.
+    "zero3": ([*LAUNCH, str(REPO / "launch/accelerate/deepspeed_zero3.yaml"), str(REPO / "train.py")],
               "parallelism: DeepSpeed ZeRO-3 over 2"),
-}
+}  # fmt: skip
+
+
+def test_launch_configs_load_and_name_existing_deepspeed_files():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    kinds = {}
+    for path in sorted((REPO / "launch" / "accelerate").glob("*.yaml")):
+        config = load_config_from_file(str(path))
+        kinds[path.stem] = config.distributed_type.value
+        assert config.num_processes == 8, path.name
+        if config.deepspeed_config:
+            ds = json.loads((REPO / config.deepspeed_config["deepspeed_config_file"]).read_text())
+            assert path.stem.endswith(f"zero{ds['zero_optimization']['stage']}"), path.name
+            assert ds["bf16"]["enabled"] == "auto"  # trainer.precision decides
+        else:
+            assert config.mixed_precision == "no", path.name  # trainer.precision decides
+    assert kinds == {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED",
+                     "deepspeed_zero3": "DEEPSPEED"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -550,10 +571,10 @@ def test_sharded_two_gloo_processes_match_one_process_and_reload_strictly(
 ):
     from speechllm.model import SpeechLM
 
-    script, switch, marker = ENGINES[engine]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-           *SHARDED_RUN, *_dirs(smoke_dirs, tmp_path), switch, f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    launch, marker = ENGINES[engine]
+    cmd = [*launch, *SHARDED_RUN, *_dirs(smoke_dirs, tmp_path), f"hydra.run.dir={tmp_path / 'run'}"]
+    # From the repository root, as documented: the DeepSpeed config names its JSON file relative to it.
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert marker in proc.stdout + proc.stderr  # the engine really ran
     model = SpeechLM.from_pretrained(tmp_path / "run" / "checkpoints" / "final")  # a strict load
