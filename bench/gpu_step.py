@@ -33,7 +33,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Dense bf16 peaks (no sparsity), TFLOP/s, from the vendors' data sheets; matched against the device name.
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
+PEAK_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10G": 70.0,
+}
 
 # (encoder, adapter, LLM) shapes: the real sizes, and a tiny stand-in of each for CPU.
 SHAPES = {
@@ -71,13 +78,25 @@ def peak_tflops(device, given: float | None) -> float | None:
 def build_model(shape: dict, finetune: str, device, tokenizer_dir: str):
     """A SpeechLM of random weights at `shape`, built on `device` (no weights pass through host memory)."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperFeatureExtractor
+    from transformers import (
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+    )
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     from speechllm.model.adapters import QFormerAdapter
     from speechllm.model.encoder import WhisperFeatureEncoder
     from speechllm.model.prompt import PromptConfig
-    from speechllm.model.speechlm import EncoderConfig, LLMConfig, LoraConfigSection, SpeechLM, _apply_finetune
+    from speechllm.model.speechlm import (
+        EncoderConfig,
+        LLMConfig,
+        LoraConfigSection,
+        SpeechLM,
+        apply_finetune,
+    )
 
     half = torch.bfloat16 if device.type == "cuda" else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -95,7 +114,7 @@ def build_model(shape: dict, finetune: str, device, tokenizer_dir: str):
         )  # fmt: skip
         llm_cfg = LLMConfig(source="random", finetune=finetune, dtype=str(half).removeprefix("torch."),
                             lora=LoraConfigSection(**shape["lora"]))  # fmt: skip
-        llm = _apply_finetune(llm, llm_cfg)
+        llm = apply_finetune(llm, llm_cfg)
         adapter = QFormerAdapter(
             in_dim=encoder.hidden_size, out_dim=shape["llm"]["hidden_size"], num_taps=encoder.num_taps,
             output_norm=True, **shape["adapter"],
@@ -125,7 +144,9 @@ def make_rows(batch_size: int, audio_seconds: float, answer_words: int, seed: in
     ]
 
 
-def measure(model, rows: list[dict], steps: int, warmup: int, peak: float | None, checkpointing: bool) -> dict:
+def measure(
+    model, rows: list[dict], steps: int, warmup: int, peak: float | None, checkpointing: bool
+) -> dict:
     """Time `steps` optimiser steps after `warmup` ones; count one step's FLOPs."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode

@@ -292,7 +292,9 @@ def test_each_preset_trains_a_step_at_tiny_width(smoke_dirs, tmp_path, experimen
     narrow = {"qformer": {"num_queries": 4, "hidden_size": 32, "num_heads": 2},
               "qformer_desta2": {"num_queries": 4, "hidden_size": 32, "num_heads": 2},
               "stack_mlp": {"hidden_size": 32}, "conv": {"channels": 32}}[choices["model/adapter"]]  # fmt: skip
-    cfg = smoke_cfg(smoke_dirs, tmp_path, "trainer.max_steps=1", "trainer.save_steps=0", "align.pretrain_steps=0")
+    cfg = smoke_cfg(
+        smoke_dirs, tmp_path, "trainer.max_steps=1", "trainer.save_steps=0", "align.pretrain_steps=0"
+    )
     OmegaConf.update(cfg, "model", preset.model, merge=False)
     OmegaConf.update(cfg, "model.encoder.source", f"tiny:{encoder}")
     OmegaConf.update(cfg, "model.llm.source", f"tiny:{llm}")

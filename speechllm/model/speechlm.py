@@ -179,7 +179,7 @@ class SpeechLM(nn.Module):
             llm, tokenizer = load_llm(llm_cfg.source, dtype=dtype)
         if tokenizer.pad_token_id is None:
             raise ValueError(f"the tokenizer of {llm_cfg.source} has no pad token")
-        llm = _apply_finetune(llm, llm_cfg)
+        llm = apply_finetune(llm, llm_cfg)
 
         token_embeddings = llm.get_input_embeddings().weight
         adapter = instantiate(
@@ -613,7 +613,9 @@ class SpeechLM(nn.Module):
         llm = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
         names = list(getattr(llm, "_no_split_modules", None) or [])
         names += list(getattr(self.encoder.encoder, "_no_split_modules", None) or [])
-        names += [type(m).__name__ for m in self.adapter.modules() if isinstance(m, nn.TransformerDecoderLayer)]
+        names += [
+            type(m).__name__ for m in self.adapter.modules() if isinstance(m, nn.TransformerDecoderLayer)
+        ]
         return list(dict.fromkeys(names))
 
     def _saved_state(self, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -631,7 +633,9 @@ class SpeechLM(nn.Module):
         state = {k: v for k, v in state_dict.items() if k.startswith("adapter.")}
         if not self.encoder.frozen:
             inner = "encoder.encoder."  # the Whisper encoder inside WhisperFeatureEncoder
-            state.update({"encoder." + k[len(inner) :]: v for k, v in state_dict.items() if k.startswith(inner)})
+            state.update(
+                {"encoder." + k[len(inner) :]: v for k, v in state_dict.items() if k.startswith(inner)}
+            )
         return state
 
     def save_pretrained(self, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
@@ -770,7 +774,7 @@ def _strict_load(target: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]
             t.copy_(saved[k].to(t.dtype))
 
 
-def _apply_finetune(llm: nn.Module, cfg: LLMConfig) -> nn.Module:
+def apply_finetune(llm: nn.Module, cfg: LLMConfig) -> nn.Module:
     """Freeze the LLM, wrap it with LoRA, or leave it fully trainable, per `cfg.finetune`."""
     if cfg.finetune == "full":
         llm.requires_grad_(True)
