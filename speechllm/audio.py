@@ -163,7 +163,7 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, max_seconds: floa
         An `AudioClip` with `array` of shape (num_samples,) at `sr`.
 
     Raises:
-        AudioError: missing file, unreadable/corrupt/not audio, empty or under 0.1 s, all silent,
+        AudioError: missing file, not a regular file, unreadable/corrupt/not audio, empty or under 0.1 s, all silent,
             NaN/inf samples, or longer than `max_seconds`. Clipping is not refused; it is recorded.
     """
     path = os.fspath(path)
@@ -171,6 +171,8 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, max_seconds: floa
         raise AudioError(path, "missing file")
     if os.path.isdir(path):
         raise AudioError(path, "not a file (a directory)")
+    if not os.path.isfile(path):  # opening a FIFO would wait for a writer forever
+        raise AudioError(path, "not a regular file (a FIFO, socket or device)")
     try:
         info = sf.info(path)
     except Exception as err:  # soundfile raises LibsndfileError/RuntimeError/TypeError by format

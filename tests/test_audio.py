@@ -1,5 +1,7 @@
 """speechllm.audio: bad files are refused with a reason, odd formats are converted and recorded."""
 
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -45,8 +47,9 @@ def test_stereo_8k_24bit_is_converted_and_recorded(tmp_path):
         (lambda p: sf.write(p, np.zeros(0, np.float32), SAMPLE_RATE), "empty"),
         (lambda p: sf.write(p, np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE), "silent"),
         (lambda p: p.write_bytes(b"this is a text file, not audio\n" * 20), "unreadable"),
+        (lambda p: os.mkfifo(p), "not a regular file"),  # reading it would wait for a writer forever
     ],
-    ids=["missing", "zero-bytes", "no-frames", "all-zero", "not-audio"],
+    ids=["missing", "zero-bytes", "no-frames", "all-zero", "not-audio", "fifo"],
 )
 def test_bad_files_raise_audio_error_with_path_and_reason(tmp_path, make, reason):
     path = tmp_path / "bad.wav"

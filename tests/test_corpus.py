@@ -130,6 +130,13 @@ def test_audiofolder_errors(tmp_path):
     (tmp_path / "metadata.csv").write_text("file_name,gender\na.wav,male\n,female\n")
     with pytest.raises(AudioFolderError, match="line 3: empty file_name"):
         read_audiofolder(tmp_path)
+    (tmp_path / "metadata.csv").write_text("file_name,gender\n")
+    with pytest.raises(AudioFolderError, match="no rows below the header"):
+        read_audiofolder(tmp_path)
+    for outside in ("../elsewhere.wav", "/etc/passwd", "sub/../../x.wav"):
+        (tmp_path / "metadata.csv").write_text(f"file_name\na.wav\n{outside}\n")
+        with pytest.raises(AudioFolderError, match=r"line 3: file_name .* is outside"):
+            read_audiofolder(tmp_path)
 
 
 def test_audiofolder_reads_spreadsheet_exports(tmp_path):

@@ -244,6 +244,38 @@ def test_entry_point_reports_a_config_mistake_in_one_line(tmp_path, override, sa
     assert "Traceback" not in result.stderr
 
 
+def test_a_data_folder_in_use_with_other_settings_is_refused_naming_the_holder(bad_folder, tmp_path):
+    """A live run (this test's process) holds the folder with other settings: prepare refuses, names it and
+    writes nothing; a holder that is gone is dropped, and the folder is free again after a run."""
+    import json
+    import os
+    import socket
+
+    from speechllm.data.lock import HOLDERS
+
+    data = tmp_path / "data"
+    data.mkdir()
+    holder = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "settings": "other",
+        "command": "prepare.py X",
+    }
+    (data / HOLDERS).write_text(json.dumps([holder]))
+    cmd = [sys.executable, str(REPO / "data_prep/prepare.py"), "data=audiofolder", f"data.path={bad_folder[0]}",
+           "data.name=bad", f"paths.data_dir={data}", "stages=[corpus,describe]", "describe.attributes=[duration]",
+           f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
+    refused = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"being prepared with other settings by pid {os.getpid()}" in refused.stderr
+    assert "prepare.py X" in refused.stderr and not (data / "bad").exists()
+    # The same holder, gone (no such process): its entry is dropped and the run goes ahead.
+    (data / HOLDERS).write_text(json.dumps([{**holder, "pid": 2**22 + 12345}]))
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (data / "bad" / "described").is_dir() and json.loads((data / HOLDERS).read_text()) == []
+
+
 def _wav_bytes(seconds: float, hz: float) -> bytes:
     buffer = io.BytesIO()
     sf.write(buffer, _tone(seconds, hz=hz), SR, format="WAV")

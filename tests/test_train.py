@@ -348,6 +348,19 @@ def test_resume_continues_the_same_data_and_optimizer_state(smoke_dirs, tmp_path
     assert sorted(step_losses(longer)) == [1, 2, 3, 4, 5, 6]
 
 
+def test_resume_inside_a_later_epoch_keeps_the_data_order(smoke_dirs, tmp_path):
+    # 10 rows in batches of 4: steps 1-3 are epoch 1, 4-6 epoch 2, 7 epoch 3. Killed after the checkpoint
+    # at step 4, the run resumes one batch into epoch 2 and must meet the same batches as the straight run.
+    fast = ("trainer.learning_rate=0.02", "trainer.lr_scheduler_type=constant", "trainer.max_steps=7")
+    straight = step_losses(train(smoke_cfg(smoke_dirs, tmp_path / "a", *fast)))
+    run = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        train(smoke_cfg(smoke_dirs, run, *fast), callbacks=[KillAfterSave(4)])
+    resumed = step_losses(train(smoke_cfg(smoke_dirs, run, *fast, "trainer.resume=last")))
+    for step in (5, 6, 7):
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-5, abs=1e-6), step
+
+
 def test_lora_policy_saves_and_reloads_the_peft_adapter(smoke_dirs, tmp_path):
     from speechllm.model import SpeechLM
 

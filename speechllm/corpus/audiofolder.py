@@ -48,8 +48,8 @@ def read_audiofolder(path: str | os.PathLike, default_split: str = "train") -> l
         (absolute), `split`, and `label_<column>` (str) for every other column.
 
     Raises:
-        AudioFolderError: no metadata.csv, no `file_name` column, an empty file name, empty or repeated
-            column names, or duplicate clip ids.
+        AudioFolderError: no metadata.csv, no `file_name` column, no rows, an empty file name or one
+            outside the folder, empty or repeated column names, or duplicate clip ids.
     """
     root = Path(path).resolve()
     meta = root / "metadata.csv"
@@ -73,6 +73,13 @@ def read_audiofolder(path: str | os.PathLike, default_split: str = "train") -> l
             name = (line.get("file_name") or "").strip()
             if not name:
                 raise AudioFolderError(f"{meta}, line {reader.line_num}: empty file_name")
+            # A name that leaves the folder (absolute, ../) is a metadata.csv written for another place:
+            # refused at once, before any stage describes a corpus that is partly somewhere else.
+            if not (root / name).resolve().is_relative_to(root):
+                raise AudioFolderError(
+                    f"{meta}, line {reader.line_num}: file_name {name!r} is outside {root}; name files "
+                    "relative to the folder that holds metadata.csv"
+                )
             rows.append(
                 {
                     "clip_id": (line.get("clip_id") or "").strip() or os.path.splitext(name)[0],
@@ -81,6 +88,8 @@ def read_audiofolder(path: str | os.PathLike, default_split: str = "train") -> l
                     **{f"label_{c}": (line.get(c) or "").strip() for c in labels},
                 }
             )
+    if not rows:
+        raise AudioFolderError(f"{meta}: no rows below the header, nothing to describe")
     ids = [r["clip_id"] for r in rows]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:5]

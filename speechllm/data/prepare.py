@@ -22,9 +22,11 @@ from speechllm.corpus import espeak, generate_corpus, hf, read_audiofolder
 from speechllm.corpus.hf import write_hf_corpus
 from speechllm.data import layout
 from speechllm.data.describe_stage import describe_config, run_describe
+from speechllm.data.lock import preparing
 from speechllm.data.replay import replay_config, run_replay
 from speechllm.data.stage import read_rejects
 from speechllm.data.targets import run_targets, target_config
+from speechllm.digests import key_digest
 
 logger = logging.getLogger(__name__)
 
@@ -136,13 +138,17 @@ def prepare(cfg: DictConfig, stages: list[tuple[str, Stage]] | None = None) -> d
     unknown = sorted(set(selected) - {name for name, _ in stages})
     if unknown:
         raise ConfigError(f"stages={selected}: unknown stage(s) {unknown}; known: {[n for n, _ in stages]}")
-    for name, stage in stages:
-        if name not in selected:
-            logger.info("stage %s: not selected (stages=%s)", name, selected)
-            continue
-        logger.info("stage %s", name)
-        stage(cfg, state)
-    stage_dirs = [v for k, v in state.items() if k.endswith("_dir") and k != "corpus_dir"]
-    if state.get("described") is not None:  # None: other shards are still running
-        collect_rejects(data_root(cfg), stage_dirs)
+    # Runs that differ only in how the work is split may share the folder; other settings may not.
+    settings = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
+                if k not in ("shard", "num_proc", "stages", "hydra")}  # fmt: skip
+    with preparing(cfg.paths.data_dir, key_digest(settings)):
+        for name, stage in stages:
+            if name not in selected:
+                logger.info("stage %s: not selected (stages=%s)", name, selected)
+                continue
+            logger.info("stage %s", name)
+            stage(cfg, state)
+        stage_dirs = [v for k, v in state.items() if k.endswith("_dir") and k != "corpus_dir"]
+        if state.get("described") is not None:  # None: other shards are still running
+            collect_rejects(data_root(cfg), stage_dirs)
     return state

@@ -20,6 +20,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import ExportableState
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import rotate_checkpoints
 
 from speechllm.textllm import description_messages
@@ -186,6 +187,28 @@ class ProbeCallback(TrainerCallback):
             self._run(state, control, model)
 
 
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Trainer's length-grouped order, with each epoch after the first drawn from (seed, epoch).
+
+    transformers builds its LengthGroupedSampler without a generator, so an epoch's order comes from the
+    global RNG as the epoch starts; a run resumed inside epoch 2 or later starts from another RNG state
+    and meets other batches (some rows twice, others never). The first epoch keeps the global-RNG order:
+    a run resumed inside it already meets the same batches, and one-epoch runs (the demo's) keep theirs.
+
+    Args:
+        batch_size, lengths: as for `LengthGroupedSampler`.
+        seed: the data-order seed (`TrainingArguments.data_seed`).
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Trainer (through accelerate's data loader) before each epoch, resumed ones too."""
+        self.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch) if epoch > 0 else None
+
+
 class SpeechTrainer(Trainer):
     """Trainer for SpeechLM.
 
@@ -220,6 +243,13 @@ class SpeechTrainer(Trainer):
         if self.is_fsdp_enabled:
             return f"FSDP{self.accelerator.state.fsdp_plugin.fsdp_version} over {processes} processes"
         return f"DDP over {processes} processes" if processes > 1 else "one process"
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is LengthGroupedSampler:
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            sampler = EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
+        return sampler
 
     # ---- optimiser: the adapter may have a learning rate of its own ----
 
