@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from speechllm.audio import SAMPLE_RATE, AudioError, load_audio
+from speechllm.audio import SAMPLE_RATE, load_audio
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,6 +33,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error("give at least one audio file and a question (positional or -q)")
         args.question = [args.inputs.pop()]
     args.audio = args.inputs
+    if any(not q.strip() for q in args.question):
+        parser.error("a question is empty")
+    if args.max_new_tokens < 1:
+        parser.error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.device is not None:
+        import torch
+
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            parser.error(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
     return args
 
 
@@ -70,14 +83,15 @@ def ask(args: argparse.Namespace) -> list[tuple[str, str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from speechllm.model.encoder import LongAudioError
-    from speechllm.model.speechlm import CheckpointError
-    from speechllm.sources import SourceError
+    from speechllm.errors import one_line
 
     try:
         results = ask(args)
-    except (AudioError, LongAudioError, CheckpointError, SourceError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:
+        line = one_line(err)  # a bad file, checkpoint or source: one line; anything else is a bug
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
         return 2
     if len(results) == 1:
         print(results[0][2])

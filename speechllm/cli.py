@@ -17,20 +17,18 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from speechllm.errors import reported
+
 CONF = str(Path(__file__).resolve().parent / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="prepare")
 def _prepare(cfg: DictConfig) -> None:
-    from speechllm.config import ConfigError
     from speechllm.data.prepare import prepare
 
     logging.getLogger().setLevel(logging.INFO)
-    try:
+    with reported():
         prepare(cfg)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def prepare_main() -> None:
@@ -41,15 +39,10 @@ def prepare_main() -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="train")
 def _train(cfg: DictConfig) -> None:
-    from speechllm.config import ConfigError
     from speechllm.train import train
 
-    try:
+    with reported():  # a config, data or source mistake: one line, no traceback
         train(cfg)
-    except ConfigError as err:
-        # A config mistake is the user's to fix: say what and where, without a traceback.
-        print(f"config error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def train_main() -> None:
@@ -63,16 +56,10 @@ def train_main() -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="evaluate")
 def _evaluate(cfg: DictConfig) -> None:
-    from speechllm.config import ConfigError
-    from speechllm.eval.data import EvalDataError
-    from speechllm.eval.runner import CheckpointError, evaluate
+    from speechllm.eval.runner import evaluate
 
-    try:
+    with reported():
         evaluate(cfg)
-    except (CheckpointError, EvalDataError, ConfigError) as e:
-        # A user error, not a bug: one clear line and a non-zero exit, no traceback.
-        logging.getLogger("evaluate").error("%s", e)
-        sys.exit(2)
 
 
 def evaluate_main() -> None:

@@ -124,6 +124,8 @@ def _dtype_kwargs(dtype) -> dict:
     if dtype is None:
         return {}
     if isinstance(dtype, str) and dtype != "auto":
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"dtype {dtype!r} is not a torch dtype (float32, bfloat16, float16) or auto")
         dtype = getattr(torch, dtype)
     return {"dtype": dtype}
 
@@ -201,7 +203,8 @@ def ct2_whisper_dir(source: str) -> Path:
     """A CTranslate2 Whisper folder for `source`, for the `ct2` ASR backend.
 
     A packaged Whisper shipped as CTranslate2 files (``packaged:whisper-tiny.en``) is used where the
-    wheel installed it, unconverted; a local folder holding a ``model.bin`` is taken as CTranslate2
+    wheel installed it, unconverted (one split over wheels, ``packaged:whisper-base``, is joined once
+    into ``<cache>/<name>-ct2/``); a local folder holding a ``model.bin`` is taken as CTranslate2
     already; any other Whisper (a transformers folder or hub id) is converted once with
     ``ctranslate2``'s own converter into ``<cache>/ct2-<name>-<content digest>/`` (float32, so its answers stay the model's).
 
@@ -209,7 +212,16 @@ def ct2_whisper_dir(source: str) -> Path:
         SourceError: the source cannot be resolved, or ``ctranslate2`` cannot convert it.
     """
     if source.startswith(PACKAGED_PREFIX):
-        packaged = PACKAGED.get(source[len(PACKAGED_PREFIX) :])
+        name = source[len(PACKAGED_PREFIX) :]
+        packaged = PACKAGED.get(name)
+        if packaged and packaged.ct2_join is not None:
+            try:
+                paths = packaged.source_paths()
+            except PackagedFileMissing as e:
+                raise SourceError(source, str(e)) from e
+            return ensure_converted(
+                f"{name}-ct2", paths, lambda out: packaged.ct2_join(paths, out), cache_root()
+            )
         main = packaged.files[0] if packaged and packaged.kind == "whisper" else None
         if main is not None and main.relpath.endswith("model.bin"):
             return main.path().parent

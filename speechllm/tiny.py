@@ -248,7 +248,7 @@ def make_tiny_whisper(
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     from speechllm.packaged import WHISPER_TINY_EN_MODULE, WHISPER_TINY_EN_PIP, wheel_file
-    from speechllm.packaged.whisper_processor import build_whisper_processor, english_generation_config
+    from speechllm.packaged.whisper_processor import build_whisper_processor, whisper_generation_config
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -256,7 +256,7 @@ def make_tiny_whisper(
         wheel_file(WHISPER_TINY_EN_MODULE, "model/tokenizer.json", WHISPER_TINY_EN_PIP), num_mel_bins
     )
     tokenizer = processor.tokenizer
-    generation_config = english_generation_config(tokenizer, alignment_heads=[[decoder_layers - 1, 0]])
+    generation_config = whisper_generation_config(tokenizer, alignment_heads=[[decoder_layers - 1, 0]])
     config = WhisperConfig(
         vocab_size=len(tokenizer),
         num_mel_bins=num_mel_bins,

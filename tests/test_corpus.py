@@ -124,8 +124,14 @@ def test_audiofolder_errors(tmp_path):
         "split": "train",
         "label_emotion": "happy",
     }
-    (tmp_path / "metadata.csv").write_text("file_name\na.wav\na.mp3\n")
-    with pytest.raises(AudioFolderError, match="duplicate"):
+    # One stem, two files: two clips, told apart by their extension.
+    (tmp_path / "metadata.csv").write_text("file_name\na.wav\na.mp3\nb.wav\n")
+    assert [r["clip_id"] for r in read_audiofolder(tmp_path)] == ["a.wav", "a.mp3", "b"]
+    (tmp_path / "metadata.csv").write_text("file_name\na.wav\nb.wav\na.wav\n")
+    with pytest.raises(AudioFolderError, match=r"lines 2 and 4: the same file 'a.wav' twice"):
+        read_audiofolder(tmp_path)
+    (tmp_path / "metadata.csv").write_text("file_name,clip_id\na.wav,x\nb.wav,x\n")
+    with pytest.raises(AudioFolderError, match=r"lines 2 and 3: the same clip id 'x' twice"):
         read_audiofolder(tmp_path)
     (tmp_path / "metadata.csv").write_text("file_name,gender\na.wav,male\n,female\n")
     with pytest.raises(AudioFolderError, match="line 3: empty file_name"):

@@ -184,6 +184,17 @@ def test_default_taps_are_evenly_spaced():
     assert default_taps(2, 4) == [1, 2]
 
 
+def test_more_taps_than_layers_is_recorded_as_what_was_built(
+    tiny_whisper_source, tiny_llm_source, tmp_path, caplog
+):
+    model = make_model(tiny_whisper_source, tiny_llm_source, num_taps=99)
+    assert "num_taps=99 but the encoder has 2 layers" in caplog.text
+    assert model.encoder.num_taps == 2 and model.model_config["encoder"]["num_taps"] == 2
+    model.save_pretrained(tmp_path / "ckpt")
+    saved = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert saved["encoder"]["num_taps"] == 2
+
+
 # ---- prompt and labels ----
 
 

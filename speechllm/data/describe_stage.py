@@ -9,6 +9,8 @@ block (how targets and the evaluation ask about it) decides nothing here and is 
 from __future__ import annotations
 
 import hashlib
+import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,40 @@ from speechllm.describe.registry import ATTRIBUTES
 from speechllm.describe.transcript import WHISPER_MAX_SECONDS
 
 # Bumped when the stage's code changes what it writes for the same config.
-DESCRIBE_VERSION = 1
+# 2: gold labels of described speaker attributes are written as the attribute's words (label_map applied).
+DESCRIBE_VERSION = 2
+
+logger = logging.getLogger(__name__)
+
+
+def label_vocabularies(configs: dict[str, dict]) -> dict[str, tuple[str, dict, tuple[str, ...]]]:
+    """Per described attribute read from a gold label (`label` in its methods, a `label_map` in its YAML):
+    its label column, lowercased label_map, and words."""
+    out = {}
+    for name, cfg in configs.items():
+        if "label" in cfg.get("methods", []) and "label_map" in cfg and cfg.get("words"):
+            label_map = {str(k).lower(): str(v) for k, v in (cfg["label_map"] or {}).items()}
+            out[name] = (f"label_{cfg.get('label', name)}", label_map, tuple(cfg["words"]))
+    return out
+
+
+def normalise_labels(row: dict, vocabularies: dict, unknown: Counter) -> dict:
+    """The row with each speaker label written as its attribute's word ("F" -> "female"), so label targets,
+    verification and the evaluation read the same value the description uses. A value that maps to no word
+    ("unknown", "x") is blanked (treated as unlabelled downstream) and counted in `unknown` by
+    (column, value)."""
+    row = dict(row)
+    for column, label_map, words in vocabularies.values():
+        raw = row.get(column)
+        if raw is None or not str(raw).strip():
+            continue
+        word = label_map.get(str(raw).strip().lower(), str(raw).strip().lower())
+        if word in words:
+            row[column] = word
+        else:
+            unknown[(column, str(raw))] += 1
+            row[column] = ""
+    return row
 
 
 @dataclass
@@ -65,6 +100,12 @@ class DescribeProcessor:
             (`clip_id`, `file`, `reason`).
         """
         clips, kept, rejects = [], [], []
+        unknown: Counter = Counter()
+        vocabularies = label_vocabularies(self.configs)
+        rows = [normalise_labels(row, vocabularies, unknown) for row in rows]
+        for (column, value), count in sorted(unknown.items()):
+            logger.warning("%s: %d row(s) with %r, which is none of the attribute's words; read as unlabelled",
+                           column, count, value)  # fmt: skip
         for row in rows:
             max_seconds = self.max_seconds
             if self._goes_to_asr(row):

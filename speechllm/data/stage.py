@@ -128,7 +128,9 @@ def settings_differences(out_dir: str | Path, fingerprint: dict) -> list[str]:
         [] when the stage is current; else dotted keys with both values (``target.llm: 'a' != 'b'``),
         or one line saying the stage predates recorded settings.
     """
-    done = _read_json(Path(out_dir) / _COMPLETE) or {}
+    done = _read_json(Path(out_dir) / _COMPLETE)
+    if done is None:
+        return [f"not finished (no {_COMPLETE}: interrupted, or still running)"]
     if done.get("config") == fingerprint_of(fingerprint):
         return []
     if "settings" not in done:
@@ -229,10 +231,16 @@ def _merge(out_dir: Path, n_chunks: int, key: str, config: dict, stage_fp: str, 
         )
     rejects = [line for p in parts for line in (p / _REJECTS).read_text().splitlines() if line.strip()]
 
+    # The merge lock is held: any other _final.tmp-* was left by a merger that died (a kill, a full disk).
+    for stale in out_dir.glob("_final.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out_dir / f"_final.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    # num_shards=1: datasets writes no shard at all for an empty table otherwise, and cannot load it back.
-    merged.save_to_disk(str(tmp), num_shards=1 if len(merged) == 0 else None)
+    try:
+        # num_shards=1: datasets writes no shard at all for an empty table otherwise, and cannot load it back.
+        merged.save_to_disk(str(tmp), num_shards=1 if len(merged) == 0 else None)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for item in tmp.iterdir():
         os.replace(item, out_dir / item.name)
     tmp.rmdir()

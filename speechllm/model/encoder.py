@@ -64,6 +64,29 @@ class LongAudioError(ValueError):
     """A clip longer than the encoder's window, with `long_audio="refuse"`."""
 
 
+def check_layers(source: str, layers: list[int] | None) -> None:
+    """`model.encoder.layers` against the encoder's depth, read from its config.json before any weights load.
+
+    Raises:
+        ValueError: an index outside 0..encoder_layers, naming the key and the range. A source whose
+            config cannot be read here (a hub id not in the offline cache) is left to the load to report.
+    """
+    if layers is None:
+        return
+    from transformers import AutoConfig
+
+    from speechllm.sources import SourceError, resolve_source
+
+    try:
+        num_layers = AutoConfig.from_pretrained(resolve_source(source)).encoder_layers
+    except (OSError, ValueError, AttributeError, SourceError):
+        return
+    bad = [i for i in layers if not isinstance(i, int) or not 0 <= i <= num_layers]
+    if bad or not layers:
+        raise ValueError(f"model.encoder.layers={list(layers)}: {source} has {num_layers} encoder layers, "
+                         f"so indices must be in 0..{num_layers}")  # fmt: skip
+
+
 def default_taps(num_layers: int, num_taps: int) -> list[int]:
     """`num_taps` evenly spaced hidden-state indices ending at the last layer (DeSTA2 style).
 
@@ -114,6 +137,9 @@ class WhisperFeatureEncoder(nn.Module):
         self.feature_extractor = feature_extractor
         self.source = source
         num_layers = encoder.config.encoder_layers
+        if layers is None and num_taps > num_layers:
+            log.warning("model.encoder.num_taps=%d but the encoder has %d layers: tapping all %d",
+                        num_taps, num_layers, num_layers)  # fmt: skip
         self.layers = list(layers) if layers is not None else default_taps(num_layers, num_taps)
         bad = [i for i in self.layers if not 0 <= i <= num_layers]
         if bad or not self.layers:
@@ -304,7 +330,7 @@ def load_encoder(
     Returns:
         A WhisperFeatureEncoder (the decoder is dropped).
     """
-    whisper, processor = load_whisper(source, dtype=getattr(torch, dtype) if dtype else None)
+    whisper, processor = load_whisper(source, dtype=dtype)
     encoder = whisper.model.encoder
     return WhisperFeatureEncoder(
         encoder,

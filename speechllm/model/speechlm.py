@@ -96,12 +96,56 @@ def check_model_config(model_cfg: DictConfig | dict) -> tuple[EncoderConfig, LLM
     prompt_cfg = check_section(PromptConfig, model_cfg.get("prompt"), "model.prompt.")
     if llm_cfg.finetune not in FINETUNE_POLICIES:
         raise ValueError(f"model.llm.finetune must be one of {FINETUNE_POLICIES}, got {llm_cfg.finetune!r}")
+    for key, value in (("model.encoder.dtype", enc_cfg.dtype), ("model.llm.dtype", llm_cfg.dtype)):
+        check_dtype(value, key)
     adapter_cfg = model_cfg.get("adapter")
     if adapter_cfg is None or "_target_" not in adapter_cfg:
         raise ValueError(
             "model.adapter needs a _target_ (choose one with model/adapter=qformer|stack_mlp|conv)"
         )
+    _check_adapter_keys(adapter_cfg)
     return enc_cfg, llm_cfg, prompt_cfg
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+# Adapter arguments the model fills in from the loaded encoder and LLM; a config never sets them.
+ADAPTER_RUNTIME_ARGS = ("in_dim", "out_dim", "num_taps", "embed_rms")
+
+
+def check_dtype(value, key: str) -> None:
+    """A dtype setting is null (the library default), ``auto``, or one of `DTYPES`; raises ValueError naming `key`."""
+    if value is not None and value != "auto" and value not in DTYPES:
+        raise ValueError(f"{key}={value!r}: use one of {list(DTYPES)}, auto, or null (float32)")
+
+
+def _check_adapter_keys(adapter_cfg) -> None:
+    """Every `model.adapter` key is an argument of its (allow-listed) class, and the widths fit together,
+    so a typo or an impossible head count fails before the models load."""
+    import inspect
+
+    from speechllm.config import ALLOWED_TARGETS, check_targets
+
+    check_targets({"model": {"adapter": _plain(adapter_cfg)}})
+    target = str(adapter_cfg["_target_"])
+    module, _, name = target.rpartition(".")
+    if target not in ALLOWED_TARGETS or not module:
+        return
+    import importlib
+
+    params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    settable = [p for p in params if p not in ADAPTER_RUNTIME_ARGS]
+    for key in adapter_cfg:
+        if key == "_target_":
+            continue
+        if key not in settable:
+            raise ValueError(f"unknown config key 'model.adapter.{key}' for {name}; its keys: {settable}")
+    hidden, heads = adapter_cfg.get("hidden_size"), adapter_cfg.get("num_heads")
+    if "num_heads" in params and isinstance(hidden, int) and isinstance(heads, int):
+        if heads < 1 or hidden % heads:
+            raise ValueError(
+                f"model.adapter.num_heads={heads} must divide model.adapter.hidden_size={hidden} "
+                "(each head gets hidden_size / num_heads dimensions)"
+            )
 
 
 def _plain(node) -> dict:
@@ -171,7 +215,7 @@ class SpeechLM(nn.Module):
             long_audio=enc_cfg.long_audio,
             dtype=enc_cfg.dtype,
         )
-        dtype = getattr(torch, llm_cfg.dtype) if llm_cfg.dtype else None
+        dtype = llm_cfg.dtype  # a name checked above; load_llm turns it into the torch dtype
         full_dir = Path(pretrained_dir) / "llm" if pretrained_dir is not None else None
         if llm_cfg.finetune == "full" and full_dir is not None:
             llm, tokenizer = load_llm(str(full_dir), dtype=dtype)
@@ -190,7 +234,11 @@ class SpeechLM(nn.Module):
             embed_rms=float(token_embeddings.detach().float().pow(2).mean().sqrt()),
         )
         config = {
-            "encoder": asdict(enc_cfg),
+            # The taps as built: a num_taps above the encoder's depth is recorded as the depth it became.
+            "encoder": {
+                **asdict(enc_cfg),
+                "num_taps": encoder.num_taps if enc_cfg.layers is None else enc_cfg.num_taps,
+            },
             "adapter": _plain(adapter_cfg),
             "llm": asdict(llm_cfg),
             "prompt": asdict(prompt_cfg),
@@ -574,6 +622,8 @@ class SpeechLM(nn.Module):
             trim_margin_seconds=asr["trim_margin_seconds"],
             backend=asr["backend"],
             compute_type=asr["compute_type"],
+            beam_size=asr["beam_size"],
+            language=asr["language"],
         )
         joined: list[list[str]] = [[] for _ in arrays]
         for i, text in zip(owners, texts, strict=True):

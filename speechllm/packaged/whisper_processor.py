@@ -1,7 +1,8 @@
-"""WhisperProcessor and generation settings for English-only Whisper checkpoints.
+"""WhisperProcessor and generation settings for Whisper checkpoints shipped as CTranslate2 files.
 
-Shared by the packaged ``whisper-tiny.en`` conversion and the tiny random Whisper used in tests, so
-both decode with the same tokenizer, special tokens and prompt as ``openai/whisper-tiny.en``.
+Shared by the packaged Whisper conversions (``whisper-tiny.en``, multilingual ``whisper-base``) and the
+tiny random Whisper used in tests, so they decode with the same tokenizer, special tokens and prompt as
+the ``openai/whisper-*`` checkpoints.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ NUM_TIMESTAMPS = 1501  # <|0.00|> ... <|30.00|> in 0.02 s steps
 
 
 def build_whisper_tokenizer(tokenizer_json: str | Path) -> WhisperTokenizerFast:
-    """Build an English-only Whisper tokenizer from a ``tokenizer.json``.
+    """Build a Whisper tokenizer from a CTranslate2 export's ``tokenizer.json``.
 
     The CTranslate2 export ships the BPE vocabulary and the special tokens up to ``<|notimestamps|>``
     but not the timestamp tokens, which the model's output layer still has; they are appended as
@@ -31,7 +32,7 @@ def build_whisper_tokenizer(tokenizer_json: str | Path) -> WhisperTokenizerFast:
         tokenizer_json: path to the ``tokenizer.json`` file.
 
     Returns:
-        The tokenizer; its length equals the English-only model vocabulary (51864).
+        The tokenizer; its length equals the model vocabulary (51864 English-only, 51865 multilingual).
     """
     tok = WhisperTokenizerFast(
         tokenizer_file=str(tokenizer_json),
@@ -51,7 +52,7 @@ def build_whisper_tokenizer(tokenizer_json: str | Path) -> WhisperTokenizerFast:
 
 
 def build_whisper_processor(tokenizer_json: str | Path, num_mel_bins: int = 80) -> WhisperProcessor:
-    """Build a WhisperProcessor: log-mel feature extractor + English-only tokenizer.
+    """Build a WhisperProcessor: log-mel feature extractor + the export's tokenizer.
 
     Args:
         tokenizer_json: path to the ``tokenizer.json`` file.
@@ -66,15 +67,16 @@ def build_whisper_processor(tokenizer_json: str | Path, num_mel_bins: int = 80) 
     )
 
 
-def english_generation_config(
+def whisper_generation_config(
     tokenizer: WhisperTokenizerFast,
     *,
     max_length: int = 448,
     alignment_heads: list[list[int]] | None = None,
     suppress_tokens: list[int] | None = None,
     begin_suppress_tokens: list[int] | None = None,
+    lang_ids: list[int] | None = None,
 ) -> GenerationConfig:
-    """Generation settings of an English-only Whisper model (transcribe, no timestamps by default).
+    """Generation settings of a Whisper model (transcribe, no timestamps by default).
 
     ``generate`` builds its prompt from these ids (``<|startoftranscript|><|notimestamps|>``), so no
     ``forced_decoder_ids`` are set: they are deprecated for Whisper and would conflict.
@@ -85,11 +87,20 @@ def english_generation_config(
         alignment_heads: cross-attention heads used for word timestamps ([layer, head] pairs).
         suppress_tokens: ids never generated (the non-speech symbols of OpenAI's decoder).
         begin_suppress_tokens: ids not generated as the first token (space, end of text).
+        lang_ids: the language tokens' ids of a multilingual model (the export's ``lang_ids``); None for
+            an English-only one. A multilingual model's prompt names the language and the task, which
+            ``generate(language=...)`` sets, or detects per clip when it is not given.
 
     Returns:
         The generation config.
     """
     ids = tokenizer.convert_tokens_to_ids
+    multilingual = {}
+    if lang_ids:
+        multilingual = {
+            "lang_to_id": {tokenizer.convert_ids_to_tokens(i): i for i in lang_ids},
+            "task_to_id": {"transcribe": ids("<|transcribe|>"), "translate": ids("<|translate|>")},
+        }
     return GenerationConfig(
         bos_token_id=ids(SOT),
         decoder_start_token_id=ids(SOT),
@@ -98,7 +109,8 @@ def english_generation_config(
         no_timestamps_token_id=ids(NO_TIMESTAMPS),
         prev_sot_token_id=ids(PREV_SOT),
         max_initial_timestamp_index=50,
-        is_multilingual=False,
+        is_multilingual=bool(lang_ids),
+        **multilingual,
         return_timestamps=False,
         max_length=max_length,
         alignment_heads=alignment_heads or [],

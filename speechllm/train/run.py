@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 import time
 from pathlib import Path
 
@@ -20,8 +21,9 @@ from speechllm.config import ConfigError
 from speechllm.data.layout import features_dir
 from speechllm.eval.data import EvalDataError, load_described
 from speechllm.eval.probe import ClassProbe
-from speechllm.model import SpeechLM
+from speechllm.model import CheckpointError, SpeechLM
 from speechllm.model.alignment import AlignmentTargets
+from speechllm.model.encoder import check_layers
 from speechllm.model.prompt import speech_messages
 from speechllm.train.align import AlignmentText, pretrain_alignment
 from speechllm.train.config import TrainerConfig, check_prepared, validate_schema
@@ -143,8 +145,14 @@ def resolve_resume(resume: str | None, checkpoints_dir: Path) -> str | None:
                 "one unless it is named: add hydra.run.dir=<the run's folder> (hydra.sweep.dir for -m)"
             )
         found = step_checkpoints(checkpoints_dir)
+        while found and (problem := _unreadable_state(found[-1])):
+            # A checkpoint cut short (a full disk, a kill while writing) is passed over for the one before.
+            logger.warning("trainer.resume=last: passing over %s: %s", found[-1], problem)
+            found.pop()
         if not found:
-            logger.info("trainer.resume=last: no checkpoint in %s yet; starting fresh", checkpoints_dir)
+            logger.info(
+                "trainer.resume=last: no usable checkpoint in %s yet; starting fresh", checkpoints_dir
+            )
             return None
         return str(found[-1])
     path = Path(resume)
@@ -153,7 +161,49 @@ def resolve_resume(resume: str | None, checkpoints_dir: Path) -> str | None:
             f"trainer.resume={resume!r} is not a complete training checkpoint (no trainer_state.json); "
             "use 'last' or a checkpoints/step-N folder"
         )
+    if problem := _unreadable_state(path):
+        raise ConfigError(f"trainer.resume={resume!r}: {problem}")
     return str(path)
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why `folder` (created if missing) cannot be written, or None when it can."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
+
+
+def _check_writable(run_dir: Path, feature_root: Path) -> None:
+    """The run folder and the encoder-feature cache can be written: found out before any model loads, not at
+    the first checkpoint or the first cached clip. A read-only cache that already holds features is left to
+    serve them."""
+    if problem := _unwritable(run_dir):
+        raise ConfigError(
+            f"the run folder {run_dir} cannot be written ({problem}); set hydra.run.dir elsewhere"
+        )
+    holds_features = feature_root.is_dir() and any(p.is_dir() for p in feature_root.iterdir())
+    if not holds_features and (problem := _unwritable(feature_root)):
+        raise ConfigError(
+            f"the encoder-feature cache {feature_root} cannot be written ({problem}); "
+            "set trainer.feature_cache_dir to a writable folder"
+        )
+
+
+def _unreadable_state(checkpoint: Path) -> str | None:
+    """Why a checkpoint's trainer_state.json cannot be resumed from, or None when it can."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError) as err:
+        return f"trainer_state.json is unreadable ({type(err).__name__}: {err})"
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        return "trainer_state.json has no global_step"
+    return None
 
 
 TINY_PREFIX = "tiny:"
@@ -346,11 +396,16 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     top, tr, mixture_cfg = validate_schema(cfg)
     paths = check_prepared(cfg, mixture_cfg)
     run_dir = Path(cfg.paths.output_dir)
+    _check_writable(run_dir, Path(tr.feature_cache_dir or features_dir(cfg.paths.data_dir, cfg.data.name)))
     resume = resolve_resume(tr.resume, run_dir / "checkpoints")
     mixture = load_mixture(cfg, paths, top, mixture_cfg)
 
     # 2. The model; the seed fixes the adapter's initial weights.
     resolve_tiny_sources(cfg)
+    try:
+        check_layers(cfg.model.encoder.source, OmegaConf.select(cfg, "model.encoder.layers"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     threads_before = torch.get_num_threads()
     if top.torch_threads is not None:
         torch.set_num_threads(top.torch_threads)
@@ -481,7 +536,14 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
         model.load_weights(resume, full_llm=True)
         trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
     else:
-        trainer.train(resume_from_checkpoint=resume)
+        try:
+            trainer.train(resume_from_checkpoint=resume)
+        except pickle.UnpicklingError:
+            # torch.load(weights_only=True) refused a file of the checkpoint (optimizer, scheduler, RNG state).
+            raise CheckpointError(
+                f"{resume}: a file of this checkpoint is a pickle that could run code, refused; resume from "
+                "another checkpoint (trainer.resume=<checkpoints/step-N>) or remove this one"
+            ) from None
     final = run_dir / "checkpoints" / "final"
     trainer.save_model(str(final))
     if trainer.is_world_process_zero():
