@@ -266,6 +266,7 @@ def test_gold_labels_are_the_attribute_words_everywhere_and_unknown_ones_are_nam
             "unknown key(s) ['pitch_treshold_hz'] for attribute 'gender'",
         ),
         ("+target.generation.max_new_token=3", "unknown config key 'target.generation.max_new_token'"),
+        ("replay.ratio=1.5", "replay.ratio=1.5 is outside [0, 1)"),
     ],
 )
 def test_entry_point_reports_a_config_mistake_in_one_line(tmp_path, override, says):

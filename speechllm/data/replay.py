@@ -268,8 +268,14 @@ def replay_config(node: DictConfig | dict | None) -> ReplayConfig:
     for name in list(cfg.build) + list(cfg.weights):
         if name not in SOURCES:
             raise ConfigError(f"replay: unknown source {name!r}; known: {SOURCES}")
-    if cfg.ratio < 0 or any(w < 0 for w in cfg.weights.values()):
-        raise ConfigError("replay.ratio and replay.weights must be >= 0")
+    if not 0.0 <= cfg.ratio < 1.0:
+        # Checked here too, not only in training: a prepare run with ratio=1.5 would build replay for a
+        # mix that cannot be trained.
+        raise ConfigError(
+            f"replay.ratio={cfg.ratio} is outside [0, 1): it is the share of training rows that are text replay"
+        )
+    if any(w < 0 for w in cfg.weights.values()):
+        raise ConfigError("replay.weights must be >= 0")
     for name, how in (("magpie", cfg.magpie.answer_on_truncated), ("safety", cfg.safety.answer_on_truncated)):
         if how not in ("trim", "drop"):
             raise ConfigError(f"replay.{name}.answer_on_truncated={how!r}: use trim or drop")
