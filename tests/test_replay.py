@@ -210,6 +210,7 @@ def test_replay_configs_validate():
         ({"safety": {"harmful": -1}}, "replay.safety.harmful=-1"),
         ({"experience": {"size": -5}}, "replay.experience.size=-5"),
         ({"magpie": {"instruction": {"temperature": 0.0}}}, "replay.magpie.instruction: temperature=0.0"),
+        ({"ratio": 1.5}, "replay.ratio=1.5 is outside [0, 1)"),  # prepare refuses it too, not only training
     ]:
         with pytest.raises(ValueError, match=re.escape(message)):
             replay_config(bad)

@@ -67,9 +67,9 @@ def test_drift_separates_the_base_llm_from_a_damaged_one(smollm2_source):
     damaged, _ = load_llm(smollm2_source)
     damaged = get_peft_model(damaged, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
     damaged.train()
-    opt = torch.optim.AdamW([p for p in damaged.parameters() if p.requires_grad], lr=2e-3)
+    opt = torch.optim.AdamW([p for p in damaged.parameters() if p.requires_grad], lr=4e-3)
     rng = random.Random(0)
-    for _ in range(12):
+    for _ in range(5):  # at 4e-3, 5 steps: kl 1.87, perplexity 7.6x, agreement 0.47 (measured)
         loss = damaged(**_nonsense_batch(tok, rng, 8)).loss
         loss.backward()
         opt.step()
