@@ -137,6 +137,9 @@ class WhisperFeatureEncoder(nn.Module):
         self.feature_extractor = feature_extractor
         self.source = source
         num_layers = encoder.config.encoder_layers
+        if layers is not None and num_taps != len(layers):
+            log.info("model.encoder.layers=%s chooses the taps; model.encoder.num_taps=%d is not used",
+                     list(layers), num_taps)  # fmt: skip
         if layers is None and num_taps > num_layers:
             log.warning("model.encoder.num_taps=%d but the encoder has %d layers: tapping all %d",
                         num_taps, num_layers, num_layers)  # fmt: skip
