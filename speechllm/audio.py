@@ -10,8 +10,10 @@ described dataset says what was done to every clip.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -147,6 +149,24 @@ def resample(array: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     if sr_in == sr_out:
         return array
     return soxr.resample(array, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
+
+
+def write_audio(path: str | os.PathLike, array: np.ndarray, sr: int, subtype: str) -> None:
+    """`soundfile.write`, with a failure named by its file: on a full disk libsndfile says only "System
+    error.", so that becomes `OSError(ENOSPC)` with the path, and a partial file is removed.
+
+    Raises:
+        OSError: the file could not be written (ENOSPC when the disk has under 1 MiB free, else EIO).
+    """
+    try:
+        sf.write(path, array, sr, subtype=subtype)
+    except sf.LibsndfileError as err:
+        with_path = os.fspath(path)
+        if os.path.exists(with_path):
+            os.unlink(with_path)
+        full = shutil.disk_usage(os.path.dirname(os.path.abspath(with_path))).free < 1 << 20
+        code = errno.ENOSPC if full else errno.EIO
+        raise OSError(code, os.strerror(code) if full else f"libsndfile: {err}", with_path) from err
 
 
 def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, max_seconds: float | None = None) -> AudioClip:

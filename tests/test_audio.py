@@ -112,3 +112,25 @@ def test_clipping_is_recorded_not_refused(tmp_path):
     assert note.startswith("clipped: ") and "% of samples at full scale" in note
     sf.write(path, _tone(amp=0.99), SAMPLE_RATE, subtype="PCM_16")  # loud, but the peaks only touch
     assert load_audio(path).conversions == []
+
+
+def test_a_write_cut_by_a_full_disk_names_the_file(tmp_path, monkeypatch):
+    import errno
+    import shutil
+    import types
+
+    from speechllm.audio import write_audio
+    from speechllm.errors import one_line
+
+    def disk_full(path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"RIFF")  # what got out before the disk filled
+        raise sf.LibsndfileError(0, "")  # libsndfile's own words: "System error."
+
+    monkeypatch.setattr(sf, "write", disk_full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: types.SimpleNamespace(free=0))
+    target = tmp_path / "a.wav"
+    with pytest.raises(OSError) as err:
+        write_audio(target, np.zeros(10, np.float32), 16000, "PCM_16")
+    assert err.value.errno == errno.ENOSPC and not target.exists()
+    assert one_line(err.value) == f"error: cannot write ({target}): No space left on device"

@@ -33,9 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from speechllm.audio import SAMPLE_RATE, load_audio
+from speechllm.audio import SAMPLE_RATE, load_audio, write_audio
 from speechllm.corpus.audiofolder import CORPUS_MARKER, corpus_is_current
 from speechllm.corpus.sentences import SENTENCES
 from speechllm.describe.features import Clip, active_mask, frame_rms, median_f0
@@ -338,7 +337,7 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) ->
         gain = level_gain(audio, cfg["volume_dbfs"][row["volume"]], cfg["peak_max"])
         row["gain_db"] = round(20 * float(np.log10(gain)), 2)
         tmp = final.with_suffix(".tmp.wav")
-        sf.write(tmp, (audio * gain).astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
+        write_audio(tmp, (audio * gain).astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
         os.replace(tmp, final)
         raw.unlink()
 

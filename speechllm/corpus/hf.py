@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from speechllm.audio import write_audio
 from speechllm.config import ConfigError
 from speechllm.corpus.audiofolder import CORPUS_MARKER, corpus_is_current
 
@@ -137,7 +138,7 @@ def write_hf_corpus(out_dir: str | os.PathLike, cfg: dict) -> Path:
         if samples.ndim == 2 and samples.shape[0] < samples.shape[1]:
             samples = samples.T  # (channels, frames) as arrays come -> (frames, channels) as files store
         file_name = f"audio/{clip_id}.wav"
-        sf.write(str(out_dir / file_name), samples, rate, subtype="FLOAT")
+        write_audio(out_dir / file_name, samples, rate, subtype="FLOAT")
         line = {"file_name": file_name, "clip_id": clip_id,
                 "split": str(row[columns["split"]]) if columns.get("split") else ""}  # fmt: skip
         if columns.get("text"):
