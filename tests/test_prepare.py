@@ -386,3 +386,20 @@ def test_hf_dataset_of_arrays_and_paths(tmp_path):
     assert sf.info(str(by_path / "audio" / "000000.wav")).duration == pytest.approx(0.5)
     assert sf.info(str(by_array / "audio" / "000000.wav")).duration == pytest.approx(0.3)
     assert [r["split"] for r in read_audiofolder(by_path)] == ["train"]
+
+
+def test_runs_of_one_configuration_share_a_data_folder_whatever_their_run_folders():
+    # Two shards started a second apart get two time-stamped Hydra run folders; they must not refuse
+    # each other, while any setting that decides what the stages write keeps them apart.
+    from hydra import compose, initialize_config_dir
+
+    from speechllm.data.prepare import preparation_settings
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+
+        def settings(*overrides):
+            return preparation_settings(compose("prepare", list(overrides)))
+
+        first = settings("shard=0/2", "paths.output_dir=/runs/a", "num_proc=2")
+        assert first == settings("shard=1/2", "paths.output_dir=/runs/b", "stages=[describe]")
+        assert first != settings("data.size=3")

@@ -108,6 +108,17 @@ def collect_rejects(root: Path, stage_dirs: list[Path]) -> Path:
     return path
 
 
+def preparation_settings(cfg: DictConfig) -> dict:
+    """The settings that decide what the stages write: runs that differ only in how the work is split
+    (`shard`, `num_proc`, `stages`) or in their own log folder (`hydra`, `paths.output_dir`, Hydra's
+    time-stamped run folder) may share a data folder; runs with other settings may not."""
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    for key in ("shard", "num_proc", "stages", "hydra"):
+        plain.pop(key, None)
+    (plain.get("paths") or {}).pop("output_dir", None)
+    return OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
+
+
 def prepare(cfg: DictConfig, stages: list[tuple[str, Stage]] | None = None) -> dict[str, Any]:
     """Run the data-preparation stages in order.
 
@@ -138,10 +149,7 @@ def prepare(cfg: DictConfig, stages: list[tuple[str, Stage]] | None = None) -> d
     unknown = sorted(set(selected) - {name for name, _ in stages})
     if unknown:
         raise ConfigError(f"stages={selected}: unknown stage(s) {unknown}; known: {[n for n, _ in stages]}")
-    # Runs that differ only in how the work is split may share the folder; other settings may not.
-    settings = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
-                if k not in ("shard", "num_proc", "stages", "hydra")}  # fmt: skip
-    with preparing(cfg.paths.data_dir, key_digest(settings)):
+    with preparing(cfg.paths.data_dir, key_digest(preparation_settings(cfg))):
         for name, stage in stages:
             if name not in selected:
                 logger.info("stage %s: not selected (stages=%s)", name, selected)
