@@ -20,6 +20,7 @@ from speechllm.config import ConfigError, check_section
 from speechllm.data.stage import StageResult, run_stage
 from speechllm.describe import RENDERERS, Clip, describe_clips, load_configs
 from speechllm.describe.registry import ATTRIBUTES
+from speechllm.describe.speaker import normalise_word
 from speechllm.describe.transcript import WHISPER_MAX_SECONDS
 
 # Bumped when the stage's code changes what it writes for the same config.
@@ -50,7 +51,7 @@ def normalise_labels(row: dict, vocabularies: dict, unknown: Counter) -> dict:
         raw = row.get(column)
         if raw is None or not str(raw).strip():
             continue
-        word = label_map.get(str(raw).strip().lower(), str(raw).strip().lower())
+        word = normalise_word(raw, label_map)
         if word in words:
             row[column] = word
         else:

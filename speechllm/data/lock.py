@@ -47,6 +47,10 @@ def _alive(holder: dict) -> bool:
     return True
 
 
+def _same_process(holder: dict, me: dict) -> bool:
+    return holder["pid"] == me["pid"] and holder.get("host") == me["host"]
+
+
 def _read(path: Path) -> list[dict]:
     try:
         holders = json.loads(path.read_text())
@@ -73,7 +77,7 @@ def preparing(data_dir: str | os.PathLike, settings_digest: str) -> Iterator[Non
     me = {"pid": os.getpid(), "host": socket.gethostname(), "settings": settings_digest,
           "command": " ".join(sys.argv)}  # fmt: skip
     with _exclusive(folder):
-        holders = [h for h in _read(path) if _alive(h) and h["pid"] != me["pid"]]
+        holders = [h for h in _read(path) if _alive(h) and not _same_process(h, me)]
         others = [h for h in holders if h.get("settings") != settings_digest]
         if others:
             named = "; ".join(f"pid {h['pid']} on {h.get('host')}: {h.get('command', '?')}" for h in others)
@@ -86,5 +90,4 @@ def preparing(data_dir: str | os.PathLike, settings_digest: str) -> Iterator[Non
         yield
     finally:
         with _exclusive(folder):
-            path.write_text(json.dumps([h for h in _read(path) if h["pid"] != me["pid"] or h["host"] != me["host"]],
-                                       indent=1))  # fmt: skip
+            path.write_text(json.dumps([h for h in _read(path) if not _same_process(h, me)], indent=1))

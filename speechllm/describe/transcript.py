@@ -164,7 +164,7 @@ def transcribe(
         backend: ``hf`` (transformers) or ``ct2`` (CTranslate2: the packaged CT2 files as shipped, other
             Whisper models converted once; bench/describe.py compares them).
         compute_type: CTranslate2's weight type (``ct2`` only): ``float32`` keeps the model's own words.
-        beam_size: 1 is greedy; 5 is Whisper's own decoding (fewer repetition loops, bench/describe.py).
+        beam_size: 1 is greedy; 5 is Whisper's own decoding (fewer repetition loops, bench/asr_models.py).
         language: the spoken language's code (``en``) for a multilingual Whisper; None detects it per
             clip. An English-only Whisper takes None or ``en``.
 

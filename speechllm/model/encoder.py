@@ -81,10 +81,14 @@ def check_layers(source: str, layers: list[int] | None) -> None:
         num_layers = AutoConfig.from_pretrained(resolve_source(source)).encoder_layers
     except (OSError, ValueError, AttributeError, SourceError):
         return
-    bad = [i for i in layers if not isinstance(i, int) or not 0 <= i <= num_layers]
-    if bad or not layers:
-        raise ValueError(f"model.encoder.layers={list(layers)}: {source} has {num_layers} encoder layers, "
-                         f"so indices must be in 0..{num_layers}")  # fmt: skip
+    _check_layer_range(layers, num_layers, source)
+
+
+def _check_layer_range(layers: list[int], num_layers: int, source: str | None) -> None:
+    """Raise ValueError unless `layers` is a non-empty list of hidden-state indices in 0..num_layers."""
+    if not layers or any(not isinstance(i, int) or not 0 <= i <= num_layers for i in layers):
+        raise ValueError(f"model.encoder.layers={list(layers)}: {source or 'the encoder'} has {num_layers} "
+                         f"encoder layers, so indices must be in 0..{num_layers}")  # fmt: skip
 
 
 def default_taps(num_layers: int, num_taps: int) -> list[int]:
@@ -144,9 +148,7 @@ class WhisperFeatureEncoder(nn.Module):
             log.warning("model.encoder.num_taps=%d but the encoder has %d layers: tapping all %d",
                         num_taps, num_layers, num_layers)  # fmt: skip
         self.layers = list(layers) if layers is not None else default_taps(num_layers, num_taps)
-        bad = [i for i in self.layers if not 0 <= i <= num_layers]
-        if bad or not self.layers:
-            raise ValueError(f"model.encoder.layers {self.layers}: indices must be in 0..{num_layers}")
+        _check_layer_range(self.layers, num_layers, source)
         self.frozen = frozen
         self.long_audio = long_audio
         self.hidden_size = encoder.config.d_model

@@ -123,16 +123,14 @@ def _check_adapter_keys(adapter_cfg) -> None:
     so a typo or an impossible head count fails before the models load."""
     import inspect
 
-    from speechllm.config import ALLOWED_TARGETS, check_targets
+    from hydra.utils import get_class
 
-    check_targets({"model": {"adapter": _plain(adapter_cfg)}})
-    target = str(adapter_cfg["_target_"])
-    module, _, name = target.rpartition(".")
-    if target not in ALLOWED_TARGETS or not module:
-        return
-    import importlib
+    from speechllm.config import check_targets
 
-    params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    check_targets({"model": {"adapter": _plain(adapter_cfg)}})  # before anything is imported from it
+    adapter_class = get_class(str(adapter_cfg["_target_"]))
+    name = adapter_class.__name__
+    params = inspect.signature(adapter_class).parameters
     settable = [p for p in params if p not in ADAPTER_RUNTIME_ARGS]
     for key in adapter_cfg:
         if key == "_target_":
