@@ -87,7 +87,7 @@ def test_calibrated_pitch_rises_with_the_target():
 
 def test_generate_small_corpus_and_rerun_is_a_noop(tmp_path):
     cfg = {**DEMO, "size": 6, "variants": {"male": ["m2"], "female": ["f2"]}, "test_variants": []}
-    out = generate_corpus(tmp_path / "corpus", cfg, num_proc=2)
+    out = generate_corpus(tmp_path / "corpus", cfg, workers=2)
     with open(out / "metadata.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 6

@@ -52,7 +52,7 @@ def _voiced_tone(hz, seconds=1.5, sr=SAMPLE_RATE, amp=0.3):
 def demo_corpus(tmp_path_factory):
     cfg = yaml.safe_load((REPO / "conf/data/demo.yaml").read_text())
     cfg["size"] = 36
-    out = generate_corpus(tmp_path_factory.mktemp("demo") / "corpus", cfg, num_proc=2)
+    out = generate_corpus(tmp_path_factory.mktemp("demo") / "corpus", cfg, workers=2)
     return read_audiofolder(out)
 
 

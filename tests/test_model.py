@@ -105,6 +105,29 @@ def test_adapter_shapes_and_batch_independence(name):
     torch.testing.assert_close(alone[0], embeds[1, : expected[1]], atol=1e-5, rtol=1e-4)
 
 
+def test_qformer_cross_attention_matches_the_stock_decoder_layer():
+    """The Q-Former's own cross-attention (keys and values projected apart, no packed copy) computes what
+    nn.TransformerDecoderLayer computes, forward and backward, on a padded batch, with the same weights."""
+    from speechllm.model.adapters import QFormerAdapter
+
+    torch.manual_seed(0)
+    adapter = QFormerAdapter(in_dim=24, out_dim=40, num_taps=2, num_queries=5, hidden_size=32, num_heads=4)
+    stock = QFormerAdapter(in_dim=24, out_dim=40, num_taps=2, num_queries=5, hidden_size=32, num_heads=4)
+    for layer in stock.transformer.layers:
+        layer.__class__ = torch.nn.TransformerDecoderLayer
+    stock.load_state_dict(adapter.state_dict(), strict=True)  # same parameters, same keys
+    feats = torch.randn(3, 2, 30, 24)
+    mask = torch.arange(30)[None, :] < torch.tensor([30, 17, 4])[:, None]
+    grads = []
+    for a in (adapter, stock):
+        out, _ = a(feats, mask)
+        grads.append((out, torch.autograd.grad(out.square().sum(), list(a.parameters()))))
+    (ours, ours_grads), (theirs, their_grads) = grads
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+    for g, h in zip(ours_grads, their_grads, strict=True):
+        torch.testing.assert_close(g, h, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["qformer", "stack_mlp", "conv"])
 def test_adapter_output_starts_at_the_llm_embedding_scale(name, tiny_whisper_source, tiny_llm_source):
     node = OmegaConf.load(CONF / "model" / "adapter" / f"{name}.yaml")

@@ -264,7 +264,7 @@ CONFIG_KEYS = (
 )  # fmt: skip
 
 
-def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) -> Path:
+def generate_corpus(out_dir: str | os.PathLike, cfg: dict, workers: int | None = None) -> Path:
     """Write the demo corpus as an audiofolder, or do nothing when it is already there with this config.
 
     Args:
@@ -273,7 +273,8 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) ->
             `test_variants`, `test_fraction`, `pitch_hz` (gender -> level -> Hz), `speed_wpm` (level -> -s),
             `amplitude` (the one -a), `volume_dbfs` (level -> active speech level after the gain), `peak_max`
             (largest peak).
-        num_proc: espeak-ng processes run at once.
+        workers: espeak-ng processes run at once (None: one per CPU core). The clips do not depend on
+            it: each is its own espeak-ng process and its own file.
 
     Returns:
         `out_dir` (with `wavs/` and `metadata.csv`).
@@ -309,7 +310,8 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) ->
 
     gender_of = {v: g for g, vs in cfg["variants"].items() for v in vs}
     used = sorted({row["variant"] for row in plan})
-    with ThreadPoolExecutor(max(1, num_proc)) as pool:
+    workers = max(1, workers or os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
         calibrated = dict(
             zip(
                 used, pool.map(lambda v: calibrate_pitch(v, cfg["pitch_hz"][gender_of[v]]), used), strict=True
@@ -341,7 +343,7 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, num_proc: int = 1) ->
         os.replace(tmp, final)
         raw.unlink()
 
-    with ThreadPoolExecutor(max(1, num_proc)) as pool:
+    with ThreadPoolExecutor(workers) as pool:
         list(pool.map(synth, plan))
 
     columns = [

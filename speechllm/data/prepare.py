@@ -63,7 +63,7 @@ def corpus_stage(cfg: DictConfig, state: dict[str, Any]) -> None:
     dataset out as one (`hf`); read its rows."""
     path = Path(cfg.data.path)
     if cfg.data.get("generate") == "espeak":
-        generate_corpus(path, OmegaConf.to_container(cfg.data, resolve=True), num_proc=cfg.get("num_proc", 1))
+        generate_corpus(path, OmegaConf.to_container(cfg.data, resolve=True))
     elif (
         cfg.data.get("generate") == "hf"
     ):  # `path` is the dataset; its audiofolder copy goes beside the stages

@@ -71,7 +71,7 @@ class AlignmentText:
 
 
 # Part of every stored warm-up's key: raise it when the warm-up's computation changes.
-WARMUP_VERSION = 2
+WARMUP_VERSION = 3
 
 
 def pretrain_alignment(model, rows: Sequence[dict], texts: Sequence[str], features: Callable[[dict], torch.Tensor],
