@@ -1,7 +1,7 @@
 """Train a speech-language model.
 
 Usage:
-    python train.py experiment=default                   # the demo's run (packaged Whisper tiny.en + SmolLM2)
+    python train.py experiment=demo                   # the demo's run (packaged Whisper tiny.en + SmolLM2)
     python train.py                                      # the base config: the same models, no preset
     python train.py experiment=smoke                     # tiny random models, seconds on CPU
     python train.py model/adapter=stack_mlp model.llm.finetune=lora replay.ratio=0.05 target=label

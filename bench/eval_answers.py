@@ -9,7 +9,7 @@ encodes the audio once per clip and runs the shared prompt once, copying its KV 
 
 Usage (after `make demo`):
     python bench/eval_answers.py --checkpoint runs/demo/train/checkpoints/final    # 8 clips, 144 answers
-    python bench/eval_answers.py --clips 16                  # the untrained model of experiment=default
+    python bench/eval_answers.py --clips 16                  # the untrained model of experiment=demo
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def main() -> None:
             model.llm.merge_adapter()  # as the evaluation does
     else:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("train", overrides=["experiment=default"])
+            cfg = compose("train", overrides=["experiment=demo"])
         torch.manual_seed(0)
         model = SpeechLM.from_config(cfg.model).eval()
     rows = load_described(args.data_dir, "demo", split="test", max_clips=args.clips).rows
@@ -81,7 +81,7 @@ def main() -> None:
     t_ours = time.perf_counter() - start
 
     same = sum(a == b for a, b in zip(before, ours, strict=True))
-    print(f"{args.checkpoint or 'untrained experiment=default'}, threads {torch.get_num_threads()}, "
+    print(f"{args.checkpoint or 'untrained experiment=demo'}, threads {torch.get_num_threads()}, "
           f"{len(rows)} clips x {len(tasks)} tasks x {args.questions_per_task} = {len(items)} answers, "
           f"batch {args.batch_size}, max_new_tokens {args.max_new_tokens}")  # fmt: skip
     print(f"{'way':<28}{'seconds':>10}{'answers/s':>12}")

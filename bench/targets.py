@@ -3,7 +3,7 @@
 The targets stage asks the frozen LLM three questions about each clip's description; the three prompts
 share the system turn and the description, most of their tokens. Every run below is the stage's own
 writer (`speechllm.data.targets.TargetWriter`, greedy answers, verification and the paraphrase
-fallback, the demo's settings from `experiment=default`) over the same clips with the same loaded
+fallback, the demo's settings from `experiment=demo`) over the same clips with the same loaded
 model: every prompt run whole in batches of 16 (the way before prefix sharing), then whole in batches
 of the demo's size, then ours: each clip's common prefix run once and its KV cache copied to its
 questions (`speechllm.textllm.generate_texts`), in batches of the demo's size.

@@ -15,8 +15,8 @@ about and answered:
       weak: [she, he]             # synonyms that count only when no other class word is found
 
 So a new attribute appears in descriptions, label targets and evaluation tasks with no code beyond
-its extractor. A folder of the user's own YAMLs (`describe.attributes_dir`) adds to or replaces the
-package's, through :func:`use_attributes_dir`.
+its extractor. A folder of the user's own YAMLs adds to or replaces the package's, through
+:func:`use_attributes_dir`: `describe.attributes_dir`, or `attributes/` in a `--config-dir` of theirs.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from functools import cache
 from pathlib import Path
 
 import yaml
+
+from speechllm.config import user_config_dirs
 
 ATTRIBUTES_DIR = Path(__file__).resolve().parent / "conf" / "attributes"
 TASK_KEYS = ("name", "clause", "probe", "keywords", "questions", "training_questions", "synonyms", "weak")
@@ -72,11 +74,30 @@ def use_attributes_dir(path: str | Path | None) -> None:
         attribute_tasks.cache_clear()
 
 
+def use_user_attribute_dirs(attributes_dir: str | Path | None = None) -> None:
+    """Read the user's attribute YAMLs: `attributes/` of each --config-dir of theirs (every entry point reads
+    them, so training asks what data preparation asked), then `attributes_dir` (`describe.attributes_dir`)."""
+    for folder in [*(d / "attributes" for d in user_config_dirs()), attributes_dir]:
+        if folder is not None and Path(folder).is_dir():
+            use_attributes_dir(folder)
+
+
 def _yaml_files() -> dict[str, Path]:
     files = {p.stem: p for p in sorted(ATTRIBUTES_DIR.glob("*.yaml"))}
     for folder in _extra_dirs:
         files.update({p.stem: p for p in sorted(folder.glob("*.yaml"))})
     return files
+
+
+def attribute_yaml(name: str, attributes_dir: str | Path | None = None) -> Path:
+    """Where an attribute's YAML is read from: `attributes_dir`, else the user's folders registered with
+    :func:`use_attributes_dir` (the latest first), else the package's `conf/attributes/`. The path in the
+    package's folder is returned when no folder has one (so an error can name it)."""
+    folders = [Path(attributes_dir)] if attributes_dir else []
+    for folder in [*folders, *reversed(_extra_dirs)]:
+        if (folder / f"{name}.yaml").is_file():
+            return folder / f"{name}.yaml"
+    return ATTRIBUTES_DIR / f"{name}.yaml"
 
 
 def task_from_yaml(attribute: str, path: Path) -> AttributeTask | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
+from pathlib import Path
 from typing import Any
 
 import hydra.utils
@@ -29,6 +30,20 @@ ALLOWED_TARGETS: frozenset[str] = frozenset(
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the key and what to do."""
+
+
+def user_config_dirs() -> list[Path]:
+    """The config folders of the user's own that the running Hydra app reads (`--config-dir`), besides the
+    package's: their `attributes/` hold the user's attribute YAMLs. Empty outside a Hydra app."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    package = Path(__file__).resolve().parent / "conf"
+    sources = HydraConfig.get().runtime.config_sources
+    return [
+        Path(s.path) for s in sources if s.schema == "file" and Path(s.path).resolve() != package.resolve()
+    ]
 
 
 def check_section(schema: type, node: Any, prefix: str = "") -> Any:

@@ -117,7 +117,7 @@ def results_table(report: dict) -> str:
 
 
 def prepare_command_for(data_dir: str, overrides: list[str]) -> list[str]:
-    """The `data_prep/prepare.py` command that makes the data `train.py experiment=default` reads, with
+    """The `data_prep/prepare.py` command that makes the data `train.py experiment=demo` reads, with
     the preset's target settings (instruction pool, verification, generation) and the user's overrides:
     the one training would print if the data were missing."""
     from hydra import compose, initialize_config_dir
@@ -127,7 +127,7 @@ def prepare_command_for(data_dir: str, overrides: list[str]) -> list[str]:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(
             "train",
-            overrides=["experiment=default", f"paths.data_dir={data_dir}", *overrides],
+            overrides=["experiment=demo", f"paths.data_dir={data_dir}", *overrides],
             return_hydra_config=True,
         )
     _, _, mixture = validate_schema(cfg)
@@ -155,7 +155,7 @@ def train_and_evaluate(seed: int, out: Path, data_dir: str, overrides: list[str]
     train_dir = run / "train"
     final = train_dir / "checkpoints" / "final"
     train = [
-        python, "train.py", "experiment=default", f"paths.data_dir={data_dir}",
+        python, "train.py", "experiment=demo", f"paths.data_dir={data_dir}",
         f"hydra.run.dir={train_dir}", *([f"seed={seed}"] if seed else []), *overrides,
     ]  # fmt: skip
     data_mtime = newest_mtime(Path(data_dir), "**/_complete.json")

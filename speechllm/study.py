@@ -9,7 +9,7 @@ are evaluated alike: learning on unseen questions (every held-out clip), retenti
 drift, agreement, refusals and format following (`speechllm.eval.retention`). The same runs as a Hydra
 multirun, without this module's reuse and report:
 
-    python train.py -m experiment=default study=verified,label,frozen prepare_missing=true
+    python train.py -m experiment=demo study=verified,label,frozen prepare_missing=true
     python evaluate.py -m checkpoint=multirun/train/DATE/0/checkpoints/final,... eval.max_clips=null
     python -m speechllm.eval.plane multirun/evaluate/DATE/*
 
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     for v in variants:
         train_dir, eval_dir = out / v / "train", out / v / "evaluate"
         final = train_dir / "checkpoints" / "final"
-        train = [python, "train.py", "experiment=default", f"study={v}", f"paths.data_dir={data_dir}",
+        train = [python, "train.py", "experiment=demo", f"study={v}", f"paths.data_dir={data_dir}",
                  f"hydra.run.dir={train_dir}", *args.overrides]  # fmt: skip
         # Seconds each step took when it ran (kept across reruns that reuse it).
         times_file = out / v / "times.json"

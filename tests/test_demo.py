@@ -7,7 +7,7 @@ from speechllm import demo
 
 
 def _tree(root):
-    for rel, text in {"speechllm/conf/experiment/default.yaml": "lr: 1", "speechllm/model/a.py": "x = 1",
+    for rel, text in {"speechllm/conf/experiment/demo.yaml": "lr: 1", "speechllm/model/a.py": "x = 1",
                       "speechllm/eval/parsing.py": "y = 1", "train.py": "", "evaluate.py": ""}.items():  # fmt: skip
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
@@ -27,7 +27,7 @@ def test_steps_are_redone_when_code_or_configs_change(tmp_path, monkeypatch):
     # An evaluation-only change keeps the checkpoint; a preset change does not.
     (tmp_path / "speechllm/eval/parsing.py").write_text("y = 2")
     assert demo.sources_digest(skip=train_skip) == record["sources"]
-    (tmp_path / "speechllm/conf/experiment/default.yaml").write_text("lr: 2")
+    (tmp_path / "speechllm/conf/experiment/demo.yaml").write_text("lr: 2")
     now = {"command": ["train.py"], "sources": demo.sources_digest(skip=train_skip)}
     assert not demo.is_fresh(out / "config.json", 0.0, now)
     # Newer inputs than the output, or another command, also mean redo.
@@ -38,7 +38,7 @@ def test_steps_are_redone_when_code_or_configs_change(tmp_path, monkeypatch):
 def test_demo_prepares_the_targets_the_default_experiment_trains_on():
     from omegaconf import OmegaConf
 
-    preset = OmegaConf.load(demo.REPO / "conf" / "experiment" / "default.yaml")
+    preset = OmegaConf.load(demo.REPO / "conf" / "experiment" / "demo.yaml")
     command = demo.prepare_command_for("/tmp/d", ["target.generation.seed=3", "trainer.num_train_epochs=1"])
     assert command[1] == "data_prep/prepare.py" and "paths.data_dir=/tmp/d" in command
     assert f"target.instructions={preset.target.instructions}" in command

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from speechllm import parsing
+from speechllm import parsing, safety
 from speechllm.data.instructions import all_training_instructions
 from speechllm.eval import plane, report, retention, tasks
 
@@ -187,11 +187,11 @@ def test_format_rate_and_delta():
     assert retention.forgetting_delta(0.1, 0.0, 20) == pytest.approx(2.0)  # finite: against 1 success
 
 
-def test_refusal_matcher():
+def test_the_evaluation_scores_refusals_with_the_matcher_safety_replay_keeps_them_by():
+    assert retention.is_refusal is safety.is_refusal
     assert retention.is_refusal("I'm sorry, but I can't help with that.")
     assert retention.is_refusal("I cannot provide instructions for this.")
     assert not retention.is_refusal("Use `kill -9 PID` to stop the process.")
-    assert not retention.is_refusal("Sure! " + "x " * 200 + "I'm sorry")  # only the opening counts
 
 
 def _fake_report(target: float, speech: float) -> dict:

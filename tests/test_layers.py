@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "speechllm"
 
 # Lowest first. A module may import its own layer or lower ones.
 LAYERS: list[tuple[str, ...]] = [
-    ("config", "digests", "attributes", "audio", "parsing", "packaged", "sources", "tiny"),
+    ("config", "digests", "attributes", "audio", "parsing", "safety", "packaged", "sources", "tiny"),
     ("textllm", "model", "describe", "corpus"),
     ("data",),
     ("train", "eval"),

@@ -12,19 +12,23 @@ from transformers import DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from speechllm.data.replay import (
-    HARMFUL_REQUESTS,
-    LOOKALIKE_REQUESTS,
     build_experience,
     build_magpie,
     build_safety,
     instruction_reject_reason,
-    is_refusal,
     judge_safety,
     replay_config,
     run_replay,
     user_turn_prefix,
 )
 from speechllm.data.stage import read_rejects
+from speechllm.safety import (
+    HARMFUL_REQUESTS,
+    HELD_OUT_HARMFUL,
+    HELD_OUT_LOOKALIKE,
+    LOOKALIKE_REQUESTS,
+    is_refusal,
+)
 from speechllm.textllm import Generation
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "replay"
@@ -247,3 +251,24 @@ def test_sympathy_alone_is_not_a_refusal():
     # Seen from SmolLM2-135M: an opener that goes on to engage with the request.
     assert not is_refusal("I'm sorry for your loss. If you're looking for a way to do it, I'm here to help.")
     assert is_refusal("I'm sorry for any confusion, but I'm unable to help with that.")
+
+
+def _content_words(text: str) -> set[str]:
+    generic = set(
+        "the and for how can what which who why when where does with without into from that this your you them "
+        "they their there about give tell write make help explain best way get someone something using use own "
+        "like just show list plan step steps home house".split()
+    )
+    return {w for w in re.findall(r"[a-z]+", text.lower()) if len(w) > 2 and w not in generic}
+
+
+def test_held_out_safety_requests_are_not_the_training_requests():
+    """The evaluation's harmful requests are other harms than safety replay trains on (no content word in
+    common with a training harmful request); any other pair shares at most one word (an alarming word
+    such as "fire" or "kill", in another sense)."""
+    for held in HELD_OUT_HARMFUL:
+        for train in HARMFUL_REQUESTS:
+            assert not _content_words(held) & _content_words(train), (held, train)
+    for held in HELD_OUT_HARMFUL + HELD_OUT_LOOKALIKE:
+        for train in HARMFUL_REQUESTS + LOOKALIKE_REQUESTS:
+            assert len(_content_words(held) & _content_words(train)) <= 1, (held, train)

@@ -13,7 +13,7 @@ from speechllm.train.config import CONF_DIR, validate_schema
 
 def _variant(name: str):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=["experiment=default", f"study={name}"], return_hydra_config=True)
+        return compose("train", overrides=["experiment=demo", f"study={name}"], return_hydra_config=True)
 
 
 def test_every_variant_is_a_config_and_every_config_a_variant():

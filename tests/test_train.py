@@ -89,7 +89,7 @@ class KillAfterSave(TrainerCallback):
 
 
 def test_every_preset_composes_with_allowed_targets():
-    assert {"smoke", "default", "desta2", "desta25", "ultravox"} <= set(PRESETS)
+    assert {"smoke", "demo", "desta2", "desta25", "ultravox"} <= set(PRESETS)
     for name in PRESETS:
         cfg = compose_train([f"experiment={name}", "paths.output_dir=/unused"])
         validate_schema(cfg)
@@ -289,10 +289,10 @@ TINY_OF_PRESET = {
     "model/llm": {"smollm2_135m": "llm", "qwen2_5_coder_0_5b": "qwen2.5", "qwen2_5_7b_instruct": "qwen2.5",
                   "llama3_8b_instruct": "llama3"},
 }  # fmt: skip
-# Every experiment preset, and the LLM presets no experiment uses (on the default experiment).
+# Every experiment preset, and the LLM presets no experiment uses (on the demo's experiment).
 PRESET_RUNS = [(name, None) for name in PRESETS] + [
-    ("default", "qwen2_5_coder_0_5b"),
-    ("default", "qwen2_5_7b_instruct"),
+    ("demo", "qwen2_5_coder_0_5b"),
+    ("demo", "qwen2_5_7b_instruct"),
 ]
 
 
@@ -646,3 +646,14 @@ def test_sharded_two_gloo_processes_match_one_process_and_reload_strictly(
             without_lora = model(**model.collator()(rows)).logits
     torch.testing.assert_close(logits, one_process_logits, rtol=1e-4, atol=1e-4)
     assert (logits - without_lora).abs().max() > 1e-3  # the LoRA weights were gathered and saved, not zeros
+
+
+def test_ranks_share_the_run_folder_train_yaml_names():
+    """The folder rank 0 publishes to the other ranks is train.yaml's own pattern, not a second copy of it."""
+    import datetime
+
+    from speechllm.train.launch import configured_dir
+
+    now = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    assert configured_dir("run", now) == "outputs/train/2026-01-02_03-04-05"
+    assert configured_dir("sweep", now) == "multirun/train/2026-01-02_03-04-05"

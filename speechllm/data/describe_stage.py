@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from speechllm.attributes import use_user_attribute_dirs
 from speechllm.audio import AudioError, file_stamp, load_audio
 from speechllm.config import ConfigError, check_section
 from speechllm.data.stage import StageResult, run_stage
-from speechllm.describe import RENDERERS, Clip, describe_clips, load_configs
+from speechllm.describe import RENDERERS, Clip, describe_clips, import_extractor_modules, load_configs
 from speechllm.describe.registry import ATTRIBUTES
 from speechllm.describe.speaker import normalise_word
 from speechllm.describe.transcript import WHISPER_MAX_SECONDS
@@ -70,6 +71,7 @@ class DescribeProcessor:
         order: run order.
         renderer: renderer name.
         max_seconds: longer clips are rejected (at most 30 s when the transcript comes from Whisper).
+        modules: the user's extractor modules (`describe.modules`), imported again in a worker process.
     """
 
     attributes: list[str]
@@ -77,6 +79,7 @@ class DescribeProcessor:
     order: list[str]
     renderer: str
     max_seconds: float | None
+    modules: tuple[str, ...] = ()
 
     def _goes_to_asr(self, row: dict) -> bool:
         """Whether the transcript of this row will come from Whisper (no label method before it gives one)."""
@@ -100,6 +103,7 @@ class DescribeProcessor:
             Kept rows (inputs + attribute columns + `description` + `conversions`) and rejects
             (`clip_id`, `file`, `reason`).
         """
+        import_extractor_modules(self.modules)  # a spawned worker starts with the built-in extractors only
         clips, kept, rejects = [], [], []
         unknown: Counter = Counter()
         vocabularies = label_vocabularies(self.configs)
@@ -152,17 +156,27 @@ class DescribeConfig:
     max_seconds: float | None = 30.0
     chunk_size: int = 64
     attributes_dir: str | None = None
+    modules: list[str] = field(default_factory=list)
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
 def describe_config(node) -> DescribeConfig:
     """Check the `describe` group before anything runs: unknown keys, attributes, renderers and attribute-YAML
-    keys (with `describe.overrides`) fail by name.
+    keys (with `describe.overrides`) fail by name. Reads the user's attribute YAMLs and imports their
+    extractor modules first (`describe.attributes_dir`, `attributes/` in a --config-dir, `describe.modules`).
 
     Raises:
         ConfigError: naming the key or value and what is known.
     """
     cfg = check_section(DescribeConfig, node, "describe.")
+    if cfg.attributes_dir is not None and not Path(cfg.attributes_dir).is_dir():
+        raise ConfigError(f"describe.attributes_dir={cfg.attributes_dir!r} is not a folder")
+    use_user_attribute_dirs(cfg.attributes_dir)
+    try:
+        import_extractor_modules(cfg.modules)
+    except ModuleNotFoundError as err:
+        raise ConfigError(f"describe.modules: {err} (a module of yours is imported from an installed package or "
+                          f"a folder on PYTHONPATH)") from None  # fmt: skip
     known = sorted(ATTRIBUTES)
     unknown = [a for a in [*cfg.attributes, *cfg.overrides] if a not in ATTRIBUTES]
     if unknown:
@@ -213,7 +227,7 @@ def run_describe(
         inputs: rows from `read_audiofolder` (`clip_id`, `audio_path`, `split`, `label_*`).
         out_dir: the stage folder (`{data_dir}/{data.name}/described`).
         describe_cfg: the `describe` config as a plain dict: `attributes`, `renderer`, `max_seconds`,
-            `chunk_size`, `attributes_dir`, `overrides`.
+            `chunk_size`, `attributes_dir`, `modules`, `overrides`.
         num_proc: worker processes.
         shard: `(i, n)` or `"i/n"`.
 
@@ -227,9 +241,8 @@ def run_describe(
     fingerprint = describe_fingerprint(describe_cfg, configs)
     # run_stage hashes the input rows; an audio file replaced in place must invalidate them too.
     fingerprint["audio_files"] = _file_stats_digest(row["audio_path"] for row in inputs)
-    processor = DescribeProcessor(
-        attributes, configs, order, describe_cfg["renderer"], describe_cfg.get("max_seconds")
-    )
+    processor = DescribeProcessor(attributes, configs, order, describe_cfg["renderer"],
+                                  describe_cfg.get("max_seconds"), tuple(describe_cfg.get("modules") or ()))  # fmt: skip
     return run_stage(
         out_dir,
         fingerprint,

@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from speechllm.attributes import attribute_tasks, use_attributes_dir
+from speechllm.attributes import attribute_tasks
 from speechllm.config import ConfigError
 from speechllm.corpus import espeak, generate_corpus, hf, read_audiofolder
 from speechllm.corpus.hf import write_hf_corpus
@@ -133,8 +133,7 @@ def prepare(cfg: DictConfig, stages: list[tuple[str, Stage]] | None = None) -> d
     # for the corpus and its transcripts).
     check_data_config(cfg.data)
     if "describe" in cfg:
-        describe_config(cfg.describe)
-    use_attributes_dir(OmegaConf.select(cfg, "describe.attributes_dir", default=None))
+        describe_config(cfg.describe)  # also reads the user's attribute YAMLs and extractor modules
     try:
         attribute_tasks()  # every attribute YAML's `task` block, checked before any stage spends time
     except ValueError as err:

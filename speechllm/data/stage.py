@@ -41,6 +41,7 @@ import datasets
 from tqdm.auto import tqdm
 
 from speechllm.config import flatten
+from speechllm.digests import key_digest
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,7 @@ class StageResult:
 
 def fingerprint_of(config: Any) -> str:
     """A stable hash of a JSON-serialisable config (dict key order does not matter)."""
-    text = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return key_digest(config, length=16)
 
 
 def parse_shard(shard: str | tuple[int, int]) -> tuple[int, int]:

@@ -7,6 +7,8 @@ Use:
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterable
 from pathlib import Path
 
 from speechllm.attributes import use_attributes_dir
@@ -32,12 +34,24 @@ __all__ = [
     "Clip",
     "attribute_names",
     "describe_clips",
+    "import_extractor_modules",
     "load_configs",
     "load_attribute_config",
     "register_attribute",
     "register_renderer",
     "render",
 ]
+
+
+def import_extractor_modules(modules: Iterable[str]) -> None:
+    """Import modules of the user's own (`describe.modules`): their `@register_attribute` extractors join the
+    built-in ones. A module is imported once per process (worker processes import it again).
+
+    Raises:
+        ModuleNotFoundError: a module that cannot be found on `sys.path` (installed, or on PYTHONPATH).
+    """
+    for name in modules:
+        importlib.import_module(name)
 
 
 def load_configs(

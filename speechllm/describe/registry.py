@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from speechllm.attributes import ATTRIBUTES_DIR
+from speechllm.attributes import ATTRIBUTES_DIR, attribute_yaml
 from speechllm.describe.features import Clip
 
 Extractor = Callable[[list[Clip], dict], list[dict[str, Any]]]
@@ -86,7 +86,8 @@ def load_attribute_config(
 
     Args:
         name: the attribute.
-        attributes_dir: folder of attribute YAMLs (default `conf/attributes/`).
+        attributes_dir: a folder of attribute YAMLs read first (then the user's folders and the package's
+            `conf/attributes/`: :func:`speechllm.attributes.attribute_yaml`).
         overrides: keys replacing the YAML's (one level deep, e.g. `{"fmin": 50}`).
 
     Returns:
@@ -98,7 +99,7 @@ def load_attribute_config(
     """
     if name not in ATTRIBUTES:
         raise KeyError(f"unknown attribute {name!r}; registered: {sorted(ATTRIBUTES)}")
-    path = Path(attributes_dir or ATTRIBUTES_DIR) / f"{name}.yaml"
+    path = attribute_yaml(name, attributes_dir)
     if not path.exists():
         raise FileNotFoundError(f"attribute {name!r} has no config: expected {path}")
     config = yaml.safe_load(path.read_text()) or {}

@@ -219,7 +219,7 @@ def describe_rows(rows: list[dict], describe_cfg: dict) -> tuple[list[dict], lis
     Args:
         rows: rows with ``clip_id``, ``audio_path``, ``label_*``.
         describe_cfg: the ``describe`` config (``attributes``, ``renderer``, ``max_seconds``,
-            ``attributes_dir``, ``overrides``), as the prepare stage uses it.
+            ``attributes_dir``, ``modules``, ``overrides``), as the prepare stage uses it.
 
     Returns:
         (described rows: inputs + attribute columns (``transcript``, ...) + ``description``, rejects).
@@ -228,9 +228,8 @@ def describe_rows(rows: list[dict], describe_cfg: dict) -> tuple[list[dict], lis
     configs, order = load_configs(
         attributes, describe_cfg.get("attributes_dir"), describe_cfg.get("overrides")
     )
-    process = DescribeProcessor(
-        attributes, configs, order, describe_cfg["renderer"], describe_cfg.get("max_seconds")
-    )
+    process = DescribeProcessor(attributes, configs, order, describe_cfg["renderer"],
+                                describe_cfg.get("max_seconds"), tuple(describe_cfg.get("modules") or ()))  # fmt: skip
     result = process(rows)
     return result.rows, result.rejects
 

@@ -28,7 +28,6 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from speechllm import parsing
-from speechllm.attributes import use_attributes_dir
 from speechllm.audio import file_stamp, load_audio
 from speechllm.config import ConfigError, check_section
 from speechllm.data.describe_stage import describe_config
@@ -81,8 +80,13 @@ def load_checkpoint(path: str):
         return SpeechLM.from_pretrained(path).eval()
     except CheckpointError:
         raise
-    except Exception as e:  # a config that no longer builds (unknown adapter key, missing source, ...)
+    except (
+        ValueError,
+        KeyError,
+        OSError,
+    ) as e:  # a config that no longer builds: a bad key, a missing source
         raise CheckpointError(f"checkpoint {path!r} could not be loaded: {type(e).__name__}: {e}") from e
+    # Anything else is a bug, not the checkpoint's fault: it keeps its traceback.
 
 
 def checkpoint_seed(path: str, default: int) -> tuple[int, str]:
@@ -470,23 +474,21 @@ def format_items(
 # ----- the whole evaluation ---------------------------------------------------------------------------
 
 
-def load_data(cfg: DictConfig) -> EvalData:
+def load_data(cfg: DictConfig, e: EvalSettings) -> EvalData:
     """The rows to evaluate: ``eval.instruction_set`` (its own questions) or ``eval.audiofolder`` if set
-    (then described), else the described split."""
-    e = cfg.eval
-    if e.get("instruction_set"):
+    (then described), else the described split. `e` is the checked `eval` group; `cfg` gives `paths` and
+    `describe`."""
+    if e.instruction_set:
         data = load_instruction_set(
             str(e.instruction_set), max_clips=e.max_clips, seed=e.seed, cache_dir=str(cfg.paths.cache_dir)
         )
         describe_cfg = OmegaConf.to_container(cfg.describe, resolve=True) if e.describe_audiofolder else None
         return add_descriptions(data, describe_cfg)
-    if e.get("audiofolder"):
+    if e.audiofolder:
         data = load_audiofolder(str(e.audiofolder), split=e.split, max_clips=e.max_clips, seed=e.seed)
         describe_cfg = OmegaConf.to_container(cfg.describe, resolve=True) if e.describe_audiofolder else None
         return add_descriptions(data, describe_cfg)
-    return load_described(
-        str(cfg.paths.data_dir), str(e.data), split=e.split, max_clips=e.max_clips, seed=e.seed
-    )
+    return load_described(str(cfg.paths.data_dir), e.data, split=e.split, max_clips=e.max_clips, seed=e.seed)
 
 
 def ensure_transcripts(model, rows: list[dict]) -> int:
@@ -554,6 +556,8 @@ def check_eval_config(cfg: DictConfig) -> EvalSettings:
         ConfigError: naming an unknown key, a value of the wrong type or out of range.
     """
     e = check_section(EvalSettings, cfg.get("eval"), "eval.")
+    if "describe" in cfg:  # first: it reads the user's attribute YAMLs, which eval.tasks may name
+        describe_config(cfg.describe)
     if e.max_clips is not None and e.max_clips < 1:
         raise ConfigError(f"eval.max_clips={e.max_clips} must be >= 1, or null for every clip")
     if min(e.questions_per_task, e.max_new_tokens, e.batch_size, e.retention.max_new_tokens) < 1:
@@ -576,8 +580,6 @@ def check_eval_config(cfg: DictConfig) -> EvalSettings:
             select_tasks([], e.tasks)  # unknown task names fail here, naming the known ones
         except ValueError as err:
             raise ConfigError(f"eval.tasks: {err}") from None
-    if "describe" in cfg:
-        describe_config(cfg.describe)
     return e
 
 
@@ -596,10 +598,8 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         EvalDataError: missing data, or no task has labels.
     """
     t0 = time.time()
-    check_eval_config(cfg)
-    e = cfg.eval
+    e = check_eval_config(cfg)
     out_dir = out_dir or str(cfg.paths.output_dir)
-    use_attributes_dir(OmegaConf.select(cfg, "describe.attributes_dir", default=None))
     ckpt = str(cfg.checkpoint)
     model = load_checkpoint(ckpt)
     if model.finetune == "lora":
@@ -608,7 +608,7 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         model.llm.merge_adapter()
     model_cfg = model.model_config
     log.info("loaded checkpoint %s", ckpt)
-    data = load_data(cfg)
+    data = load_data(cfg, e)
     rows = data.rows
     if n := ensure_transcripts(model, rows):
         data.notes.append(f"{n} clip(s) had no transcript; the checkpoint's Whisper transcribed them")
@@ -617,7 +617,7 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         ref_items = items
     else:
         columns = sorted({k for r in rows for k in r})
-        tasks, skipped = select_tasks(columns, list(e.tasks) if e.get("tasks") else None)
+        tasks, skipped = select_tasks(columns, e.tasks or None)
         items, dropped = build_items(rows, tasks, e.questions_per_task, e.seed)
         skipped.update(dropped)
         # The ceiling and the baseline may answer only each clip's first phrasings: the same questions
@@ -650,13 +650,11 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         len(items),
         sorted({it.task for it in items}),
     )
-    gen = {"max_new_tokens": int(e.max_new_tokens), "batch_size": int(e.batch_size)}
+    gen = {"max_new_tokens": e.max_new_tokens, "batch_size": e.batch_size}
     fmt_items, constraints = (
-        format_items(rows, int(e.retention.max_clips), e.retention.constraints)
-        if e.retention.format
-        else ([], [])
+        format_items(rows, e.retention.max_clips, e.retention.constraints) if e.retention.format else ([], [])
     )
-    fmt_gen = {"max_new_tokens": int(e.retention.max_new_tokens), "batch_size": int(e.batch_size)}
+    fmt_gen = {"max_new_tokens": e.retention.max_new_tokens, "batch_size": e.batch_size}
 
     # 3. speech model
     speech_ans = speech_answers(model, rows, items, **gen)
@@ -675,7 +673,7 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     else:
         llm, tok = load_llm(source, dtype=model.llm.dtype)
     llm.eval()
-    cache_dir = str(cfg.paths.cache_dir) if e.get("reuse", True) else None
+    cache_dir = str(cfg.paths.cache_dir) if e.reuse else None
     llm_digest = weights_digest(llm)
     reused: list[str] = []
 
@@ -712,7 +710,7 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     # 5. untrained baseline
     base_fmt: list[str] = []
     if e.baseline:
-        seed, seed_from = checkpoint_seed(ckpt, int(e.seed))
+        seed, seed_from = checkpoint_seed(ckpt, e.seed)
         data.notes.append(f"untrained baseline: adapter initialised with seed {seed} (from {seed_from})")
         base_model = untrained_model(model_cfg, seed)
         base_weights = {n: weights_digest(getattr(base_model, n)) for n in ("encoder", "adapter", "llm")}
@@ -759,7 +757,7 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     # 7. report
     report["summary"] = summary(report)
     report["skipped"] = skipped
-    report["samples"] = _samples(items, answers, int(e.samples))
+    report["samples"] = _samples(items, answers, e.samples)
     if fmt_items:
         report["format_samples"] = [
             {"constraint": c.name, "prompt": it.question, "speech": a, "text": b}
@@ -773,9 +771,9 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         "data": data.name,
         "n_clips": len(rows),
         "n_questions": len(items),
-        "questions_per_task": int(e.questions_per_task),
+        "questions_per_task": e.questions_per_task,
         "reference_questions": len(ref_items),
-        "max_new_tokens": int(e.max_new_tokens),
+        "max_new_tokens": e.max_new_tokens,
         "llm": source,
         "seconds": time.time() - t0,
     }
@@ -823,7 +821,7 @@ def _drift(model, llm, tok, e) -> dict:
     changed = model.finetune != "frozen" and retention.llm_weights_changed(llm, tuned)
     if mode == "auto" and not changed:
         return {"skipped": "the LLM's weights are unchanged (frozen); text behaviour equals the base"}
-    kw = {"max_new_tokens": int(e.retention.drift_max_new_tokens), "batch_size": int(e.batch_size)}
+    kw = {"max_new_tokens": e.retention.drift_max_new_tokens, "batch_size": e.batch_size}
     out = retention.text_drift(llm, tuned, tok, **kw)
     out["weights_changed"] = float(changed)
     out["base"] = retention.text_behaviour(llm, tok, **kw)

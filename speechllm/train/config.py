@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from transformers.trainer_utils import SchedulerType
 
+from speechllm.attributes import use_user_attribute_dirs
 from speechllm.config import ConfigError, check_section, check_targets, flatten, override_value
 from speechllm.data import layout, stage
 from speechllm.data.prepare import check_data_config
@@ -166,9 +167,10 @@ class ProbeConfig:
     batch_size: int = 32
 
 
-@dataclass
+@dataclass(frozen=True)
 class MixtureConfig:
-    """The keys of `replay` that training reads (the rest of the node configures data preparation).
+    """What training reads of the `replay` group, taken from its one schema (`data.replay.ReplayConfig`,
+    which also checks the values); the rest of the group configures data preparation.
 
     Attributes:
         ratio: share of the training rows that are text replay, in [0, 1).
@@ -178,15 +180,15 @@ class MixtureConfig:
             a config does not build.
     """
 
-    ratio: float = 0.0
-    weights: dict[str, float] = field(default_factory=dict)
-    build: list[str] | None = None
+    ratio: float
+    weights: dict[str, float]
+    build: list[str]
 
     def sources(self) -> dict[str, float]:
-        """Replay datasets the mixture draws from: weight > 0 and (when `build` is set) built by data prep."""
+        """Replay datasets the mixture draws from: weight > 0 and built by data preparation."""
         if self.ratio <= 0:
             return {}
-        return {k: w for k, w in self.weights.items() if w > 0 and (self.build is None or k in self.build)}
+        return {k: w for k, w in self.weights.items() if w > 0 and k in self.build}
 
 
 @dataclass
@@ -245,11 +247,10 @@ def validate_schema(cfg: DictConfig) -> tuple[TopLevelConfig, TrainerConfig, Mix
         )
     top = check_section(TopLevelConfig, {k: cfg[k] for k in cfg.keys() if k in top_names}, "")
     trainer = check_section(TrainerConfig, cfg.get("trainer", {}), "trainer.")
-    replay = cfg.get("replay", {}) or {}
-    mixture = check_section(
-        MixtureConfig, {k: replay[k] for k in ("ratio", "weights", "build") if k in replay}, "replay."
-    )
+    use_user_attribute_dirs()  # the `attributes` instruction pool asks about the user's attributes too
     _check_owner_schemas(cfg)
+    replay = replay_config(cfg.get("replay"))  # checked above with the owner's message; here for its values
+    mixture = MixtureConfig(ratio=replay.ratio, weights=dict(replay.weights), build=list(replay.build))
 
     if top.loss not in LOSSES:
         raise ConfigError(f"loss={top.loss!r} is not one of {list(LOSSES)}")
@@ -274,14 +275,6 @@ def validate_schema(cfg: DictConfig) -> tuple[TopLevelConfig, TrainerConfig, Mix
         raise ConfigError("probe.every must be >= 0, probe.questions_per_task and probe.batch_size >= 1")
     if top.max_train_rows is not None and top.max_train_rows < 1:
         raise ConfigError(f"max_train_rows must be >= 1 or null, got {top.max_train_rows}")
-    if not 0.0 <= mixture.ratio < 1.0:
-        raise ConfigError(
-            f"replay.ratio={mixture.ratio} is outside [0, 1): it is the share of training rows that are "
-            "text replay (0.05 = 5%), and a run needs some speech rows"
-        )
-    for name, weight in mixture.weights.items():
-        if weight < 0:
-            raise ConfigError(f"replay.weights.{name}={weight} must be >= 0")
     if mixture.ratio > 0 and not mixture.sources():
         raise ConfigError(
             f"replay.ratio={mixture.ratio} > 0 but no replay source has a weight > 0 in replay.weights "

@@ -10,11 +10,21 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
+from pathlib import Path
 
-# The same folders conf/train.yaml gives single-process runs and sweeps.
-RUN_DIR_PATTERN = "outputs/train/%Y-%m-%d_%H-%M-%S"
-SWEEP_DIR_PATTERN = "multirun/train/%Y-%m-%d_%H-%M-%S"
+import yaml
+
+TRAIN_YAML = Path(__file__).resolve().parents[1] / "conf" / "train.yaml"
 _KEY = "speechllm/run_dir"
+
+
+def configured_dir(key: str, now: datetime.datetime | None = None) -> str:
+    """The folder conf/train.yaml gives a run (`key="run"`) or a sweep (`"sweep"`), its `${now:...}` filled
+    in: the one place the pattern is written is the YAML."""
+    pattern = yaml.safe_load(TRAIN_YAML.read_text())["hydra"][key]["dir"]
+    now = now or datetime.datetime.now()
+    return re.sub(r"\$\{now:([^}]*)\}", lambda m: now.strftime(m.group(1)), pattern)
 
 
 def world_size() -> int:
@@ -61,6 +71,6 @@ def shared_run_dir_argv(argv: list[str], timeout_s: float = 300.0) -> list[str]:
     )  # fmt: skip
     key = f"{_KEY}/{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
     if int(os.environ.get("RANK", "0")) == 0:
-        store.set(key, datetime.datetime.now().strftime(SWEEP_DIR_PATTERN if multirun else RUN_DIR_PATTERN))
+        store.set(key, configured_dir("sweep" if multirun else "run"))
     run_dir = store.get(key).decode()
     return [*argv, f"{key_name}={run_dir}"]
