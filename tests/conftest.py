@@ -56,3 +56,17 @@ def espeak():
         return Path(speak(text, path, **kwargs))
 
     return _speak
+
+
+@pytest.fixture(autouse=True)
+def _own_attribute_folders():
+    """A test that reads attribute YAMLs from a folder of its own (`describe.attributes_dir`) registers it for
+    the whole process (`speechllm.attributes.use_attributes_dir`); forget it after the test, so an edited
+    copy of pitch.yaml in one test is not what the next test reads."""
+    from speechllm import attributes
+
+    before = list(attributes._extra_dirs)
+    yield
+    if attributes._extra_dirs != before:
+        attributes._extra_dirs[:] = before
+        attributes.attribute_tasks.cache_clear()

@@ -192,6 +192,17 @@ def describe_config(node) -> DescribeConfig:
     return cfg
 
 
+def describe_processor(describe_cfg: dict) -> DescribeProcessor:
+    """The processor a `describe` config asks for (its attribute configs, with those their attributes
+    require, in `processor.configs`), for the stage and for describing an evaluation folder alike."""
+    attributes = list(describe_cfg["attributes"])
+    configs, order = load_configs(
+        attributes, describe_cfg.get("attributes_dir"), describe_cfg.get("overrides")
+    )
+    return DescribeProcessor(attributes, configs, order, describe_cfg["renderer"], describe_cfg.get("max_seconds"),
+                             tuple(describe_cfg.get("modules") or ()))  # fmt: skip
+
+
 def describe_fingerprint(describe_cfg: dict, configs: dict[str, dict]) -> dict:
     """Everything that decides the described rows for given inputs."""
     return {
@@ -234,15 +245,10 @@ def run_describe(
     Returns:
         The described `datasets.Dataset`, or None when other shards are still running.
     """
-    attributes = list(describe_cfg["attributes"])
-    configs, order = load_configs(
-        attributes, describe_cfg.get("attributes_dir"), describe_cfg.get("overrides")
-    )
-    fingerprint = describe_fingerprint(describe_cfg, configs)
+    processor = describe_processor(describe_cfg)
+    fingerprint = describe_fingerprint(describe_cfg, processor.configs)
     # run_stage hashes the input rows; an audio file replaced in place must invalidate them too.
     fingerprint["audio_files"] = _file_stats_digest(row["audio_path"] for row in inputs)
-    processor = DescribeProcessor(attributes, configs, order, describe_cfg["renderer"],
-                                  describe_cfg.get("max_seconds"), tuple(describe_cfg.get("modules") or ()))  # fmt: skip
     return run_stage(
         out_dir,
         fingerprint,

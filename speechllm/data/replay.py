@@ -165,8 +165,8 @@ def replay_config(node: DictConfig | dict | None) -> ReplayConfig:
         if name not in SOURCES:
             raise ConfigError(f"replay: unknown source {name!r}; known: {SOURCES}")
     if not 0.0 <= cfg.ratio < 1.0:
-        # Checked here too, not only in training: a prepare run with ratio=1.5 would build replay for a
-        # mix that cannot be trained.
+        # Training reads the mixture from this check too; checked at preparation as well, since a prepare
+        # run with ratio=1.5 would build replay for a mix that cannot be trained.
         raise ConfigError(
             f"replay.ratio={cfg.ratio} is outside [0, 1): it is the share of training rows that are text replay "
             "(0.05 = 5%), and a run needs some speech rows"

@@ -18,9 +18,8 @@ from pathlib import Path
 
 from speechllm.corpus.audiofolder import AudioFolderError, read_audiofolder
 from speechllm.corpus.hf import dataset_columns, write_hf_corpus
-from speechllm.data.describe_stage import DescribeProcessor
+from speechllm.data.describe_stage import describe_processor
 from speechllm.data.layout import described_dir
-from speechllm.describe import load_configs
 from speechllm.eval.tasks import Item, normalize_answer
 
 log = logging.getLogger(__name__)
@@ -224,13 +223,7 @@ def describe_rows(rows: list[dict], describe_cfg: dict) -> tuple[list[dict], lis
     Returns:
         (described rows: inputs + attribute columns (``transcript``, ...) + ``description``, rejects).
     """
-    attributes = list(describe_cfg["attributes"])
-    configs, order = load_configs(
-        attributes, describe_cfg.get("attributes_dir"), describe_cfg.get("overrides")
-    )
-    process = DescribeProcessor(attributes, configs, order, describe_cfg["renderer"],
-                                describe_cfg.get("max_seconds"), tuple(describe_cfg.get("modules") or ()))  # fmt: skip
-    result = process(rows)
+    result = describe_processor(describe_cfg)(rows)
     return result.rows, result.rejects
 
 

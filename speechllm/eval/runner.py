@@ -80,13 +80,10 @@ def load_checkpoint(path: str):
         return SpeechLM.from_pretrained(path).eval()
     except CheckpointError:
         raise
-    except (
-        ValueError,
-        KeyError,
-        OSError,
-    ) as e:  # a config that no longer builds: a bad key, a missing source
+    # A config that no longer builds (a bad key, a missing source) is the checkpoint's problem; anything
+    # else is a bug and keeps its traceback.
+    except (ValueError, KeyError, OSError) as e:
         raise CheckpointError(f"checkpoint {path!r} could not be loaded: {type(e).__name__}: {e}") from e
-    # Anything else is a bug, not the checkpoint's fault: it keeps its traceback.
 
 
 def checkpoint_seed(path: str, default: int) -> tuple[int, str]:

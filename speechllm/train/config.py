@@ -248,8 +248,7 @@ def validate_schema(cfg: DictConfig) -> tuple[TopLevelConfig, TrainerConfig, Mix
     top = check_section(TopLevelConfig, {k: cfg[k] for k in cfg.keys() if k in top_names}, "")
     trainer = check_section(TrainerConfig, cfg.get("trainer", {}), "trainer.")
     use_user_attribute_dirs()  # the `attributes` instruction pool asks about the user's attributes too
-    _check_owner_schemas(cfg)
-    replay = replay_config(cfg.get("replay"))  # checked above with the owner's message; here for its values
+    replay = _check_owner_schemas(cfg).get("replay") or replay_config(None)
     mixture = MixtureConfig(ratio=replay.ratio, weights=dict(replay.weights), build=list(replay.build))
 
     if top.loss not in LOSSES:
@@ -326,19 +325,22 @@ def validate_schema(cfg: DictConfig) -> tuple[TopLevelConfig, TrainerConfig, Mix
 PATHS_KEYS = ("data_dir", "cache_dir", "output_dir")
 
 
-def _check_owner_schemas(cfg: DictConfig) -> None:
-    """Validate `paths`, and `data`, `model`, `target` and `replay` with their owners' checks (typos fail here too)."""
+def _check_owner_schemas(cfg: DictConfig) -> dict[str, Any]:
+    """Validate `paths`, and `data`, `model`, `target` and `replay` with their owners' checks (typos fail here
+    too); returns what each check returned, by group."""
     unknown = [k for k in (cfg.get("paths") or {}).keys() if k not in PATHS_KEYS]
     if unknown:
         raise ConfigError(f"unknown config key 'paths.{unknown[0]}'. Known keys of paths: {list(PATHS_KEYS)}")
     checks = (("data", check_data_config), ("model", check_model_config), ("target", target_config),
               ("replay", replay_config))  # fmt: skip
+    checked = {}
     for key, check in checks:
         if key in cfg:
             try:
-                check(cfg[key])
+                checked[key] = check(cfg[key])
             except ValueError as e:
                 raise ConfigError(f"{key}: {e}" if key in ("target", "replay") else str(e)) from None
+    return checked
 
 
 def _check_extra_args(extra: dict[str, Any]) -> None:
