@@ -24,11 +24,11 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from speechllm.eval.data import load_described  # noqa: E402
-from speechllm.eval.runner import speech_answers  # noqa: E402
+from speechllm.config import CONF_DIR  # noqa: E402
+from speechllm.data.described import described_rows  # noqa: E402
+from speechllm.eval.answers import speech_answers  # noqa: E402
 from speechllm.eval.tasks import build_items, select_tasks  # noqa: E402
 from speechllm.model.speechlm import SpeechLM  # noqa: E402
-from speechllm.train.config import CONF_DIR  # noqa: E402
 
 
 def one_row_per_question(model, rows, items, max_new_tokens: int, batch_size: int) -> list[str]:
@@ -68,7 +68,7 @@ def main() -> None:
             cfg = compose("train", overrides=["experiment=demo"])
         torch.manual_seed(0)
         model = SpeechLM.from_config(cfg.model).eval()
-    rows = load_described(args.data_dir, "demo", split="test", max_clips=args.clips).rows
+    rows = described_rows(args.data_dir, "demo", split="test", max_clips=args.clips)
     tasks, _ = select_tasks(sorted({k for r in rows for k in r}), None)
     items, _ = build_items(rows, tasks, args.questions_per_task)
     one_row_per_question(model, rows, items[:4], 4, 4)  # warm-up: one-off allocation and kernel choice

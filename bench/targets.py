@@ -28,12 +28,12 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 import speechllm.data.targets as targets  # noqa: E402
+from speechllm.config import CONF_DIR  # noqa: E402
 from speechllm.data.layout import described_dir  # noqa: E402
 from speechllm.data.stage import load_stage  # noqa: E402
 from speechllm.data.verify import label_classes  # noqa: E402
-from speechllm.demo import prepare_command_for  # noqa: E402
 from speechllm.sources import load_llm  # noqa: E402
-from speechllm.train.config import CONF_DIR  # noqa: E402
+from speechllm.steps import prepare_command_for  # noqa: E402
 
 
 def demo_target_config(data_dir: str, clips: int) -> tuple[targets.TargetConfig, int]:

@@ -166,12 +166,13 @@ def main() -> None:
     tokens = sum(int(m.sum()) for _, m in cached_clock.shapes[1:])
 
     # Padding: the run's own batches (grouped) and the same epoch's batches from both samplers.
-    from speechllm.train.config import check_prepared, validate_schema
+    from speechllm.data.prepared import check_prepared
+    from speechllm.train.config import validate_schema
     from speechllm.train.run import load_mixture, row_lengths
 
     cfg = compose([*base, f"paths.output_dir={out / 'pad'}"])
     top, _, mixture_cfg = validate_schema(cfg)
-    mixture = load_mixture(cfg, check_prepared(cfg, mixture_cfg), top, mixture_cfg)
+    mixture = load_mixture(cfg, check_prepared(cfg, list(mixture_cfg.sources())), top, mixture_cfg)
     lengths = row_lengths(cached_clock.model, mixture.dataset)
     grouped = padding_fraction(lengths, sampler_batches(lengths, args.batch_size, True, top.seed))
     plain = padding_fraction(lengths, sampler_batches(lengths, args.batch_size, False, top.seed))

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import yaml
 
-from speechllm.config import user_config_dirs
+from speechllm.config import CONF_DIR, user_config_dirs
 
-ATTRIBUTES_DIR = Path(__file__).resolve().parent / "conf" / "attributes"
+ATTRIBUTES_DIR = CONF_DIR / "attributes"
 TASK_KEYS = ("name", "clause", "probe", "keywords", "questions", "training_questions", "synonyms", "weak")
 
 _extra_dirs: list[Path] = []

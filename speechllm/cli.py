@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from speechllm.config import CONF_DIR
 from speechllm.errors import reported
 
-CONF = str(Path(__file__).resolve().parent / "conf")
+CONF = str(CONF_DIR)
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="prepare")

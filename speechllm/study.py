@@ -32,7 +32,11 @@ from pathlib import Path
 
 import matplotlib
 
-from speechllm.demo import (
+from speechllm.config import CONF_DIR
+from speechllm.data.stage import read_json
+from speechllm.eval.plane import save_plane
+from speechllm.eval.scoring import learned_score
+from speechllm.steps import (
     REPO,
     is_fresh,
     newest_mtime,
@@ -41,7 +45,6 @@ from speechllm.demo import (
     run_step,
     sources_digest,
 )
-from speechllm.eval.runner import learned_score
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -153,7 +156,7 @@ def variant_result(report: dict, train_dir: Path) -> dict:
     ret = report.get("retention", {})
     fmt, drift = ret.get("format", {}), ret.get("drift", {})
     attributes = {t: u for t, u in report.get("unseen", {}).items() if "balanced_accuracy" in u}
-    metrics = _read_json(train_dir / "train_metrics.json") or {}
+    metrics = read_json(train_dir / "train_metrics.json") or {}
     steps = [s for s in metrics.get("steps", []) if "train/loss" in s]
     measured = bool(drift) and "skipped" not in drift
     tasks = {
@@ -190,10 +193,6 @@ def variant_result(report: dict, train_dir: Path) -> dict:
 def _minutes(results: dict[str, dict]) -> str:
     seconds = [t for r in results.values() for t in r.get("seconds", {}).values()]
     return f"{sum(seconds) / 60:.0f}" if seconds else "–"
-
-
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _f(value, digits: int = 2) -> str:
@@ -276,14 +275,7 @@ def plot_plane(results: dict[str, dict], path: Path) -> Path:
         ax.scatter([b["learned"]], [1.0], marker="*", color="grey", s=140, label="base LLM (gold text)")
     chance = next(iter(results.values()))["chance"]
     ax.axvline(chance, color="grey", lw=0.8, ls=":", label=f"chance ({chance:.2f})")
-    ax.set_xlabel("learned: mean balanced accuracy on unseen questions")
-    ax.set_ylabel("kept: retention score (1 = the base LLM)")
-    ax.set_title("Learning vs forgetting (one point per variant)")
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_plane(fig, ax, path, "Learning vs forgetting (one point per variant)")
     return path
 
 
@@ -313,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     variants = [v for v in args.variants.split(",") if v]
     if not variants:
         raise SystemExit(f"study: no variants given; known: {', '.join(VARIANTS)}")
-    unknown = [v for v in variants if not (REPO / "conf" / "study" / f"{v}.yaml").is_file()]
+    unknown = [v for v in variants if not (CONF_DIR / "study" / f"{v}.yaml").is_file()]
     if unknown:
         raise SystemExit(f"study: no conf/study/ config for {unknown}; known: {sorted(VARIANTS)}")
     out = (REPO / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
@@ -338,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
                  f"hydra.run.dir={train_dir}", *args.overrides]  # fmt: skip
         # Seconds each step took when it ran (kept across reruns that reuse it).
         times_file = out / v / "times.json"
-        times = _read_json(times_file) or {}
+        times = read_json(times_file) or {}
         record = {"command": train, "sources": train_sources}
         if is_fresh(final / "config.json", data_mtime, record):
             print(f"\n=== train-{v}: reusing {final}")

@@ -446,14 +446,6 @@ def generate_vllm(llm, prompts: list[str], gen: GenerationConfig) -> list[Genera
 # Chat generation and answer scoring
 
 
-def chat_prompts(tokenizer, conversations: Sequence[list[dict]]) -> list[str]:
-    """Render chats with the tokenizer's chat template, ready for the assistant's turn."""
-    return [
-        tokenizer.apply_chat_template(list(msgs), tokenize=False, add_generation_prompt=True)
-        for msgs in conversations
-    ]
-
-
 def greedy_chat(
     model, tokenizer, conversations: Sequence[list[dict]], *, max_new_tokens: int = 64, batch_size: int = 16
 ) -> list[Generation]:
@@ -472,7 +464,7 @@ def greedy_chat(
     """
     model.eval()
     gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, batch_size=batch_size)
-    return generate_texts(model, tokenizer, chat_prompts(tokenizer, conversations), gen)
+    return generate_texts(model, tokenizer, [chat_prompt(tokenizer, list(c)) for c in conversations], gen)
 
 
 def generate_chat(model, tokenizer, conversations: Sequence[list[dict]], **settings) -> list[str]:
@@ -542,7 +534,7 @@ def answer_logprobs(
     """
     model.eval()
     p_ids = [
-        tokenizer(p, add_special_tokens=False)["input_ids"] for p in chat_prompts(tokenizer, conversations)
+        tokenizer(chat_prompt(tokenizer, list(c)), add_special_tokens=False)["input_ids"] for c in conversations
     ]
     a_ids = [
         list(a) if not isinstance(a, str) else tokenizer(a, add_special_tokens=False)["input_ids"]

@@ -342,3 +342,17 @@ def make_tiny_audio_classifier(
         feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=True
     ).save_pretrained(out_dir)
     return str(out_dir)
+
+
+# `tiny:<name>` model sources (speechllm.sources): a tiny random model of each family the presets use, as
+# (builder, its arguments). The smoke preset trains on these; `tiny:llama3`, `tiny:qwen2.5` and
+# `tiny:whisper-large-v3` have the large presets' chat layouts and input shapes, so a large preset can be
+# tried on a CPU (`model.llm.source=tiny:llama3 model.encoder.source=tiny:whisper-large-v3`).
+TINY_MODELS = {
+    "llm": (make_tiny_llm, {}),  # SmolLM2's ChatML layout
+    "llama3": (make_tiny_llm, {"chat_format": "llama3"}),  # Llama-3.1-Instruct's layout, no pad token
+    "qwen2.5": (make_tiny_llm, {"chat_format": "qwen2.5"}),  # Qwen2.5-Instruct's layout and architecture
+    "whisper": (make_tiny_whisper, {}),  # 80 mel bins, 2 layers
+    "whisper-tiny.en": (make_tiny_whisper, {"encoder_layers": 4}),  # 80 mel bins and tiny.en's 4 layers
+    "whisper-large-v3": (make_tiny_whisper, {"num_mel_bins": 128, "encoder_layers": 4}),  # 128 mel bins
+}

@@ -16,6 +16,7 @@ import soundfile as sf
 from hydra import compose, initialize_config_dir
 
 from speechllm.config import ConfigError
+from speechllm.data.described import DescribedDataError
 from speechllm.eval import plane
 from speechllm.eval.data import EvalDataError
 from speechllm.eval.runner import CheckpointError, evaluate
@@ -245,7 +246,7 @@ def test_mismatched_checkpoint_is_a_clear_error(smoke_ckpt, data_dir, tmp_path):
 
 
 def test_missing_data_is_a_clear_error(smoke_ckpt, tmp_path):
-    with pytest.raises(EvalDataError, match="no described dataset"):
+    with pytest.raises(DescribedDataError, match="no described dataset"):
         evaluate(_cfg(f"checkpoint={smoke_ckpt}", f"paths.data_dir={tmp_path}"), out_dir=str(tmp_path))
 
 

@@ -258,7 +258,7 @@ def test_write_report_and_plane(tmp_path, capsys):
 
 
 def test_subsample_is_seeded_spread_and_ordered():
-    from speechllm.eval.data import subsample
+    from speechllm.data.described import subsample
 
     rows = [{"clip_id": f"{i:03d}"} for i in range(100)]
     a, b = subsample(rows, 10, seed=0), subsample(rows, 10, seed=0)
@@ -268,7 +268,7 @@ def test_subsample_is_seeded_spread_and_ordered():
 
 
 def test_agreement_gives_no_credit_for_missing_answers():
-    from speechllm.eval.runner import agreement
+    from speechllm.eval.scoring import agreement
 
     items = [tasks.Item(i, "content", "What was said?", "open the door", ()) for i in range(2)]
     items += [tasks.Item(i, "gender", "Man or woman?", "male", G) for i in range(2)]
@@ -279,7 +279,7 @@ def test_agreement_gives_no_credit_for_missing_answers():
 
 
 def test_target_score_averages_the_attribute_tasks_only():
-    from speechllm.eval.runner import target_score
+    from speechllm.eval.scoring import target_score
 
     scores = {
         "gender": {"accuracy": 0.0},

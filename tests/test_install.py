@@ -149,7 +149,9 @@ def test_a_users_own_attribute_runs_through_prepare_train_and_evaluate(installed
     env_path = f"{installed}{os.pathsep}{mods}"
     common = ["--config-dir", str(conf), f"paths.data_dir={data}", f"paths.cache_dir={tmp_path / 'cache'}"]
     data_args = ["data=audiofolder", f"data.path={folder}", "data.name=bright"]
-    target_args = ["target=label", "target.instructions=attributes", "target.instructions_per_clip=20"]
+    # The `attributes` pool, on clips described with the words and brightness only: its 2 brightness and 2
+    # content questions, none about gender, accent, pitch...
+    target_args = ["target=label", "target.instructions=attributes", "target.instructions_per_clip=4"]
 
     def run(script: str, *args: str) -> subprocess.CompletedProcess:
         env = {**os.environ, "PYTHONPATH": env_path, "HF_HUB_OFFLINE": "1"}
@@ -173,6 +175,9 @@ def test_a_users_own_attribute_runs_through_prepare_train_and_evaluate(installed
     assert brightness_rows and all(
         r["target"] in ("The voice sounds dark.", "The voice sounds bright.") for r in brightness_rows
     )
+    from speechllm.data.instructions import CONTENT_QUESTIONS
+
+    assert all(r in brightness_rows or r["instruction"] in CONTENT_QUESTIONS for r in targets)
 
     train = run("speechllm-train", *common, "experiment=smoke", *data_args, *target_args, "trainer.max_steps=1", "prepare_missing=false",
                 "trainer.report_to=[]", "hydra.run.dir=run")  # fmt: skip

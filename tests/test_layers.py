@@ -14,7 +14,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("textllm", "model", "describe", "corpus"),
     ("data",),
     ("train", "eval"),
-    ("errors", "ask", "cli", "demo", "study"),
+    ("errors", "ask", "cli", "steps", "demo", "study"),
 ]
 
 

@@ -11,7 +11,7 @@ from test_train import smoke_cfg, smoke_dirs, step_losses  # noqa: F401  (the se
 from speechllm.data.instructions import INSTRUCTION_POOLS, asked_attributes
 from speechllm.data.targets import TargetWriter, target_config
 from speechllm.data.verify import correctness, label_classes, verify_answer
-from speechllm.eval.runner import one_answer_questions, score
+from speechllm.eval.scoring import one_answer_questions, score
 from speechllm.eval.tasks import Item, balanced_accuracy
 from speechllm.model.alignment import AlignmentTargets, alignment_loss
 from speechllm.textllm import Generation

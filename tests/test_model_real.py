@@ -23,7 +23,7 @@ def test_packaged_models_answer_about_an_espeak_clip(
     assert model.encoder.layers == [1, 2, 3, 4]  # tiny.en has 4 layers: all tapped
     # No transcript in the row: Whisper writes it (espeak at 22.05 kHz is resampled on the way).
     rows = [{"audio_path": str(wav), "instruction": "What can you hear from the audio?"}]
-    rows = model._with_transcripts(rows)
+    rows = model.with_transcripts(rows)
     assert "light" in rows[0]["transcript"].lower()
     answers = model.generate(rows, max_new_tokens=8)
     assert len(answers) == 1 and answers[0].strip()

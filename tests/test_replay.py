@@ -29,7 +29,7 @@ from speechllm.safety import (
     LOOKALIKE_REQUESTS,
     is_refusal,
 )
-from speechllm.textllm import Generation
+from speechllm.textllm import Generation, LazyLLM
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "replay"
 
@@ -63,7 +63,7 @@ def test_magpie_rows_are_distinct_complete_chats(talky, tmp_path):
             }
         }
     )
-    ds = build_magpie(tmp_path / "magpie", cfg, seed=0, model=model, tokenizer=tok)
+    ds = build_magpie(tmp_path / "magpie", cfg, llm=LazyLLM(cfg.llm, None, model, tok))
     assert 0 < len(ds) <= 6
     users = [m[0]["content"] for m in ds["messages"]]
     assert len({u.lower() for u in users}) == len(users)
@@ -143,7 +143,7 @@ def test_safety_keeps_only_refusals_and_helpful_lookalikes(talky, tmp_path):
     answers |= {q: (comply if i % 2 == 0 else refuse) for i, q in enumerate(LOOKALIKE_REQUESTS[:6])}
     model = ScriptedLM(tok, answers)
     cfg = replay_config({"safety": {"harmful": 6, "lookalike": 6}})
-    ds = build_safety(tmp_path / "safety", cfg, model=model, tokenizer=tok)
+    ds = build_safety(tmp_path / "safety", cfg, llm=LazyLLM(cfg.llm, None, model, tok))
 
     kept = {row["messages"][0]["content"]: row for row in ds}
     assert set(kept) == set(HARMFUL_REQUESTS[0:6:2]) | set(LOOKALIKE_REQUESTS[0:6:2])
@@ -186,13 +186,13 @@ def test_experience_sampling(tmp_path):
     path = tmp_path / "chats.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     cfg = replay_config({"build": ["experience"], "experience": {"path": str(path), "size": 100}})
-    ds = build_experience(tmp_path / "experience", cfg, seed=0)
+    ds = build_experience(tmp_path / "experience", cfg)
     assert len(ds) == 8 and len(read_rejects(tmp_path / "experience")) == 2
     assert {"role": "user", "content": "Add 2 and 2."} in [m[0] for m in ds["messages"]]
     assert all(m[-1]["role"] == "assistant" for m in ds["messages"])
-    small = replay_config({"experience": {"path": str(path), "size": 3}})
-    a = build_experience(tmp_path / "e1", small, seed=1)["replay_id"]
-    assert list(a) == list(build_experience(tmp_path / "e2", small, seed=1)["replay_id"])
+    small = replay_config({"experience": {"path": str(path), "size": 3, "seed": 1}})
+    a = build_experience(tmp_path / "e1", small)["replay_id"]
+    assert list(a) == list(build_experience(tmp_path / "e2", small)["replay_id"])
     with pytest.raises(ValueError, match="experience.path is not set"):
         build_experience(tmp_path / "e3", replay_config({}))
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -38,6 +38,15 @@ def test_unknown_packaged_name_lists_known_names():
     assert isinstance(err.value, ValueError) and err.value.source == "packaged:gpt-5"
 
 
+def test_tiny_sources_are_built_once_into_the_cache_and_unknown_names_listed(tmp_cache):
+    folder = Path(resolve_source("tiny:llm"))
+    assert folder == tmp_cache / "tiny" / "llm" and (folder / "config.json").is_file()
+    stamp = (folder / "config.json").stat().st_mtime_ns
+    assert resolve_source("tiny:llm") == str(folder) and (folder / "config.json").stat().st_mtime_ns == stamp
+    with pytest.raises(SourceError, match="known tiny models are .*tiny:llama3"):
+        resolve_source("tiny:gpt-5")
+
+
 @pytest.mark.parametrize("source", ["/no/such/model", "./no_such_model_dir", "~/no/such/model", "a/b/c"])
 def test_missing_local_path_names_the_path(source):
     with pytest.raises(SourceError, match="does not exist") as err:

@@ -7,8 +7,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from speechllm import study
-from speechllm.demo import prepare_command_for
-from speechllm.train.config import CONF_DIR, validate_schema
+from speechllm.config import CONF_DIR
+from speechllm.steps import prepare_command_for
+from speechllm.train.config import validate_schema
 
 
 def _variant(name: str):

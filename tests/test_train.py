@@ -1,6 +1,6 @@
 """train.py and speechllm.train: presets, config errors, outputs, resume, policies, kd, multirun, torchrun.
 
-Everything runs the smoke preset (tiny random Whisper + Llama built into a temporary cache, a dozen
+Everything runs the smoke preset (tiny random Whisper + Llama, `tiny:` sources built once into the model cache, a dozen
 espeak clips with label targets). The data is prepared once per session through the same
 `prepare_missing` path a user's first smoke run takes; most tests then call `speechllm.train.train`
 in-process, and two run the real command lines (Hydra multirun, torchrun with two gloo processes).
@@ -23,8 +23,9 @@ from hydra import compose, initialize_config_dir
 from transformers import TrainerCallback
 
 from speechllm.config import ALLOWED_TARGETS, ConfigError, find_targets
+from speechllm.data.prepared import check_prepared, prepare_command
 from speechllm.train import train
-from speechllm.train.config import check_prepared, prepare_command, validate_schema
+from speechllm.train.config import validate_schema
 from speechllm.train.mixture import build_mixture, replay_counts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def smoke_dirs(tmp_path_factory) -> dict[str, Path]:
     dirs = {"data": root / "data", "cache": root / "cache"}
     cfg = compose_train(_paths(dirs, root / "prep-run"))
     _, _, mixture = validate_schema(cfg)
-    check_prepared(cfg, mixture)  # prepare_missing=true in the preset: runs data_prep/prepare.py
+    check_prepared(cfg, list(mixture.sources()))  # prepare_missing=true in the preset: runs data_prep/prepare.py
     return dirs
 
 
@@ -195,7 +196,7 @@ def test_missing_data_names_the_prepare_command(tmp_path, monkeypatch):
     msg = str(err.value)
     assert str(tmp_path / "nodata" / "demo" / "targets" / "label") in msg
     assert str(tmp_path / "nodata" / "replay" / "magpie") in msg
-    command = prepare_command(cfg, validate_schema(cfg)[2])
+    command = prepare_command(cfg, list(validate_schema(cfg)[2].sources()))
     assert "python data_prep/prepare.py" in msg and "target=label" in command
     assert "replay.build=[magpie,safety]" in command
 
@@ -208,10 +209,10 @@ def test_targets_made_with_other_settings_are_refused_or_remade(smoke_dirs, tmp_
     dirs = {**smoke_dirs, "data": data}
     cfg = compose_train([*_paths(dirs, tmp_path / "run"), "target.limit=3", "prepare_missing=false"])
     with pytest.raises(ConfigError, match=r"made with other settings \(target\.limit: None != 3\)") as err:
-        check_prepared(cfg, validate_schema(cfg)[2])
+        check_prepared(cfg, list(validate_schema(cfg)[2].sources()))
     assert "target.limit=3" in str(err.value)  # the printed command makes matching targets
     cfg = compose_train([*_paths(dirs, tmp_path / "run"), "target.limit=3"])  # the preset: prepare_missing
-    check_prepared(cfg, validate_schema(cfg)[2])
+    check_prepared(cfg, list(validate_schema(cfg)[2].sources()))
     assert len(load_stage(data / "smoke" / "targets" / "label")) == 3
 
 

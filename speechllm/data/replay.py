@@ -27,7 +27,6 @@ The mixing itself (``replay.ratio``, ``replay.weights``) is read by training, no
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -48,7 +47,6 @@ from speechllm.textllm import Generation, GenerationConfig, LazyLLM, chat_prompt
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("experience", "magpie", "safety")
 
 # Generation-time only: small models rarely refuse unprompted; the stored chats have no system turn.
 DEFAULT_SAFETY_SYSTEM = (
@@ -87,6 +85,13 @@ class MagpieConfig:
     answer_on_truncated: str = "trim"
     chunk_size: int = 32
 
+    def settings(self) -> dict:
+        """What decides the attempts' chats (recorded in each row and in the stage's fingerprint): `size`
+        and `oversample` reach them only as the number of attempts, and the sampling seed is the
+        instruction's own; the chunk size stays, since each chunk samples with its own salt."""
+        return {"system": self.system, "instruction": self.instruction.settings(), "answer": self.answer.settings(),
+                "answer_on_truncated": self.answer_on_truncated, "chunk_size": self.chunk_size}  # fmt: skip
+
 
 @dataclass
 class SafetyConfig:
@@ -107,6 +112,11 @@ class SafetyConfig:
     answer: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=64))
     answer_on_truncated: str = "trim"
 
+    def settings(self) -> dict:
+        """What decides the rows (the requests asked are recorded beside it)."""
+        system = DEFAULT_SAFETY_SYSTEM if self.system is None else self.system
+        return {"system": system, "answer": self.answer.settings(), "answer_on_truncated": self.answer_on_truncated}
+
 
 @dataclass
 class ExperienceConfig:
@@ -116,11 +126,13 @@ class ExperienceConfig:
         path: HF dataset folder (``save_to_disk``) or a ``.jsonl`` file; required when built.
         split: split to take when the folder holds a DatasetDict.
         size: rows to sample (all if fewer).
+        seed: the sample's seed.
     """
 
     path: str | None = None
     split: str = "train"
     size: int = 1000
+    seed: int = 0
 
 
 @dataclass
@@ -130,7 +142,7 @@ class ReplayConfig:
     Attributes:
         llm: source of the frozen LLM writing magpie and safety chats.
         dtype: torch dtype name, or None.
-        build: which sources data prep builds (names from SOURCES).
+        build: which sources data prep builds (names of BUILDERS).
         ratio: read by training: replay examples as a fraction of the speech examples (0: none).
         weights: read by training: relative share of each source within the replay examples.
         magpie, safety, experience: per-source settings.
@@ -162,8 +174,8 @@ def replay_config(node: DictConfig | dict | None) -> ReplayConfig:
     """
     cfg = check_section(ReplayConfig, node, "replay.")
     for name in list(cfg.build) + list(cfg.weights):
-        if name not in SOURCES:
-            raise ConfigError(f"replay: unknown source {name!r}; known: {SOURCES}")
+        if name not in BUILDERS:
+            raise ConfigError(f"replay: unknown source {name!r}; known: {tuple(BUILDERS)}")
     if not 0.0 <= cfg.ratio < 1.0:
         # Training reads the mixture from this check too; checked at preparation as well, since a prepare
         # run with ratio=1.5 would build replay for a mix that cannot be trained.
@@ -277,26 +289,15 @@ def instruction_reject_reason(g: Generation, seen: set[str]) -> str | None:
 class MagpieWriter:
     """``process`` of the Magpie stage: a chunk of attempt ids -> chats and counted rejects."""
 
-    def __init__(self, cfg: ReplayConfig, llm: LazyLLM, seed: int):
-        self.cfg, self.llm, self.seed = cfg, llm, seed
-        m = cfg.magpie
-        self.record = json.dumps(
-            {
-                "system": m.system,
-                "instruction": m.instruction.settings(),
-                "answer": m.answer.settings(),
-                "answer_on_truncated": m.answer_on_truncated,
-                "seed": seed,
-            },
-            sort_keys=True,
-        )
+    def __init__(self, cfg: ReplayConfig, llm: LazyLLM):
+        self.cfg, self.llm = cfg, llm
+        self.record = json.dumps(cfg.magpie.settings(), sort_keys=True)
 
     def __call__(self, chunk: list[dict]):
         model, tokenizer = self.llm.get()
         m = self.cfg.magpie
         prefix = user_turn_prefix(tokenizer, m.system)
-        gen = dataclasses.replace(m.instruction, seed=self.seed)
-        asks = generate_texts(model, tokenizer, [prefix] * len(chunk), gen, salt=chunk[0]["replay_id"])
+        asks = generate_texts(model, tokenizer, [prefix] * len(chunk), m.instruction, salt=chunk[0]["replay_id"])
         rejects, keep, seen = [], [], set()
         for item, g in zip(chunk, asks, strict=True):
             text, rid = g.text, item["replay_id"]
@@ -343,42 +344,21 @@ def _dedupe_and_cap(size: int):
     return process
 
 
-def build_magpie(
-    out_dir,
-    cfg: ReplayConfig,
-    *,
-    seed: int = 0,
-    shard=(0, 1),
-    model=None,
-    tokenizer=None,
-    loader: LazyLLM | None = None,
-):
-    """Build the Magpie set (resumable, shardable): attempts in ``out_dir/../_raw/<name>``, final in ``out_dir``.
+# Every builder: (out_dir, the validated replay config, shard "i/n" or (i, n), the LLM shared by the builders
+# (None: cfg.llm, loaded on first use)) -> the dataset, or None while other shards still run.
 
-    Args:
-        out_dir: final folder (``{data_dir}/replay/magpie``).
-        cfg: validated replay config.
-        seed: sampling seed.
-        shard: ``"i/n"`` or ``(i, n)`` for the attempts.
-        model, tokenizer: a loaded LLM instead of ``cfg.llm``.
-        loader: a lazy loader shared with other builders (overrides model/tokenizer).
 
-    Returns:
-        The dataset, or None while other shards still run.
-    """
+def build_magpie(out_dir, cfg: ReplayConfig, *, shard=(0, 1), llm: LazyLLM | None = None):
+    """The Magpie set (resumable, shardable): attempts in ``out_dir/../_raw/<name>``, the final set in
+    ``out_dir`` (``{data_dir}/replay/magpie``), deduplicated and capped at ``magpie.size``."""
     out_dir = Path(out_dir)
     raw_dir = out_dir.parent / "_raw" / out_dir.name
     attempts = math.ceil(cfg.magpie.size * cfg.magpie.oversample)
-    fp = {"stage": "replay/magpie", "llm": cfg.llm, "dtype": cfg.dtype, "seed": seed}
-    fp["magpie"] = dataclasses.asdict(cfg.magpie)
-    # size and oversample reach the raw attempts only through their number (the inputs); the cap is
-    # applied in the final pass.
-    fp["magpie"].pop("size")
-    fp["magpie"].pop("oversample")
+    fp = {"stage": "replay/magpie", "llm": cfg.llm, "dtype": cfg.dtype, "magpie": cfg.magpie.settings()}
     inputs = [{"replay_id": f"magpie-{i:06d}"} for i in range(attempts)]
-    llm = loader or LazyLLM(cfg.llm, cfg.dtype, model, tokenizer)
+    llm = llm or LazyLLM(cfg.llm, cfg.dtype)
     raw = run_stage(
-        raw_dir, fp, inputs, MagpieWriter(cfg, llm, seed), key="replay_id",
+        raw_dir, fp, inputs, MagpieWriter(cfg, llm), key="replay_id",
         chunk_size=cfg.magpie.chunk_size, shard=shard, desc="replay/magpie",
     )  # fmt: skip
     if raw is None:
@@ -434,14 +414,7 @@ class SafetyWriter:
         self.cfg, self.llm = cfg, llm
         s = cfg.safety
         self.system = DEFAULT_SAFETY_SYSTEM if s.system is None else s.system
-        self.record = json.dumps(
-            {
-                "system": self.system,
-                "answer": s.answer.settings(),
-                "answer_on_truncated": s.answer_on_truncated,
-            },
-            sort_keys=True,
-        )
+        self.record = json.dumps(s.settings(), sort_keys=True)
 
     def __call__(self, chunk: list[dict]):
         model, tokenizer = self.llm.get()
@@ -472,32 +445,14 @@ class SafetyWriter:
         return StageResult(rows=rows, rejects=rejects)
 
 
-def build_safety(
-    out_dir, cfg: ReplayConfig, *, shard=(0, 1), model=None, tokenizer=None, loader: LazyLLM | None = None
-):
-    """Build the safety set: refusals to harmful requests and helpful answers to look-alikes.
-
-    Args:
-        out_dir: the folder (``{data_dir}/replay/safety``).
-        cfg: validated replay config.
-        shard: ``"i/n"`` or ``(i, n)``.
-        model, tokenizer: a loaded LLM instead of ``cfg.llm``.
-        loader: a lazy loader shared with other builders (overrides model/tokenizer).
-
-    Returns:
-        The dataset, or None while other shards still run.
-    """
+def build_safety(out_dir, cfg: ReplayConfig, *, shard=(0, 1), llm: LazyLLM | None = None):
+    """The safety set in ``out_dir`` (``{data_dir}/replay/safety``): refusals to harmful requests and
+    helpful answers to look-alikes."""
     inputs = safety_inputs(cfg.safety)
-    fp = {
-        "stage": "replay/safety",
-        "llm": cfg.llm,
-        "dtype": cfg.dtype,
-        "safety": dataclasses.asdict(cfg.safety),
-    }
-    fp["safety"]["answer"].pop("batch_size")
-    fp["requests"] = [x["request"] for x in inputs]
+    fp = {"stage": "replay/safety", "llm": cfg.llm, "dtype": cfg.dtype, "safety": cfg.safety.settings(),
+          "requests": [x["request"] for x in inputs]}  # fmt: skip
     ds = run_stage(
-        out_dir, fp, inputs, SafetyWriter(cfg, loader or LazyLLM(cfg.llm, cfg.dtype, model, tokenizer)), key="replay_id",
+        out_dir, fp, inputs, SafetyWriter(cfg, llm or LazyLLM(cfg.llm, cfg.dtype)), key="replay_id",
         chunk_size=16, shard=shard, desc="replay/safety",
     )  # fmt: skip
     if ds is not None:
@@ -593,24 +548,17 @@ def read_experience(path: str | Path, split: str = "train") -> list[dict]:
     return records
 
 
-def build_experience(out_dir, cfg: ReplayConfig, *, seed: int = 0):
-    """Sample an on-disk chat/instruction dataset into replay chats.
-
-    Args:
-        out_dir: the folder (``{data_dir}/replay/experience``).
-        cfg: validated replay config (``experience.path`` must be set).
-        seed: sampling seed.
-
-    Returns:
-        The dataset.
-    """
+def build_experience(out_dir, cfg: ReplayConfig, *, shard=(0, 1), llm: LazyLLM | None = None):
+    """An on-disk chat/instruction dataset (``experience.path``, required) sampled into replay chats in
+    ``out_dir`` (``{data_dir}/replay/experience``). It writes nothing with an LLM and is one cheap pass, so
+    `shard` and `llm` are not used: every shard builds it (the same rows)."""
     e = cfg.experience
     if not e.path:
         raise ValueError(
             "replay.experience.path is not set: point it at a chat dataset folder or a .jsonl file"
         )
     records = read_experience(e.path, e.split)
-    picked = sorted(random.Random(seed).sample(range(len(records)), min(e.size, len(records))))
+    picked = sorted(random.Random(e.seed).sample(range(len(records)), min(e.size, len(records))))
     inputs = [
         {"replay_id": f"experience-{i:07d}", "record": json.dumps(records[i], default=str)} for i in picked
     ]
@@ -634,7 +582,7 @@ def build_experience(out_dir, cfg: ReplayConfig, *, seed: int = 0):
             rows.append(row)
         return StageResult(rows=rows, rejects=rejects)
 
-    fp = {"stage": "replay/experience", "path": origin, "split": e.split, "size": e.size, "seed": seed}
+    fp = {"stage": "replay/experience", "path": origin, "split": e.split, "size": e.size, "seed": e.seed}
     return run_stage(out_dir, fp, inputs, process, key="replay_id", chunk_size=1024, desc="replay/experience")
 
 
@@ -643,12 +591,14 @@ def _write_stats(out_dir: Path, stats: dict) -> None:
     Path(out_dir, "_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
 
 
+BUILDERS = {"experience": build_experience, "magpie": build_magpie, "safety": build_safety}
+
+
 def run_replay(cfg: DictConfig, state: dict | None = None) -> dict[str, Any]:
     """The replay stage of ``data_prep/prepare.py``: build every source in ``replay.build``.
 
     Args:
-        cfg: the prepare config; uses ``replay`` (group ``conf/replay``), ``paths.data_dir``,
-            ``seed`` and ``shard``.
+        cfg: the prepare config; uses ``replay`` (group ``conf/replay``), ``paths.data_dir`` and ``shard``.
         state: the pipeline state of ``speechllm.data.prepare``, when run from there; the result
             goes to ``state["replay"]``. (Replay folders are shared by all datasets, so they are
             not added to the dataset's rejects.)
@@ -658,16 +608,11 @@ def run_replay(cfg: DictConfig, state: dict | None = None) -> dict[str, Any]:
     """
     rcfg = replay_config(cfg.replay)
     data_dir = Path(cfg.paths.data_dir)
-    seed, shard = int(cfg.get("seed", 0)), str(cfg.get("shard", "0/1"))
+    shard = str(cfg.get("shard", "0/1"))
     llm = LazyLLM(rcfg.llm, rcfg.dtype)  # shared, so magpie and safety load the model once
     out: dict[str, Any] = {}
     for name in rcfg.build:
-        if name == "magpie":
-            out[name] = build_magpie(replay_dir(data_dir, name), rcfg, seed=seed, shard=shard, loader=llm)
-        elif name == "safety":
-            out[name] = build_safety(replay_dir(data_dir, name), rcfg, shard=shard, loader=llm)
-        else:
-            out[name] = build_experience(replay_dir(data_dir, name), rcfg, seed=seed)
+        out[name] = BUILDERS[name](replay_dir(data_dir, name), rcfg, shard=shard, llm=llm)
     if state is not None:
         state["replay"] = out
     return out

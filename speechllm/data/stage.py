@@ -40,7 +40,7 @@ from typing import Any
 import datasets
 from tqdm.auto import tqdm
 
-from speechllm.config import flatten
+from speechllm.config import differences
 from speechllm.digests import key_digest
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,8 @@ def parse_shard(shard: str | tuple[int, int]) -> tuple[int, int]:
     return index, count
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
+    """A JSON file's contents, or None when it is missing or unreadable (a stage's records, a run's report)."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -115,10 +116,15 @@ def is_current(out_dir: str | Path, fingerprint: dict | str | None = None) -> bo
     `fingerprint` here is the one recorded by `run_stage` (`_complete.json["config"]`), i.e. the
     caller's config dict.
     """
-    done = _read_json(Path(out_dir) / _COMPLETE)
+    done = read_json(Path(out_dir) / _COMPLETE)
     if done is None:
         return False
     return fingerprint is None or done.get("config") == fingerprint_of(fingerprint)
+
+
+def is_finished(out_dir: str | Path) -> bool:
+    """Whether a stage folder holds a finished dataset (`_complete.json`, written last)."""
+    return (Path(out_dir) / _COMPLETE).is_file()
 
 
 def settings_differences(out_dir: str | Path, fingerprint: dict) -> list[str]:
@@ -128,20 +134,14 @@ def settings_differences(out_dir: str | Path, fingerprint: dict) -> list[str]:
         [] when the stage is current; else dotted keys with both values (``target.llm: 'a' != 'b'``),
         or one line saying the stage predates recorded settings.
     """
-    done = _read_json(Path(out_dir) / _COMPLETE)
+    done = read_json(Path(out_dir) / _COMPLETE)
     if done is None:
         return [f"not finished (no {_COMPLETE}: interrupted, or still running)"]
     if done.get("config") == fingerprint_of(fingerprint):
         return []
     if "settings" not in done:
         return ["settings not recorded (made by an older version)"]
-    made = flatten(json.loads(json.dumps(done["settings"], default=str)))
-    wanted = flatten(json.loads(json.dumps(fingerprint, default=str)))
-    return [
-        f"{k}: {made.get(k, '<unset>')!r} != {wanted.get(k, '<unset>')!r}"
-        for k in sorted(made.keys() | wanted.keys())
-        if made.get(k, "<unset>") != wanted.get(k, "<unset>")
-    ]
+    return differences(json.loads(json.dumps(done["settings"], default=str)), json.loads(json.dumps(fingerprint, default=str)))
 
 
 def load_stage(out_dir: str | Path) -> datasets.Dataset:
@@ -164,7 +164,7 @@ def read_rejects(out_dir: str | Path) -> list[dict]:
 
 def stage_stats(out_dir: str | Path) -> dict:
     """Counts and time recorded when the stage finished (`rows`, `rejects`, `seconds`)."""
-    return _read_json(Path(out_dir) / _COMPLETE) or {}
+    return read_json(Path(out_dir) / _COMPLETE) or {}
 
 
 def _chunks(inputs: list[dict], chunk_size: int) -> list[list[dict]]:
@@ -199,7 +199,7 @@ def _write_part(out_dir: Path, index: int, result: StageResult) -> None:
 def _prepare_dir(out_dir: Path, stage_fp: str) -> None:
     """Make `out_dir` hold parts of this fingerprint only: anything made with another one goes."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    recorded = _read_json(out_dir / _FINGERPRINT)
+    recorded = read_json(out_dir / _FINGERPRINT)
     if recorded is not None and recorded.get("fingerprint") == stage_fp:
         return
     if recorded is not None or any(out_dir.iterdir()):
@@ -311,7 +311,7 @@ def run_stage(
         raise ValueError(f"{desc}: duplicate {key} values in the inputs, e.g. {duplicates[:5]}")
 
     stage_fp = _stage_fingerprint(fingerprint, inputs, chunk_size)
-    done = _read_json(out_dir / _COMPLETE)
+    done = read_json(out_dir / _COMPLETE)
     if done is not None and done.get("fingerprint") == stage_fp:
         logger.info(
             "%s: up to date (%d rows, %d rejects) in %s", desc, done["rows"], done["rejects"], out_dir
@@ -335,7 +335,7 @@ def run_stage(
     # One merger: a lock that the OS releases if its holder dies.
     with open(out_dir / "_merge.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        done = _read_json(out_dir / _COMPLETE)
+        done = read_json(out_dir / _COMPLETE)
         if done is None or done.get("fingerprint") != stage_fp:
             missing = [i for i in range(len(chunks)) if not _part_dir(out_dir, i).exists()]
             if missing:

@@ -26,6 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from speechllm.attributes import attribute_tasks
 from speechllm.config import ConfigError, check_section
 from speechllm.data.instructions import (
     LABEL_TRANSCRIPT_TEMPLATE,
@@ -455,18 +456,37 @@ def _described_inputs(described, cfg: TargetConfig, seed: int) -> list[dict]:
     rows.sort(key=lambda r: str(r["clip_id"]))
     if cfg.limit is not None:
         rows = rows[: cfg.limit]
+    pool = _answerable(cfg.instructions, rows)
+    if len(set(pool)) < cfg.instructions_per_clip:
+        raise ConfigError(
+            f"target.instructions_per_clip={cfg.instructions_per_clip}: only {len(set(pool))} instructions of the pool "
+            "ask about attributes these clips were described with"
+        )
     return [
         {**r, "target_id": f"{r['clip_id']}/{i}", "instruction": instruction}
         for r in rows
-        for i, instruction in enumerate(
-            pick_instructions(cfg.instructions, str(r["clip_id"]), seed, cfg.instructions_per_clip)
-        )
+        for i, instruction in enumerate(pick_instructions(pool, str(r["clip_id"]), seed, cfg.instructions_per_clip))
     ]
+
+
+def _answerable(pool: list[str], rows: list[dict]) -> list[str]:
+    """The pool without the questions about an attribute no clip has a value or a label for: the `attributes`
+    pool asks about every registered attribute, and a dataset described with a few of them (a user's own
+    attribute alone, say) would otherwise get targets in which the LLM guesses at what its description
+    never said. Dropped questions are logged."""
+    tasks = attribute_tasks()
+    described = {name for name, task in tasks.items() if any(r.get(task.attribute) or r.get(f"label_{name}") for r in rows)}
+    kept = [q for q in pool if set(asked_attributes(q)) <= described]
+    if len(kept) < len(pool):
+        missing = sorted({a for q in pool for a in asked_attributes(q)} - described)
+        logger.info("targets: %d of %d instructions left out: they ask about %s, which no clip was described with",
+                    len(pool) - len(kept), len(pool), missing)  # fmt: skip
+    return kept
 
 
 def targets_fingerprint(cfg: TargetConfig, seed: int) -> dict:
     """What a targets stage's rows depend on (batch sizes do not), as recorded in its `_complete.json`;
-    training compares its own `target` settings with it (`speechllm.train.config.check_prepared`)."""
+    training compares its own `target` settings with it (`speechllm.data.prepared.check_prepared`)."""
     config = dataclasses.asdict(cfg)
     config["generation"].pop("batch_size")
     config["token_filter"].pop("batch_size")

@@ -12,14 +12,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from speechllm.corpus.audiofolder import AudioFolderError, read_audiofolder
 from speechllm.corpus.hf import dataset_columns, write_hf_corpus
 from speechllm.data.describe_stage import describe_processor
-from speechllm.data.layout import described_dir
+from speechllm.data.described import subsample
 from speechllm.eval.tasks import Item, normalize_answer
 
 log = logging.getLogger(__name__)
@@ -44,56 +43,6 @@ class EvalData:
     name: str
     notes: list[str] = field(default_factory=list)
     items: list | None = None  # an external instruction set's own questions (None: the unseen tasks)
-
-
-def subsample(rows: list[dict], max_clips: int | None, seed: int = 0) -> list[dict]:
-    """At most `max_clips` rows, drawn with `seed` and kept in their order.
-
-    A seeded draw, not the first N: corpora are often ordered by speaker or voice, and the first N
-    clips would then cover one class.
-    """
-    if not max_clips or len(rows) <= max_clips:
-        return rows
-    keep = sorted(random.Random(seed).sample(range(len(rows)), max_clips))
-    return [rows[i] for i in keep]
-
-
-def load_described(
-    data_dir: str, name: str, split: str = "test", max_clips: int | None = None, seed: int = 0
-) -> EvalData:
-    """The described dataset's rows of one split.
-
-    Args:
-        data_dir: ``paths.data_dir``.
-        name: dataset name (``eval.data``).
-        split: which split to keep.
-        max_clips: keep N rows (see :func:`subsample`; None: all).
-        seed: the draw's seed.
-
-    Returns:
-        EvalData.
-
-    Raises:
-        EvalDataError: the folder is missing or the split is empty.
-    """
-    import datasets
-
-    path = str(described_dir(data_dir, name))
-    if not os.path.isdir(path):
-        raise EvalDataError(
-            f"no described dataset at {path!r}: run `python data_prep/prepare.py data={name}` first, "
-            "or pass eval.audiofolder=DIR to evaluate a labelled audiofolder"
-        )
-    ds = datasets.load_from_disk(path)
-    if "split" in ds.column_names:
-        splits = sorted(set(ds["split"]))
-        idx = [i for i, s in enumerate(ds["split"]) if s == split]
-        if not idx:
-            raise EvalDataError(f"{path!r} has no rows with split=={split!r} (splits present: {splits})")
-        ds = ds.select(idx)
-    rows = sorted((dict(r) for r in ds), key=lambda r: str(r.get("clip_id", "")))
-    rows = subsample(rows, max_clips, seed)
-    return EvalData(rows=rows, name=f"{name}/described[{split}]")
 
 
 def load_audiofolder(

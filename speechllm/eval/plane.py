@@ -88,17 +88,22 @@ def plot_plane(run_dirs: Sequence[str], out_path: str, labels: Sequence[str] | N
             ax.scatter([p["x_base"]], [p["y_base"]], facecolors="none", edgecolors=color, s=40)
         ax.scatter([p["x"]], [p["y"]], color=color, s=50, label=label)
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("learned: mean balanced accuracy, unseen questions")
-    ax.set_ylabel("kept: retention score (1 = the base LLM)")
-    ax.set_title("Learning vs forgetting (hollow: untrained adapter)")
     ax.set_xlim(0, 1.02)
     ax.set_ylim(bottom=0)
+    return save_plane(fig, ax, out_path, "Learning vs forgetting (hollow: untrained adapter)")
+
+
+def save_plane(fig, ax, out_path: str | os.PathLike, title: str) -> str:
+    """Label the plane's axes as every plane plot does (evaluation runs, the study's variants), and save it."""
+    ax.set_xlabel("learned: mean balanced accuracy on unseen questions")
+    ax.set_ylabel("kept: retention score (1 = the base LLM)")
+    ax.set_title(title)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
-    return out_path
+    return str(out_path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from speechllm.eval.data import load_described
+from speechllm.data.described import described_rows
 from speechllm.eval.tasks import balanced_accuracy, gold_value, select_tasks, task_classes
 from speechllm.parsing import parse_label
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from speechllm.model import SpeechLM
 
-    rows = load_described(args.data_dir, args.data, split=args.split).rows
+    rows = described_rows(args.data_dir, args.data, split=args.split)
     model = SpeechLM.from_pretrained(args.checkpoint).eval()
     texts = read_back(model, rows)
     for row, text in list(zip(rows, texts, strict=True))[: args.show]:

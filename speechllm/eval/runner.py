@@ -18,43 +18,42 @@ import json
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
-from speechllm import parsing
-from speechllm.audio import file_stamp, load_audio
 from speechllm.config import ConfigError, check_section
 from speechllm.data.describe_stage import describe_config
-from speechllm.digests import key_digest, weights_digest
+from speechllm.data.described import described_rows
+from speechllm.digests import weights_digest
 from speechllm.eval import retention
+from speechllm.eval.answers import (
+    AnswerStore,
+    speech_answers,
+    speech_answers_key,
+    text_answers,
+    text_answers_key,
+)
 from speechllm.eval.data import (
     EvalData,
     EvalDataError,
     add_descriptions,
     load_audiofolder,
-    load_described,
     load_instruction_set,
 )
 from speechllm.eval.report import render_markdown, write_json, write_report
+from speechllm.eval.scoring import agreement, answer_samples, parse_answers, score, summary
 from speechllm.eval.tasks import (
     Item,
-    balanced_accuracy,
     build_items,
-    chance_level,
-    clip_interval,
-    normalize_answer,
     select_tasks,
 )
 from speechllm.model import SpeechLM
 from speechllm.model.speechlm import CheckpointError
 from speechllm.sources import load_llm
-from speechllm.textllm import description_messages, generate_chat
 
 __all__ = ["CheckpointError", "evaluate"]
 
@@ -133,323 +132,6 @@ def untrained_model(model_cfg: dict, seed: int):
     return SpeechLM.from_config(OmegaConf.create(model_cfg)).eval()
 
 
-# ----- answers that do not depend on the trained weights, computed once -------------------------------
-
-
-def reused_answers(cache_dir: str | None, kind: str, key: dict, compute) -> tuple[list[str], bool]:
-    """Answers stored under a digest of everything they depend on, or computed and stored.
-
-    The ceiling (the base LLM reading descriptions) and the untrained baseline do not depend on the
-    trained weights: a re-evaluation, or the evaluation of another checkpoint of the same model config
-    on the same clips, reuses them.
-
-    Args:
-        cache_dir: `paths.cache_dir` (None: no reuse).
-        kind: what the answers are (part of the file name).
-        key: what they depend on (weights digests, prompts, audio file stamps, generation settings).
-        compute: () -> answers, when nothing is stored.
-
-    Returns:
-        (answers, whether they were reused).
-    """
-    if not cache_dir:
-        return compute(), False
-    path = os.path.join(cache_dir, "eval-answers", f"{kind}-{key_digest(key)}.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)["answers"], True
-    answers = compute()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump({"kind": kind, "answers": answers}, f)
-    os.replace(tmp, path)
-    return answers, False
-
-
-def _speech_key(weights: dict[str, str], config: dict, rows: Sequence[dict], items: Sequence[Item],
-                gen: dict) -> dict:  # fmt: skip
-    """What a speech model's answers depend on: its weights' digests and config, the clips and questions."""
-    return {
-        "config": config,
-        "weights": weights,
-        "requests": [
-            (
-                rows[it.row].get("clip_id"),
-                rows[it.row]["audio_path"],
-                file_stamp(rows[it.row]["audio_path"]),
-                rows[it.row].get("transcript"),
-                it.question,
-            )
-            for it in items
-        ],  # fmt: skip
-        "gen": gen,
-    }
-
-
-# ----- answering -------------------------------------------------------------------------------------
-
-
-def speech_answers(
-    model, rows: Sequence[dict], items: Sequence[Item], *, max_new_tokens: int, batch_size: int
-) -> list[str]:
-    """The speech model's answers: audio + transcript + question per item, batched.
-
-    Args:
-        model: a SpeechLM.
-        rows: the evaluated clips.
-        items: questions (``item.row`` indexes `rows`).
-        max_new_tokens: answer length limit.
-        batch_size: rows per generate call.
-
-    Returns:
-        One answer per item.
-    """
-    reqs = [
-        {
-            "clip_id": rows[it.row].get("clip_id"),
-            "audio_path": rows[it.row]["audio_path"],
-            "transcript": rows[it.row].get("transcript"),
-            "instruction": it.question,
-        }
-        for it in items
-    ]
-    # A clip's questions side by side: in one batch they share the audio and the prompt before the
-    # question, which SpeechLM.generate then computes once.
-    order = sorted(range(len(reqs)), key=lambda i: (items[i].row, i))
-    out: list[str] = [""] * len(reqs)
-    with torch.no_grad():
-        for start in tqdm(
-            range(0, len(order), batch_size), desc="speech answers", unit="batch", disable=not reqs
-        ):
-            idx = order[start : start + batch_size]
-            answers = model.generate([reqs[i] for i in idx], max_new_tokens=max_new_tokens)
-            for i, answer in zip(idx, answers, strict=True):
-                out[i] = answer.strip()
-    return out
-
-
-def description_chats(
-    rows: Sequence[dict], items: Sequence[Item], system: str | None = None
-) -> list[list[dict]]:
-    """The chats the text LLM reads: each item's question about its clip's gold description (see
-    `text_answers` for `system`)."""
-    return [description_messages(rows[it.row]["description"], it.question, system) for it in items]
-
-
-def text_answers(
-    llm,
-    tokenizer,
-    rows: Sequence[dict],
-    items: Sequence[Item],
-    *,
-    max_new_tokens: int,
-    batch_size: int,
-    system: str | None = None,
-) -> list[str]:
-    """The text LLM's answers reading each clip's gold description.
-
-    Args:
-        system: the system prompt (None: the one target generation uses by default, for the ceiling;
-            "": none, so the chat template's default, as the speech prompt without a system message).
-    """
-    convs = description_chats(rows, items, system)
-    return generate_chat(llm, tokenizer, convs, max_new_tokens=max_new_tokens, batch_size=batch_size)
-
-
-# ----- scoring ---------------------------------------------------------------------------------------
-
-
-def parse_answers(items: Sequence[Item], answers: Sequence[str]) -> list[str | None]:
-    """Parsed label (label tasks), extracted transcript (content) or normalized text (exact match) per item."""
-    out: list[str | None] = []
-    for it, a in zip(items, answers, strict=True):
-        if it.exact:
-            out.append(normalize_answer(a) or None)
-        elif it.classes:
-            out.append(parsing.parse_label(a, it.task, it.classes))
-        else:
-            out.append(parsing.extract_transcript(a))
-    return out
-
-
-def score(items: Sequence[Item], parsed: Sequence[str | None]) -> dict[str, dict]:
-    """Per-task scores.
-
-    Args:
-        items: the questions.
-        parsed: from :func:`parse_answers`.
-
-    Returns:
-        {task: {"accuracy", "n", "answered", "chance", "chance_uniform"}}, label tasks also with
-        "balanced_accuracy", 95% clip-bootstrap intervals of both ("accuracy_ci", "balanced_accuracy_ci")
-        and the number of clips asked about; content tasks (no classes)
-        get "wer" and accuracy = max(0, 1 - WER) (word accuracy) with chance 0.
-    """
-    by_task: dict[str, list[tuple[Item, str | None]]] = {}
-    for it, p in zip(items, parsed, strict=True):
-        by_task.setdefault(it.task, []).append((it, p))
-    out: dict[str, dict] = {}
-    for task, pairs in by_task.items():
-        golds = [it.gold for it, _ in pairs]
-        if pairs[0][0].exact:
-            out[task] = {
-                "accuracy": sum(p == it.gold for it, p in pairs) / len(pairs),
-                "metric": "exact match",
-                "n": len(pairs),
-                "answered": sum(p is not None for _, p in pairs) / len(pairs),
-                "chance": max(Counter(golds).values()) / len(golds),  # always the most frequent reference
-                "chance_uniform": 1.0 / len(set(golds)),
-            }
-        elif pairs[0][0].classes:
-            classes = pairs[0][0].classes
-            majority, uniform = chance_level(golds, classes)
-            out[task] = {
-                "accuracy": sum(p == it.gold for it, p in pairs) / len(pairs),
-                "balanced_accuracy": balanced_accuracy(golds, [p for _, p in pairs], classes),
-                # 95% intervals from resampling clips (the questions about one clip are not independent)
-                **clip_interval(golds, [p for _, p in pairs], classes, [it.row for it, _ in pairs]),
-                "n": len(pairs),
-                "clips": len({it.row for it, _ in pairs}),
-                "answered": sum(p is not None for _, p in pairs) / len(pairs),
-                "chance": majority,
-                "chance_uniform": uniform,
-                "one_answer_questions": one_answer_questions(pairs),
-            }
-        else:
-            wer = parsing.word_error_rate(golds, [p or "" for _, p in pairs])
-            out[task] = {
-                "accuracy": max(0.0, 1.0 - wer),
-                "wer": wer,
-                "n": len(pairs),
-                "answered": sum(bool(p) for _, p in pairs) / len(pairs),
-                "chance": 0.0,
-                "chance_uniform": 0.0,
-            }
-    return out
-
-
-def one_answer_questions(pairs: Sequence[tuple[Item, str | None]], min_clips: int = 3) -> list[dict]:
-    """Questions the model answers the same way (one class, or no answer) for every clip it was asked about.
-
-    A model that does not hear gives one answer to a question whatever the clip; accuracy then only
-    reflects how often that answer happens to be the label.
-
-    Args:
-        pairs: (item, parsed answer) of one task.
-        min_clips: questions asked about fewer clips are not judged.
-
-    Returns:
-        [{"question", "answer" (the class, or None), "clips"}] in question order.
-    """
-    by_question: dict[str, list[str | None]] = {}
-    for it, p in pairs:
-        by_question.setdefault(it.question, []).append(p)
-    return [
-        {"question": q, "answer": answers[0], "clips": len(answers)}
-        for q, answers in by_question.items()
-        if len(answers) >= min_clips and len(set(answers)) == 1
-    ]
-
-
-def target_score(scores: dict[str, dict]) -> float:
-    """The plane's x-axis: mean accuracy over the attribute tasks.
-
-    Content is left out: the speech prompt carries the transcript, so it measures ASR and copying more
-    than what the adapter learned. A content-only evaluation falls back to its word accuracy.
-    """
-    attributes = [v["accuracy"] for v in scores.values() if "wer" not in v]
-    values = attributes or [v["accuracy"] for v in scores.values()]
-    return sum(values) / len(values)
-
-
-def learned_score(scores: dict[str, dict]) -> float | None:
-    """The plane's x-axis: mean balanced accuracy over the attribute tasks (content left out, as in
-    :func:`target_score`); None when no attribute task was scored."""
-    values = [v["balanced_accuracy"] for v in scores.values() if "balanced_accuracy" in v]
-    return sum(values) / len(values) if values else None
-
-
-def summary(report: dict) -> dict:
-    """The numbers a comparison of runs reads: what was learned and what was kept, for the trained
-    model and for its untrained baseline (the LLM untouched: only the format part of retention moves)."""
-    ret = report.get("retention", {})
-    fmt = ret.get("format", {})
-    drift = ret.get("drift", {})
-    measured = "skipped" not in drift and bool(drift)
-    # A frozen LLM is the base: it agrees with the base's answers by definition.
-    agreement = drift.get("agreement") if measured else 1.0
-    base_refusal = drift.get("base", {}).get("refusal_harmful") if measured else None
-    tuned_refusal = drift.get("tuned", {}).get("refusal_harmful") if measured else None
-    kept = retention.retention_score(
-        fmt.get("speech"), fmt.get("text"), agreement, tuned_refusal, base_refusal
-    )
-    out = {
-        "target_score": target_score(report["unseen"]),
-        "learned": learned_score(report["unseen"]),
-        "retention": kept["score"],
-        "retention_parts": kept["parts"],
-        "baseline_target_score": None,
-        "baseline_learned": None,
-        "baseline_retention": None,
-    }
-    if "baseline" in report:
-        base_kept = retention.retention_score(fmt.get("baseline"), fmt.get("text"), 1.0)
-        out.update(
-            baseline_target_score=target_score(report["baseline"]),
-            baseline_learned=learned_score(report["baseline"]),
-            baseline_retention=base_kept["score"],
-        )
-    return out
-
-
-def agreement(items: Sequence[Item], a: Sequence[str | None], b: Sequence[str | None]) -> dict[str, float]:
-    """How often two models' parsed answers agree, per task.
-
-    Label tasks: share of items where both parse to the same class (two unparseable answers do not
-    count as agreeing). Content: mean over items of the word accuracy of `a`'s transcript against
-    `b`'s, max(0, 1 - WER); an item where `b` gave no transcript scores 0, as two unparseable labels do.
-    """
-    by_task: dict[str, list[tuple[Item, str | None, str | None]]] = {}
-    for it, x, y in zip(items, a, b, strict=True):
-        by_task.setdefault(it.task, []).append((it, x, y))
-    out: dict[str, float] = {}
-    for task, triples in by_task.items():
-        if triples[0][0].classes:
-            out[task] = sum(x is not None and x == y for _, x, y in triples) / len(triples)
-        else:
-            out[task] = sum(
-                max(0.0, 1.0 - parsing.word_error_rate([y], [x or ""]))
-                if parsing.normalize_words(y or "")
-                else 0.0
-                for _, x, y in triples
-            ) / len(triples)
-    return out
-
-
-def _samples(items: Sequence[Item], answers: dict[str, list[str]], k: int) -> list[dict]:
-    """Up to k items, round-robin over tasks, with every model's answer."""
-    by_task: dict[str, list[int]] = {}
-    for i, it in enumerate(items):
-        by_task.setdefault(it.task, []).append(i)
-    picked: list[int] = []
-    depth = 0
-    while len(picked) < k and any(depth < len(v) for v in by_task.values()):
-        for idxs in by_task.values():
-            if depth < len(idxs) and len(picked) < k:
-                picked.append(idxs[depth])
-        depth += 1
-    return [
-        {
-            "task": items[i].task,
-            "question": items[i].question,
-            "gold": items[i].gold,
-            **{name: ans[i] for name, ans in answers.items()},
-        }
-        for i in picked
-    ]
-
-
 # ----- retention -------------------------------------------------------------------------------------
 
 
@@ -485,29 +167,8 @@ def load_data(cfg: DictConfig, e: EvalSettings) -> EvalData:
         data = load_audiofolder(str(e.audiofolder), split=e.split, max_clips=e.max_clips, seed=e.seed)
         describe_cfg = OmegaConf.to_container(cfg.describe, resolve=True) if e.describe_audiofolder else None
         return add_descriptions(data, describe_cfg)
-    return load_described(str(cfg.paths.data_dir), e.data, split=e.split, max_clips=e.max_clips, seed=e.seed)
-
-
-def ensure_transcripts(model, rows: list[dict]) -> int:
-    """Transcribe, once per clip, rows that lack the transcript the speech prompt needs.
-
-    Without this the speech model would transcribe a clip again for every question about it.
-
-    Args:
-        model: the SpeechLM (its Whisper transcribes; only when ``prompt.transcript`` is on).
-        rows: evaluated rows, updated in place.
-
-    Returns:
-        The number of clips transcribed.
-    """
-    if not model.prompt.transcript:
-        return 0
-    need = [r for r in rows if not r.get("transcript")]
-    if need:
-        texts = model.transcribe([load_audio(r["audio_path"]).array for r in need])
-        for r, t in zip(need, texts, strict=True):
-            r["transcript"] = t
-    return len(need)
+    rows = described_rows(str(cfg.paths.data_dir), e.data, split=e.split, max_clips=e.max_clips, seed=e.seed)
+    return EvalData(rows=rows, name=f"{e.data}/described[{e.split}]")
 
 
 @dataclass
@@ -580,6 +241,14 @@ def check_eval_config(cfg: DictConfig) -> EvalSettings:
     return e
 
 
+def on_items(values: list, ref_index: list[int], n_items: int) -> list:
+    """Reference answers (one per reference item) placed on the speech model's items (None elsewhere)."""
+    out = [None] * n_items
+    for i, v in zip(ref_index, values, strict=True):
+        out[i] = v
+    return out
+
+
 def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     """Run the evaluation and write the report.
 
@@ -606,9 +275,10 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     model_cfg = model.model_config
     log.info("loaded checkpoint %s", ckpt)
     data = load_data(cfg, e)
-    rows = data.rows
-    if n := ensure_transcripts(model, rows):
-        data.notes.append(f"{n} clip(s) had no transcript; the checkpoint's Whisper transcribed them")
+    untranscribed = sum(r.get("transcript") is None for r in data.rows) if model.prompt.transcript else 0
+    rows = data.rows = model.with_transcripts(data.rows)
+    if untranscribed:
+        data.notes.append(f"{untranscribed} clip(s) had no transcript; the checkpoint's Whisper transcribed them")
     if data.items is not None:  # an external instruction set brings its own questions and references
         items, skipped = data.items, {}
         ref_items = items
@@ -625,17 +295,6 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         )
     position = {(it.row, it.task, it.question): i for i, it in enumerate(items)}
     ref_index = [position[(it.row, it.task, it.question)] for it in ref_items]
-
-    def on_all_items(values: list) -> list:
-        """Reference answers (one per ref item) placed on the speech model's items (None elsewhere)."""
-        out = [None] * len(items)
-        for i, v in zip(ref_index, values, strict=True):
-            out[i] = v
-        return out
-
-    def speech_on_ref(values: list) -> list:
-        """The speech model's values on the reference items."""
-        return [values[i] for i in ref_index]
 
     for name, why in skipped.items():
         log.info("skipping task %s: %s", name, why)
@@ -670,36 +329,23 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     else:
         llm, tok = load_llm(source, dtype=model.llm.dtype)
     llm.eval()
-    cache_dir = str(cfg.paths.cache_dir) if e.reuse else None
+    store = AnswerStore(str(cfg.paths.cache_dir) if e.reuse else None)
     llm_digest = weights_digest(llm)
-    reused: list[str] = []
-
-    def reuse(kind: str, key: dict, compute) -> list[str]:
-        answers_, hit = reused_answers(cache_dir, kind, key, compute)
-        if hit:
-            reused.append(kind)
-        return answers_
-
-    def text_key(its, system, settings):
-        # The chats exactly as the text LLM reads them, the default system prompt included.
-        return {"llm": llm_digest, "gen": settings, "chats": description_chats(rows, its, system)}
-
     if e.ceiling:
-        text_ans = reuse(
-            "ceiling", text_key(ref_items, None, gen), lambda: text_answers(llm, tok, rows, ref_items, **gen)
-        )
+        text_ans = store.get("ceiling", text_answers_key(llm_digest, rows, ref_items, None, gen),
+                             lambda: text_answers(llm, tok, rows, ref_items, **gen))  # fmt: skip
         text_parsed = parse_answers(ref_items, text_ans)
         report["ceiling"] = score(ref_items, text_parsed)
-        report["agreement"] = agreement(ref_items, speech_on_ref(speech_parsed), text_parsed)
-        answers["text"] = on_all_items(text_ans)
-        parsed["text"] = on_all_items(text_parsed)
+        report["agreement"] = agreement(ref_items, [speech_parsed[i] for i in ref_index], text_parsed)
+        answers["text"] = on_items(text_ans, ref_index, len(items))
+        parsed["text"] = on_items(text_parsed, ref_index, len(items))
     # Format retention compares speech and text under one system prompt: the speech model's.
     speech_system = model.prompt.system or ""
     text_fmt = []
     if fmt_items:
-        text_fmt = reuse(
+        text_fmt = store.get(
             "format-text",
-            text_key(fmt_items, speech_system, fmt_gen),
+            text_answers_key(llm_digest, rows, fmt_items, speech_system, fmt_gen),
             lambda: text_answers(llm, tok, rows, fmt_items, **fmt_gen, system=speech_system),
         )
     log.info("text LLM done (%.0f s)", time.time() - t0)
@@ -711,28 +357,28 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
         data.notes.append(f"untrained baseline: adapter initialised with seed {seed} (from {seed_from})")
         base_model = untrained_model(model_cfg, seed)
         base_weights = {n: weights_digest(getattr(base_model, n)) for n in ("encoder", "adapter", "llm")}
-        base_ans = reuse("baseline", _speech_key(base_weights, base_model.model_config, rows, ref_items, gen),
-                         lambda: speech_answers(base_model, rows, ref_items, **gen))  # fmt: skip
+        base_ans = store.get("baseline", speech_answers_key(base_weights, base_model.model_config, rows, ref_items, gen),
+                             lambda: speech_answers(base_model, rows, ref_items, **gen))  # fmt: skip
         base_parsed = parse_answers(ref_items, base_ans)
         report["baseline"] = score(ref_items, base_parsed)
         if e.ceiling:  # what training must beat: agreement with the ceiling before any training
             report["baseline_agreement"] = agreement(ref_items, base_parsed, text_parsed)
-        answers["baseline"] = on_all_items(base_ans)
-        parsed["baseline"] = on_all_items(base_parsed)
+        answers["baseline"] = on_items(base_ans, ref_index, len(items))
+        parsed["baseline"] = on_items(base_parsed, ref_index, len(items))
         if fmt_items:
-            base_fmt = reuse(
+            base_fmt = store.get(
                 "format-baseline",
-                _speech_key(base_weights, base_model.model_config, rows, fmt_items, fmt_gen),
+                speech_answers_key(base_weights, base_model.model_config, rows, fmt_items, fmt_gen),
                 lambda: speech_answers(base_model, rows, fmt_items, **fmt_gen),
             )
         del base_model
         log.info("untrained baseline done (%.0f s)", time.time() - t0)
 
-    if reused:
+    if store.reused:
         data.notes.append(
-            f"reused from an earlier evaluation (same weights, prompts and audio): {', '.join(reused)}"
+            f"reused from an earlier evaluation (same weights, prompts and audio): {', '.join(store.reused)}"
         )
-        log.info("reused stored answers: %s", ", ".join(reused))
+        log.info("reused stored answers: %s", ", ".join(store.reused))
 
     # 6. retention
     report["retention"] = {}
@@ -754,7 +400,7 @@ def evaluate(cfg: DictConfig, out_dir: str | None = None) -> dict:
     # 7. report
     report["summary"] = summary(report)
     report["skipped"] = skipped
-    report["samples"] = _samples(items, answers, e.samples)
+    report["samples"] = answer_samples(items, answers, e.samples)
     if fmt_items:
         report["format_samples"] = [
             {"constraint": c.name, "prompt": it.question, "speech": a, "text": b}

@@ -446,7 +446,7 @@ class SpeechLM(nn.Module):
             One decoded answer per row.
         """
         if isinstance(rows, list | tuple):
-            rows = self._with_transcripts(list(rows))
+            rows = self.with_transcripts(list(rows))
             groups = self._clip_groups(rows) if share_prefix else []
             if groups:
                 answers: list[str | None] = [None] * len(rows)
@@ -567,7 +567,10 @@ class SpeechLM(nn.Module):
         texts = [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
         return list(zip(order, texts, strict=True))
 
-    def _with_transcripts(self, rows: list[dict]) -> list[dict]:
+    def with_transcripts(self, rows: list[dict]) -> list[dict]:
+        """The rows, those without a `transcript` (None) copied with this model's Whisper transcript filled
+        in, when the prompt carries one; the caller's rows are not changed. Evaluation calls it once per
+        clip before asking its questions, so a clip is not transcribed again for every question."""
         if not self.prompt.transcript:
             return rows
         need = [

@@ -4,32 +4,27 @@ Hydra already refuses command-line overrides of keys that do not exist and group
 exist. What it cannot see is a typo inside a YAML file (an experiment preset that sets
 `trainer.lerning_rate` silently adds a key nobody reads) or a value out of range. The dataclasses
 below are the schema for the most-edited parts (the top-level keys, `trainer`, `kd`, the replay
-mixture); :func:`validate` merges the composed config into them so an unknown key or a wrong type
-fails with the key's dotted name, and checks that the prepared data the run reads exists.
+mixture); :func:`validate_schema` merges the composed config into them so an unknown key or a wrong type
+fails with the key's dotted name, and each dataclass's `check()` names a value out of range. Whether the
+prepared data is there and current is `speechllm.data.prepared`'s question.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from transformers.trainer_utils import SchedulerType
 
 from speechllm.attributes import use_user_attribute_dirs
-from speechllm.config import ConfigError, check_section, check_targets, flatten, override_value
-from speechllm.data import layout, stage
+from speechllm.config import ConfigError, check_section, check_targets
 from speechllm.data.prepare import check_data_config
 from speechllm.data.replay import replay_config
-from speechllm.data.stage import settings_differences, stage_stats
-from speechllm.data.targets import target_config, targets_fingerprint
+from speechllm.data.targets import target_config
 from speechllm.model.speechlm import check_model_config
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the package's configs (linked as conf/ at the root)
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +89,41 @@ class TrainerConfig:
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     extra_args: dict[str, Any] = field(default_factory=dict)
 
+    def check(self) -> None:
+        """Raise ConfigError naming the first key out of range."""
+        if self.adapter_learning_rate is not None and self.adapter_learning_rate < 0:
+            raise ConfigError(
+                f"trainer.adapter_learning_rate={self.adapter_learning_rate} must be >= 0 (0 freezes the adapter), "
+                "or null for trainer.learning_rate"
+            )
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"trainer.precision={self.precision!r} is not one of {list(PRECISIONS)}")
+        for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"trainer.max_steps must be -1 (use epochs) or >= 1, got {self.max_steps}")
+        if self.max_steps == -1 and self.num_train_epochs <= 0:
+            raise ConfigError(f"trainer.num_train_epochs must be > 0, got {self.num_train_epochs}")
+        if self.warmup_steps < 0 or (self.warmup_steps >= 1 and self.warmup_steps != int(self.warmup_steps)):
+            raise ConfigError(
+                f"trainer.warmup_steps must be a share in [0, 1) or a whole number of steps, got {self.warmup_steps}"
+            )
+        if self.save_steps < 0:
+            raise ConfigError(f"trainer.save_steps must be >= 0, got {self.save_steps}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"trainer.learning_rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"trainer.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise ConfigError(
+                f"trainer.save_total_limit must be >= 1, or null to keep every checkpoint; got {self.save_total_limit}"
+            )
+        schedulers = [t.value for t in SchedulerType]
+        if self.lr_scheduler_type not in schedulers:
+            raise ConfigError(f"trainer.lr_scheduler_type={self.lr_scheduler_type!r} is not one of {schedulers}")
+        _check_extra_args(self.extra_args)
+
 
 @dataclass
 class KDConfig:
@@ -106,6 +136,10 @@ class KDConfig:
 
     temperature: float = 1.0
     ce_weight: float = 0.0
+
+    def check(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(f"kd.temperature must be > 0, got {self.temperature}")
 
 
 @dataclass
@@ -145,6 +179,14 @@ class AlignConfig:
     def enabled(self) -> bool:
         return self.weight > 0 or self.pretrain_steps > 0
 
+    def check(self) -> None:
+        if self.weight < 0 or self.pretrain_steps < 0:
+            raise ConfigError("align.weight and align.pretrain_steps must be >= 0")
+        if self.pretrain_batch_size < 1 or self.pretrain_learning_rate <= 0:
+            raise ConfigError("align.pretrain_batch_size must be >= 1 and align.pretrain_learning_rate > 0")
+        if self.pretrain_clips not in ("targets", "described"):
+            raise ConfigError(f"align.pretrain_clips={self.pretrain_clips!r}: choose targets or described")
+
 
 @dataclass
 class ProbeConfig:
@@ -165,6 +207,10 @@ class ProbeConfig:
     questions_per_task: int = 1
     tasks: list[str] | None = None
     batch_size: int = 32
+
+    def check(self) -> None:
+        if self.every < 0 or self.questions_per_task < 1 or self.batch_size < 1:
+            raise ConfigError("probe.every must be >= 0, probe.questions_per_task and probe.batch_size >= 1")
 
 
 @dataclass(frozen=True)
@@ -189,6 +235,17 @@ class MixtureConfig:
         if self.ratio <= 0:
             return {}
         return {k: w for k, w in self.weights.items() if w > 0 and k in self.build}
+
+    def check(self) -> None:
+        """A replay share needs a source to draw from; weighted sources left unbuilt are only logged."""
+        if self.ratio > 0 and not self.sources():
+            raise ConfigError(
+                f"replay.ratio={self.ratio} > 0 but no replay source has a weight > 0 in replay.weights "
+                f"{dict(self.weights)} and is built (replay.build={self.build})"
+            )
+        skipped = [k for k, w in self.weights.items() if w > 0 and k not in self.sources()]
+        if self.ratio > 0 and skipped:
+            logger.info("replay sources %s have weights but are not in replay.build: left out of the mixture", skipped)
 
 
 @dataclass
@@ -221,6 +278,17 @@ class TopLevelConfig:
     align: AlignConfig = field(default_factory=AlignConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
+    def check(self) -> None:
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss={self.loss!r} is not one of {list(LOSSES)}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ConfigError(f"torch_threads must be >= 1 or null, got {self.torch_threads}")
+        if self.max_train_rows is not None and self.max_train_rows < 1:
+            raise ConfigError(f"max_train_rows must be >= 1 or null, got {self.max_train_rows}")
+        self.kd.check()
+        self.align.check()
+        self.probe.check()
+
 
 # Config groups composed by conf/train.yaml; each owner validates its own node's contents.
 GROUP_KEYS = ("paths", "data", "model", "target", "replay", "trainer", "hydra")
@@ -251,70 +319,10 @@ def validate_schema(cfg: DictConfig) -> tuple[TopLevelConfig, TrainerConfig, Mix
     replay = _check_owner_schemas(cfg).get("replay") or replay_config(None)
     mixture = MixtureConfig(ratio=replay.ratio, weights=dict(replay.weights), build=list(replay.build))
 
-    if top.loss not in LOSSES:
-        raise ConfigError(f"loss={top.loss!r} is not one of {list(LOSSES)}")
+    for settings in (top, trainer, mixture):
+        settings.check()
     if top.loss == "kd" and OmegaConf.select(cfg, "model.llm.finetune", default=None) == "full":
         raise ConfigError("loss=kd needs the original LLM as teacher: use model.llm.finetune=frozen or lora")
-    if top.kd.temperature <= 0:
-        raise ConfigError(f"kd.temperature must be > 0, got {top.kd.temperature}")
-    if top.torch_threads is not None and top.torch_threads < 1:
-        raise ConfigError(f"torch_threads must be >= 1 or null, got {top.torch_threads}")
-    if trainer.adapter_learning_rate is not None and trainer.adapter_learning_rate < 0:
-        raise ConfigError(
-            f"trainer.adapter_learning_rate={trainer.adapter_learning_rate} must be >= 0 (0 freezes the adapter), "
-            "or null for trainer.learning_rate"
-        )
-    if top.align.weight < 0 or top.align.pretrain_steps < 0:
-        raise ConfigError("align.weight and align.pretrain_steps must be >= 0")
-    if top.align.pretrain_batch_size < 1 or top.align.pretrain_learning_rate <= 0:
-        raise ConfigError("align.pretrain_batch_size must be >= 1 and align.pretrain_learning_rate > 0")
-    if top.align.pretrain_clips not in ("targets", "described"):
-        raise ConfigError(f"align.pretrain_clips={top.align.pretrain_clips!r}: choose targets or described")
-    if top.probe.every < 0 or top.probe.questions_per_task < 1 or top.probe.batch_size < 1:
-        raise ConfigError("probe.every must be >= 0, probe.questions_per_task and probe.batch_size >= 1")
-    if top.max_train_rows is not None and top.max_train_rows < 1:
-        raise ConfigError(f"max_train_rows must be >= 1 or null, got {top.max_train_rows}")
-    if mixture.ratio > 0 and not mixture.sources():
-        raise ConfigError(
-            f"replay.ratio={mixture.ratio} > 0 but no replay source has a weight > 0 in replay.weights "
-            f"{dict(mixture.weights)} and is built (replay.build={mixture.build})"
-        )
-    skipped = [k for k, w in mixture.weights.items() if w > 0 and k not in mixture.sources()]
-    if mixture.ratio > 0 and skipped:
-        logger.info(
-            "replay sources %s have weights but are not in replay.build: left out of the mixture", skipped
-        )
-    if trainer.precision not in PRECISIONS:
-        raise ConfigError(f"trainer.precision={trainer.precision!r} is not one of {list(PRECISIONS)}")
-    for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
-        if getattr(trainer, key) < 1:
-            raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(trainer, key)}")
-    if trainer.max_steps == 0 or trainer.max_steps < -1:
-        raise ConfigError(f"trainer.max_steps must be -1 (use epochs) or >= 1, got {trainer.max_steps}")
-    if trainer.max_steps == -1 and trainer.num_train_epochs <= 0:
-        raise ConfigError(f"trainer.num_train_epochs must be > 0, got {trainer.num_train_epochs}")
-    if trainer.warmup_steps < 0 or (
-        trainer.warmup_steps >= 1 and trainer.warmup_steps != int(trainer.warmup_steps)
-    ):
-        raise ConfigError(
-            f"trainer.warmup_steps must be a share in [0, 1) or a whole number of steps, got {trainer.warmup_steps}"
-        )
-    if trainer.save_steps < 0:
-        raise ConfigError(f"trainer.save_steps must be >= 0, got {trainer.save_steps}")
-    if trainer.learning_rate <= 0:
-        raise ConfigError(f"trainer.learning_rate must be > 0, got {trainer.learning_rate}")
-    if trainer.weight_decay < 0:
-        raise ConfigError(f"trainer.weight_decay must be >= 0, got {trainer.weight_decay}")
-    if trainer.save_total_limit is not None and trainer.save_total_limit < 1:
-        raise ConfigError(
-            f"trainer.save_total_limit must be >= 1, or null to keep every checkpoint; got {trainer.save_total_limit}"
-        )
-    schedulers = [t.value for t in SchedulerType]
-    if trainer.lr_scheduler_type not in schedulers:
-        raise ConfigError(
-            f"trainer.lr_scheduler_type={trainer.lr_scheduler_type!r} is not one of {schedulers}"
-        )
-    _check_extra_args(trainer.extra_args)
     # Every `_target_` a run could instantiate (Hydra's own node configures Hydra, not the run).
     for key in cfg.keys():
         if key != "hydra":
@@ -360,170 +368,3 @@ def _check_extra_args(extra: dict[str, Any]) -> None:
                 f"trainer.extra_args.{key} is set by the training code or has its own key; "
                 f"set trainer.{key} (or the top-level key) instead"
             )
-
-
-@dataclass
-class DataPaths:
-    """Where the prepared data a run reads lives.
-
-    Attributes:
-        targets: `<data_dir>/<data.name>/targets/<target.folder or target.mode>/`.
-        replay: replay dataset name -> `<data_dir>/replay/<name>/` (only sources the mixture uses).
-    """
-
-    targets: Path
-    replay: dict[str, Path]
-
-
-def data_paths(cfg: DictConfig, mixture: MixtureConfig) -> DataPaths:
-    """The prepared-data folders this config reads.
-
-    Args:
-        cfg: the composed training config (needs `paths.data_dir`, `data.name`, `target.mode`).
-        mixture: the validated replay mixture.
-
-    Returns:
-        The folders (not checked for existence; see :func:`check_prepared`).
-    """
-    for key in ("paths.data_dir", "data.name", "target.mode"):
-        if OmegaConf.select(cfg, key, default=None) in (None, ""):
-            raise ConfigError(f"config key '{key}' is missing or empty")
-    replay = {name: layout.replay_dir(cfg.paths.data_dir, name) for name in mixture.sources()}
-    folder = OmegaConf.select(cfg, "target.folder", default=None)
-    targets = layout.targets_dir(cfg.paths.data_dir, cfg.data.name, cfg.target.mode, folder)
-    return DataPaths(targets=targets, replay=replay)
-
-
-def is_prepared(path: Path) -> bool:
-    """A stage folder counts as prepared once its dataset is complete (written last by the stage)."""
-    marker = getattr(stage, "_COMPLETE", "_complete.json")
-    return (path / marker).is_file() or (path / "dataset_info.json").is_file()
-
-
-def group_choices(cfg: DictConfig) -> dict[str, str]:
-    """The chosen option of each config group (`data: demo`, `target: label`, ...), where known."""
-    choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None)
-    if choices is None:
-        try:
-            from hydra.core.hydra_config import HydraConfig
-
-            choices = HydraConfig.get().runtime.choices
-        except ValueError:  # not running under Hydra (a plain OmegaConf config)
-            choices = {}
-    return {str(k): str(v) for k, v in dict(choices).items() if v is not None}
-
-
-def prepare_command(cfg: DictConfig, mixture: MixtureConfig) -> list[str]:
-    """The `data_prep/prepare.py` command line that makes the data this training config reads.
-
-    It repeats this run's choices for the groups data preparation shares with training (data,
-    target, replay), the keys that decide where the outputs go and which LLM writes targets and replay,
-    the run's own command-line overrides of those groups, and the config's `prepare_args`.
-
-    Args:
-        cfg: the composed training config.
-        mixture: the validated replay mixture.
-
-    Returns:
-        argv, starting with `python`.
-    """
-    choices = group_choices(cfg)
-    args = ["python", "data_prep/prepare.py"]
-    for group in ("data", "target", "replay"):
-        if group in choices:
-            args.append(f"{group}={choices[group]}")
-    args.append(f"data.name={cfg.data.name}")
-    args.append(f"paths.data_dir={cfg.paths.data_dir}")
-    for key in ("target.llm", "replay.llm"):
-        value = OmegaConf.select(cfg, key, default=None)
-        if value:
-            args.append(f"{key}={value}")
-    args.extend(_preset_target_args(cfg, choices.get("target")))
-    if mixture.sources():
-        args.append(f"replay.build=[{','.join(mixture.sources())}]")
-    elif "replay" in cfg:
-        args.append("replay.build=[]")
-    for override in _command_line_overrides():
-        key = override.lstrip("+~").split("=", 1)[0]
-        if key.split(".")[0] in ("data", "target", "replay") and "." in key and override not in args:
-            args.append(override)
-    args.extend(str(a) for a in cfg.get("prepare_args", []) or [])
-    return args
-
-
-def _preset_target_args(cfg: DictConfig, choice: str | None) -> list[str]:
-    """`target.<key>=<value>` for each target setting the run has beyond its target group's YAML (set by
-    an experiment preset, e.g. the instruction pool), so the printed command makes matching targets."""
-    group_file = CONF_DIR / "target" / f"{choice}.yaml"
-    if "target" not in cfg or choice is None or not group_file.is_file():
-        return []
-    base = flatten(OmegaConf.to_container(OmegaConf.load(group_file)))
-    run = flatten(OmegaConf.to_container(cfg.target, resolve=True))
-    return [f"target.{k}={override_value(v)}" for k, v in run.items() if k != "llm" and base.get(k) != v]
-
-
-def _command_line_overrides() -> list[str]:
-    """This run's Hydra command-line overrides (empty outside a Hydra app)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:
-        return []
-
-
-def check_prepared(cfg: DictConfig, mixture: MixtureConfig) -> DataPaths:
-    """Fail (or prepare, with `prepare_missing=true`) when the data the run reads is missing, or when its
-    targets were made with other `target` settings than this run's (another LLM, instruction pool,
-    verification...): training on them would quietly break the self-output principle.
-
-    Args:
-        cfg: the composed training config.
-        mixture: the validated replay mixture.
-
-    Returns:
-        The data folders, all present and current.
-
-    Raises:
-        ConfigError: naming each missing or stale folder (and what differs) and the exact command that
-            makes it.
-    """
-    paths = data_paths(cfg, mixture)
-    problems = _unprepared(cfg, paths)
-    if not problems:
-        return paths
-    command = prepare_command(cfg, mixture)
-    if cfg.get("prepare_missing", False):
-        import subprocess
-        import sys
-
-        # The same overrides, run by the installed package's own entry point (any working folder); an
-        # absolute data dir, since the run may have changed folders.
-        overrides = [a if not a.startswith("paths.data_dir=") else f"paths.data_dir={Path(cfg.paths.data_dir).resolve()}"
-                     for a in command[2:]]  # fmt: skip
-        subprocess.run([sys.executable, "-m", "speechllm.cli", "prepare", *overrides], check=True)
-        problems = _unprepared(cfg, paths)
-        if not problems:
-            return paths
-    raise ConfigError(
-        "prepared data is not this run's: "
-        + "; ".join(problems)
-        + f". Make it with:\n  {shlex.join(command)}\nor rerun training with prepare_missing=true."
-    )
-
-
-def _unprepared(cfg: DictConfig, paths: DataPaths) -> list[str]:
-    """Missing folders, and targets whose recorded settings differ from the run's `target` settings."""
-    problems = [f"{p} is missing" for p in [paths.targets, *paths.replay.values()] if not is_prepared(p)]
-    if problems or "target" not in cfg:
-        return problems
-    try:
-        wanted = target_config(cfg.target)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    # The instruction draw's seed is prepare's, not the run's: any seed's targets serve any training seed.
-    made_with = (stage_stats(paths.targets).get("settings") or {}).get("seed", 0)
-    differences = settings_differences(paths.targets, targets_fingerprint(wanted, made_with))
-    if differences:
-        problems.append(f"{paths.targets} was made with other settings ({'; '.join(differences)})")
-    return problems

@@ -11,11 +11,12 @@ from __future__ import annotations
 import datetime
 import os
 import re
-from pathlib import Path
 
 import yaml
 
-TRAIN_YAML = Path(__file__).resolve().parents[1] / "conf" / "train.yaml"
+from speechllm.config import CONF_DIR
+
+TRAIN_YAML = CONF_DIR / "train.yaml"
 _KEY = "speechllm/run_dir"
 
 

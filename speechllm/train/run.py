@@ -17,16 +17,17 @@ import datasets
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from speechllm.config import ConfigError
+from speechllm.config import ConfigError, differences
+from speechllm.data.described import DescribedDataError, described_rows
 from speechllm.data.layout import features_dir
-from speechllm.eval.data import EvalDataError, load_described
+from speechllm.data.prepared import check_prepared
 from speechllm.eval.probe import ClassProbe
 from speechllm.model import CheckpointError, SpeechLM
 from speechllm.model.alignment import AlignmentTargets
 from speechllm.model.encoder import check_layers
 from speechllm.model.prompt import speech_messages
 from speechllm.train.align import AlignmentText, pretrain_alignment
-from speechllm.train.config import TrainerConfig, check_prepared, validate_schema
+from speechllm.train.config import TrainerConfig, validate_schema
 from speechllm.train.features import FeatureCache, encoder_fingerprint
 from speechllm.train.mixture import Mixture, build_mixture, speech_rows
 from speechllm.train.outputs import plot_learning_curve, plot_loss, write_metrics
@@ -74,36 +75,13 @@ def check_resume_config(model_config: dict, ckpt_dir: str | Path) -> None:
     for key in ("format", "format_version"):
         saved.pop(key, None)
     current = json.loads(json.dumps(model_config))
-    diffs = _config_diffs(_tiny_sources_named(saved), _tiny_sources_named(current))
+    diffs = differences(saved, current, "model.", sep="->")
     if diffs:
         raise ConfigError(
             f"{ckpt_dir} was trained with another model config; resuming would train its weights under this "
             f"one. Differences (checkpoint -> now): {'; '.join(diffs[:8])}. Resume with the checkpoint's "
             "values, or start a new run."
         )
-
-
-def _tiny_sources_named(config: dict) -> dict:
-    # Tiny models are rebuilt identically in each cache (resolve_tiny_sources): compare them by name, so
-    # a run resumed with another paths.cache_dir is not refused.
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            value = _tiny_sources_named(value)
-        elif key == "source" and isinstance(value, str) and Path(value).parent.name == "tiny":
-            value = f"tiny:{Path(value).name}"
-        out[key] = value
-    return out
-
-
-def _config_diffs(saved, current, prefix: str = "model") -> list[str]:
-    if isinstance(saved, dict) and isinstance(current, dict):
-        return [
-            d
-            for k in sorted(set(saved) | set(current))
-            for d in _config_diffs(saved.get(k, "<unset>"), current.get(k, "<unset>"), f"{prefix}.{k}")
-        ]
-    return [] if saved == current else [f"{prefix}: {saved!r} -> {current!r}"]
 
 
 def planned_steps(trainer) -> int:
@@ -204,58 +182,6 @@ def _unreadable_state(checkpoint: Path) -> str | None:
     if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
         return "trainer_state.json has no global_step"
     return None
-
-
-TINY_PREFIX = "tiny:"
-# name -> (speechllm.tiny builder, its arguments): a tiny random model of each family the presets use.
-_TINY_BUILDERS = {
-    "llm": ("make_tiny_llm", {}),  # SmolLM2's ChatML layout
-    "llama3": ("make_tiny_llm", {"chat_format": "llama3"}),  # Llama-3.1-Instruct's layout, no pad token
-    "qwen2.5": ("make_tiny_llm", {"chat_format": "qwen2.5"}),  # Qwen2.5-Instruct's layout and architecture
-    "whisper": ("make_tiny_whisper", {}),  # 80 mel bins, 2 layers
-    "whisper-tiny.en": ("make_tiny_whisper", {"encoder_layers": 4}),  # 80 mel bins and tiny.en's 4 layers
-    "whisper-large-v3": ("make_tiny_whisper", {"num_mel_bins": 128, "encoder_layers": 4}),  # 128 mel bins
-}
-
-
-def resolve_tiny_sources(cfg: DictConfig) -> None:
-    """Replace `tiny:<name>` model sources by tiny random models built once into the cache.
-
-    The smoke preset trains on these (seconds on CPU, nothing to download); `tiny:llama3`, `tiny:qwen2.5`
-    and `tiny:whisper-large-v3` have the large presets' chat layouts and input shapes, so a large preset
-    can be tried on a CPU (`model.llm.source=tiny:llama3 model.encoder.source=tiny:whisper-large-v3`). They are built with
-    `speechllm.tiny` (seeded, so every build is identical) into `<paths.cache_dir>/tiny/<name>`, into a
-    temporary folder first and renamed, so concurrent runs (multirun, several ranks) never see half a model.
-
-    Args:
-        cfg: the training config; `model.llm.source` and `model.encoder.source` are rewritten in place.
-    """
-    import os
-    import shutil
-    import tempfile
-
-    import speechllm.tiny
-
-    for key in ("model.llm.source", "model.encoder.source"):
-        source = OmegaConf.select(cfg, key, default=None)
-        if not isinstance(source, str) or not source.startswith(TINY_PREFIX):
-            continue
-        name = source[len(TINY_PREFIX) :]
-        if name not in _TINY_BUILDERS:
-            raise ConfigError(
-                f"{key}={source!r}: known tiny models are {[TINY_PREFIX + k for k in _TINY_BUILDERS]}"
-            )
-        target = Path(cfg.paths.cache_dir) / "tiny" / name
-        if not (target / "config.json").is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-            builder, kwargs = _TINY_BUILDERS[name]
-            getattr(speechllm.tiny, builder)(tmp, **kwargs)
-            try:
-                os.rename(tmp, target)
-            except OSError:  # another process finished first; its copy is identical
-                shutil.rmtree(tmp, ignore_errors=True)
-        OmegaConf.update(cfg, key, str(target.resolve()), merge=False)
 
 
 def load_mixture(cfg: DictConfig, paths, top, mixture_cfg) -> Mixture:
@@ -394,14 +320,13 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     """
     # 1. Config and data checks: cheap, and before anything heavy.
     top, tr, mixture_cfg = validate_schema(cfg)
-    paths = check_prepared(cfg, mixture_cfg)
+    paths = check_prepared(cfg, list(mixture_cfg.sources()))
     run_dir = Path(cfg.paths.output_dir)
     _check_writable(run_dir, Path(tr.feature_cache_dir or features_dir(cfg.paths.data_dir, cfg.data.name)))
     resume = resolve_resume(tr.resume, run_dir / "checkpoints")
     mixture = load_mixture(cfg, paths, top, mixture_cfg)
 
     # 2. The model; the seed fixes the adapter's initial weights.
-    resolve_tiny_sources(cfg)
     try:
         check_layers(cfg.model.encoder.source, OmegaConf.select(cfg, "model.encoder.layers"))
     except ValueError as err:
@@ -420,21 +345,7 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
     from transformers import set_seed
 
     set_seed(top.seed)
-    t0 = time.perf_counter()
-    model = SpeechLM.from_config(cfg.model)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    beside_adapter = trainable - sum(p.numel() for p in model.adapter.parameters() if p.requires_grad)
-    if trainable == 0:
-        raise ConfigError("nothing to train: the adapter, encoder and LLM are all frozen")
-    if tr.adapter_learning_rate == 0 and beside_adapter == 0:
-        # Said before the warm-up, which trains the adapter that training then freezes.
-        raise ConfigError("trainer.adapter_learning_rate=0 freezes the adapter, and the LLM and encoder are "
-                          "frozen too: nothing left to train")  # fmt: skip
-    if resume:
-        check_resume_config(model.model_config, resume)
-    if tr.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
-    logger.info("model built in %.1f s", time.perf_counter() - t0)
+    model = _build_model(cfg, tr, resume)
     _warn_if_other_llm(mixture.dataset, cfg)
 
     # 3. Lengths for length-grouped batching; encoder features cached once when the encoder is frozen
@@ -493,25 +404,7 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
     tensorboard = (
         [SpeechTensorBoardCallback(str(run_dir / "tensorboard"))] if "tensorboard" in tr.report_to else []
     )
-    probe_callback = []
-    if probe_rows:
-        probe = ClassProbe(probe_rows, top.probe.tasks, top.probe.questions_per_task, seed=top.seed,
-                           batch_size=top.probe.batch_size)  # fmt: skip
-        chance = {t: 1.0 / len(next(it.classes for it in probe.items if it.task == t)) for t in probe.tasks}
-
-        def write_curve(history: list[dict]) -> None:
-            curve = {
-                "chance": chance,
-                "clips": len(probe_rows),
-                "questions": len(probe.items),
-                "history": history,
-            }
-            (run_dir / "learning_curve.json").write_text(json.dumps(curve, indent=2))
-            plot_learning_curve(run_dir / "learning_curve.png", history, chance,
-                                title=f"listening probe, {len(probe_rows)} held-out clips")  # fmt: skip
-
-        probe_callback = [ProbeCallback(probe, top.probe.every, lambda r: {"encoder_features": features(r)},
-                                        write_curve)]  # fmt: skip
+    probe_callback = _probe_callbacks(probe_rows, top, run_dir, features)
     trainer = SpeechTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=collate,
         callbacks=[MetricsCallback(write_outputs), *tensorboard, *probe_callback, *(callbacks or [])],
@@ -526,7 +419,50 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
         logger.info("run dir %s; %s", run_dir, f"resuming from {resume}" if resume else "starting fresh")
         logger.info("parallelism: %s", trainer.parallelism())
 
-    # 4. Train, then the final checkpoint and metrics.
+    return _run_trainer(trainer, model, resume, run_dir, write_outputs)
+
+
+def _build_model(cfg: DictConfig, tr: TrainerConfig, resume: str | None) -> SpeechLM:
+    """The model of `cfg.model`, refused when nothing in it would train or when it is not the model the
+    resumed checkpoint was trained as."""
+    t0 = time.perf_counter()
+    model = SpeechLM.from_config(cfg.model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    beside_adapter = trainable - sum(p.numel() for p in model.adapter.parameters() if p.requires_grad)
+    if trainable == 0:
+        raise ConfigError("nothing to train: the adapter, encoder and LLM are all frozen")
+    if tr.adapter_learning_rate == 0 and beside_adapter == 0:
+        # Said before the warm-up, which trains the adapter that training then freezes.
+        raise ConfigError("trainer.adapter_learning_rate=0 freezes the adapter, and the LLM and encoder are "
+                          "frozen too: nothing left to train")  # fmt: skip
+    if resume:
+        check_resume_config(model.model_config, resume)
+    if tr.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    logger.info("model built in %.1f s", time.perf_counter() - t0)
+    return model
+
+
+def _probe_callbacks(probe_rows: list[dict], top, run_dir: Path, features) -> list:
+    """The listening probe's callback (none without probe clips): it asks the held-out clips' questions every
+    `probe.every` steps and writes learning_curve.json and .png."""
+    if not probe_rows:
+        return []
+    probe = ClassProbe(probe_rows, top.probe.tasks, top.probe.questions_per_task, seed=top.seed,
+                       batch_size=top.probe.batch_size)  # fmt: skip
+    chance = {t: 1.0 / len(next(it.classes for it in probe.items if it.task == t)) for t in probe.tasks}
+
+    def write_curve(history: list[dict]) -> None:
+        curve = {"chance": chance, "clips": len(probe_rows), "questions": len(probe.items), "history": history}
+        (run_dir / "learning_curve.json").write_text(json.dumps(curve, indent=2))
+        plot_learning_curve(run_dir / "learning_curve.png", history, chance,
+                            title=f"listening probe, {len(probe_rows)} held-out clips")  # fmt: skip
+
+    return [ProbeCallback(probe, top.probe.every, lambda r: {"encoder_features": features(r)}, write_curve)]
+
+
+def _run_trainer(trainer, model: SpeechLM, resume: str | None, run_dir: Path, write_outputs) -> dict:
+    """Step 4 of :func:`train`: train (or resume), then the final checkpoint and metrics."""
     # HF Trainer resumed from a checkpoint that already holds every planned step would take one more.
     finished = resume is not None and checkpoint_step(resume) >= planned_steps(trainer)
     if finished:
@@ -557,12 +493,11 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
 def _probe_rows(cfg: DictConfig, top) -> list[dict]:
     """The held-out described clips the listening probe asks about (none when they are missing)."""
     try:
-        data = load_described(str(cfg.paths.data_dir), str(cfg.data.name), split=top.probe.split,
+        return described_rows(str(cfg.paths.data_dir), str(cfg.data.name), split=top.probe.split,
                               max_clips=top.probe.max_clips, seed=top.seed)  # fmt: skip
-    except EvalDataError as err:
+    except DescribedDataError as err:
         logger.warning("probe off: %s", err)
         return []
-    return data.rows
 
 
 def _warmup_rows(cfg: DictConfig, top, dataset: datasets.Dataset) -> list[dict]:
@@ -572,8 +507,8 @@ def _warmup_rows(cfg: DictConfig, top, dataset: datasets.Dataset) -> list[dict]:
     if top.align.pretrain_clips == "targets":
         return speech
     try:
-        described = load_described(str(cfg.paths.data_dir), str(cfg.data.name), split=top.train_split).rows
-    except EvalDataError as err:
+        described = described_rows(str(cfg.paths.data_dir), str(cfg.data.name), split=top.train_split)
+    except DescribedDataError as err:
         raise ConfigError(f"align.pretrain_clips=described: {err}") from None
     text = AlignmentText(top.align.renderer, top.align.attributes)
     rows = [
