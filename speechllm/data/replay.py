@@ -112,10 +112,15 @@ class SafetyConfig:
     answer: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=64))
     answer_on_truncated: str = "trim"
 
+    @property
+    def system_prompt(self) -> str:
+        """The system prompt generation uses: `system`, or DEFAULT_SAFETY_SYSTEM when it is None."""
+        return DEFAULT_SAFETY_SYSTEM if self.system is None else self.system
+
     def settings(self) -> dict:
         """What decides the rows (the requests asked are recorded beside it)."""
-        system = DEFAULT_SAFETY_SYSTEM if self.system is None else self.system
-        return {"system": system, "answer": self.answer.settings(), "answer_on_truncated": self.answer_on_truncated}
+        return {"system": self.system_prompt, "answer": self.answer.settings(),
+                "answer_on_truncated": self.answer_on_truncated}  # fmt: skip
 
 
 @dataclass
@@ -412,9 +417,8 @@ class SafetyWriter:
 
     def __init__(self, cfg: ReplayConfig, llm: LazyLLM):
         self.cfg, self.llm = cfg, llm
-        s = cfg.safety
-        self.system = DEFAULT_SAFETY_SYSTEM if s.system is None else s.system
-        self.record = json.dumps(s.settings(), sort_keys=True)
+        self.system = cfg.safety.system_prompt
+        self.record = json.dumps(cfg.safety.settings(), sort_keys=True)
 
     def __call__(self, chunk: list[dict]):
         model, tokenizer = self.llm.get()

@@ -457,9 +457,9 @@ def _described_inputs(described, cfg: TargetConfig, seed: int) -> list[dict]:
     if cfg.limit is not None:
         rows = rows[: cfg.limit]
     pool = _answerable(cfg.instructions, rows)
-    if len(set(pool)) < cfg.instructions_per_clip:
+    if (distinct := len(set(pool))) < cfg.instructions_per_clip:
         raise ConfigError(
-            f"target.instructions_per_clip={cfg.instructions_per_clip}: only {len(set(pool))} instructions of the pool "
+            f"target.instructions_per_clip={cfg.instructions_per_clip}: only {distinct} instructions of the pool "
             "ask about attributes these clips were described with"
         )
     return [
@@ -476,9 +476,10 @@ def _answerable(pool: list[str], rows: list[dict]) -> list[str]:
     never said. Dropped questions are logged."""
     tasks = attribute_tasks()
     described = {name for name, task in tasks.items() if any(r.get(task.attribute) or r.get(f"label_{name}") for r in rows)}
-    kept = [q for q in pool if set(asked_attributes(q)) <= described]
+    asked = {q: set(asked_attributes(q)) for q in pool}
+    kept = [q for q in pool if asked[q] <= described]
     if len(kept) < len(pool):
-        missing = sorted({a for q in pool for a in asked_attributes(q)} - described)
+        missing = sorted(set().union(*asked.values()) - described)
         logger.info("targets: %d of %d instructions left out: they ask about %s, which no clip was described with",
                     len(pool) - len(kept), len(pool), missing)  # fmt: skip
     return kept
