@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(line, file=sys.stderr)
         return 2
+    for path, question, answer in results:
+        if not answer.strip():  # an empty line alone would read as a crash
+            print(f"note: {path}: {question!r}: the model ended its answer at once (an empty answer)", file=sys.stderr)
     if len(results) == 1:
         print(results[0][2])
     else:

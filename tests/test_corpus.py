@@ -1,6 +1,7 @@
 """The espeak-ng demo corpus and the audiofolder reader."""
 
 import csv
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 import soundfile as sf
 import yaml
 
+from speechllm.config import ConfigError
 from speechllm.corpus import AudioFolderError, EspeakError, generate_corpus, read_audiofolder, speak
 from speechllm.corpus.espeak import calibrate_pitch, plan_corpus
 from speechllm.corpus.sentences import SENTENCES
@@ -56,8 +58,25 @@ def test_test_size_fixes_the_test_split_while_the_training_split_grows():
     assert sizes(200, 40) == {"train": 160, "test": 40}
     assert sizes(840, 40) == {"train": 800, "test": 40}
     assert sizes(200, None) == {"train": 160, "test": 40}  # test_fraction of size
-    with pytest.raises(ValueError, match="40 of 30 clips"):
+    with pytest.raises(ConfigError, match="data.test_size: the test split would hold 40 of 30 clips"):
         sizes(30, 40)
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        ({"size": 0}, "data.size=0"),
+        ({"size": -3}, "data.size=-3"),
+        ({"test_fraction": 1.0}, "data.test_fraction=1.0"),
+        ({"test_variants": ["zz9"]}, "data.test_variants: ['zz9']"),
+        ({"test_variants": ["f1", "f2", "f3", "f4", "f5"]}, "no female voice"),
+    ],
+)
+def test_a_corpus_that_cannot_be_planned_names_the_data_key(change, says):
+    args = {"size": 200, "seed": 0, "accents": DEMO["accents"], "variants": DEMO["variants"],
+            "test_variants": DEMO["test_variants"], "test_fraction": DEMO["test_fraction"], "levels": LEVELS}  # fmt: skip
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        plan_corpus(**{**args, **change})
 
 
 def test_every_label_is_balanced_within_each_split():
@@ -100,7 +119,7 @@ def test_generate_small_corpus_and_rerun_is_a_noop(tmp_path):
     generate_corpus(tmp_path / "corpus", cfg)
     assert (out / "metadata.csv").stat().st_mtime_ns == stamp
     # A config that cannot be planned fails before anything of the finished corpus is deleted.
-    with pytest.raises(ValueError, match="test split"):
+    with pytest.raises(ConfigError, match="data.size=0"):
         generate_corpus(tmp_path / "corpus", {**cfg, "size": 0})
     assert (out / "metadata.csv").stat().st_mtime_ns == stamp and (out / rows[0]["file_name"]).is_file()
 
@@ -129,6 +148,10 @@ def test_audiofolder_errors(tmp_path):
     assert [r["clip_id"] for r in read_audiofolder(tmp_path)] == ["a.wav", "a.mp3", "b"]
     (tmp_path / "metadata.csv").write_text("file_name\na.wav\nb.wav\na.wav\n")
     with pytest.raises(AudioFolderError, match=r"lines 2 and 4: the same file 'a.wav' twice"):
+        read_audiofolder(tmp_path)
+    # A spreadsheet saved in Latin-1: the line and the byte, not a UnicodeDecodeError.
+    (tmp_path / "metadata.csv").write_bytes(b"file_name,text\na.wav,hello\nb.wav,caf\xe9\n")
+    with pytest.raises(AudioFolderError, match=r"line 3: not UTF-8 \(byte b'\\xe9'\)"):
         read_audiofolder(tmp_path)
     (tmp_path / "metadata.csv").write_text("file_name,clip_id\na.wav,x\nb.wav,x\n")
     with pytest.raises(AudioFolderError, match=r"lines 2 and 3: the same clip id 'x' twice"):

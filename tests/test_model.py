@@ -573,3 +573,23 @@ def test_alignment_warmup_is_shared_by_target_sets_of_the_same_clips(
     again, weights_again = run([*reversed(clips), clips[0], clips[2]])
     assert len(list((tmp_path / "cache" / "align-warmup").glob("*.safetensors"))) == 1  # reused, not redone
     assert again == first and all(torch.equal(weights[k], weights_again[k]) for k in weights)
+
+
+def test_a_checkpoint_cut_by_a_full_disk_names_the_file(model, tmp_path, monkeypatch):
+    import errno
+
+    from safetensors import SafetensorError
+
+    from speechllm.errors import one_line
+    from speechllm.model import speechlm
+
+    def disk_full(state, path, metadata=None):
+        Path(path).write_bytes(b"\0" * 8)  # what got out before the disk filled
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(speechlm, "save_file", disk_full)
+    with pytest.raises(OSError) as err:
+        model.save_pretrained(tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    assert err.value.errno == errno.ENOSPC and not weights.exists()
+    assert one_line(err.value) == f"error: cannot write ({weights}): No space left on device"

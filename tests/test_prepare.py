@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from speechllm.config import ConfigError
 from speechllm.corpus import read_audiofolder
 from speechllm.data import describe_stage
 from speechllm.data.describe_stage import DescribeProcessor, run_describe
@@ -219,6 +220,11 @@ def test_entry_point_on_an_audiofolder(bad_folder, tmp_path):
     lines = [json.loads(x) for x in (out / "bad" / "rejects.jsonl").read_text().splitlines()]
     assert {x["clip_id"] for x in lines} == set(rejected)
     assert all(x["stage"] == "described" and x["reason"] for x in lines)
+    # The log says how many of each split were listed, and why each file was rejected, by reason.
+    assert "(split test 6, train 6)" in result.stderr + result.stdout
+    log = result.stderr + result.stdout
+    assert f"describe: 1 rejected, missing file: {root / 'missing.wav'}" in log
+    assert f"every reject is listed in {out / 'bad' / 'described' / 'rejects.jsonl'}" in log
 
 
 def test_gold_labels_are_the_attribute_words_everywhere_and_unknown_ones_are_named(tmp_path):
@@ -266,6 +272,9 @@ def test_gold_labels_are_the_attribute_words_everywhere_and_unknown_ones_are_nam
             "unknown key(s) ['pitch_treshold_hz'] for attribute 'gender'",
         ),
         ("+target.generation.max_new_token=3", "unknown config key 'target.generation.max_new_token'"),
+        ("shard=3/2", "shard=3/2 is out of range"),
+        ("shard=half", "shard must look like 'i/n'"),
+        ("num_proc=0", "num_proc=0"),
     ],
 )
 def test_entry_point_reports_a_config_mistake_in_one_line(tmp_path, override, says):
@@ -386,6 +395,14 @@ def test_hf_dataset_of_arrays_and_paths(tmp_path):
     assert sf.info(str(by_path / "audio" / "000000.wav")).duration == pytest.approx(0.5)
     assert sf.info(str(by_array / "audio" / "000000.wav")).duration == pytest.approx(0.3)
     assert [r["split"] for r in read_audiofolder(by_path)] == ["train"]
+
+
+def test_a_data_dir_that_is_a_file_is_named(tmp_path):
+    from speechllm.data.lock import preparing
+
+    (tmp_path / "data").write_text("")
+    with pytest.raises(ConfigError, match="is a file, not a folder"), preparing(tmp_path / "data", "x"):
+        pass
 
 
 def test_runs_of_one_configuration_share_a_data_folder_whatever_their_run_folders():

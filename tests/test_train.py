@@ -26,7 +26,7 @@ from speechllm.config import ALLOWED_TARGETS, ConfigError, find_targets
 from speechllm.data.prepared import check_prepared, prepare_command
 from speechllm.train import train
 from speechllm.train.config import validate_schema
-from speechllm.train.mixture import build_mixture, replay_counts
+from speechllm.train.mixture import build_mixture, replay_counts, speech_rows
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -139,6 +139,8 @@ def test_every_preset_composes_with_allowed_targets():
         ("model.encoder.dtype=__class__", "model.encoder.dtype"),
         ("+model.adapter.num_querys=4", "model.adapter.num_querys"),
         ("model.adapter.num_heads=3", "model.adapter.num_heads=3 must divide model.adapter.hidden_size=32"),
+        ("trainer.max_grad_norm=-1", "trainer.max_grad_norm"),
+        ("model.encoder.num_taps=0", "model.encoder.num_taps must be >= 1"),
     ],
 )
 def test_config_errors_name_the_key_before_any_model_loads(tmp_path, monkeypatch, override, names):
@@ -401,11 +403,14 @@ def test_resume_passes_over_a_cut_checkpoint_and_refuses_a_pickled_one(smoke_dir
     torch.save(
         {"state": datetime.datetime.now()}, checkpoints / "step-2" / "optimizer.pt"
     )  # not plain tensors
-    with pytest.raises(
-        CheckpointError, match=r"step-2: a file of this checkpoint is a pickle that could run code"
-    ):
+    with pytest.raises(CheckpointError, match=r"step-2/optimizer.pt: a pickle that could run code"):
         train(smoke_cfg(smoke_dirs, run, "trainer.max_steps=6", "trainer.resume=last"))
     assert "passing over" in caplog.text and "step-4: trainer_state.json is unreadable" in caplog.text
+    # A gradient scaler's state in an fp32 run (Trainer would load it into no scaler and crash): named.
+    torch.save({}, checkpoints / "step-2" / "optimizer.pt")
+    torch.save({"scale": torch.tensor(1.0)}, checkpoints / "step-2" / "scaler.pt")
+    with pytest.raises(CheckpointError, match=r"step-2/scaler.pt: a gradient scaler's state, but this run has no"):
+        train(smoke_cfg(smoke_dirs, run, "trainer.max_steps=6", "trainer.resume=last"))
 
 
 def test_lora_policy_saves_and_reloads_the_peft_adapter(smoke_dirs, tmp_path):
@@ -658,3 +663,37 @@ def test_ranks_share_the_run_folder_train_yaml_names():
     now = datetime.datetime(2026, 1, 2, 3, 4, 5)
     assert configured_dir("run", now) == "outputs/train/2026-01-02_03-04-05"
     assert configured_dir("sweep", now) == "multirun/train/2026-01-02_03-04-05"
+
+
+def test_a_train_split_the_targets_lack_names_the_splits_they_have():
+    targets = datasets.Dataset.from_list(
+        [{"clip_id": "a", "audio_path": "a.wav", "instruction": "Who?", "target": "A man.", "split": "train"}]
+    )
+    with pytest.raises(ConfigError, match=r"train_split='validation': .* \(they have \['train'\]\)"):
+        speech_rows(targets, split="validation", use_keep_mask=False, max_rows=None, seed=0)
+
+
+def test_a_run_folder_that_cannot_be_written_is_one_line_before_hydra_makes_it(tmp_path, monkeypatch, capsys):
+    import os
+
+    from speechllm.cli import _refuse_an_unwritable_run_dir
+
+    monkeypatch.setattr(os, "access", lambda path, mode: path != str(tmp_path))  # tmp_path: read-only
+    with pytest.raises(SystemExit) as stop:
+        _refuse_an_unwritable_run_dir(["train.py", f"hydra.run.dir={tmp_path}/runs/a"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: cannot write the run folder {tmp_path}/runs/a (hydra.run.dir): {tmp_path} is read-only or not ours"
+    )
+    _refuse_an_unwritable_run_dir(["train.py", f"hydra.run.dir={tmp_path.parent}/b"])  # a writable one passes
+
+
+def test_a_required_key_left_unset_is_one_line():
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
+
+    from speechllm.errors import one_line
+
+    with pytest.raises(MissingMandatoryValue) as err:
+        str(OmegaConf.create({"checkpoint": "???"}).checkpoint)
+    assert one_line(err.value) == "config error: checkpoint has no value; set it on the command line (checkpoint=...)"

@@ -56,6 +56,16 @@ def read_audiofolder(path: str | os.PathLike, default_split: str = "train") -> l
     meta = root / "metadata.csv"
     if not meta.exists():
         raise AudioFolderError(f"{root}: no metadata.csv (an audiofolder needs one with a file_name column)")
+    try:
+        return _read_metadata(root, meta, default_split)
+    except UnicodeDecodeError as err:
+        line = meta.read_bytes()[: err.start].count(b"\n") + 1
+        raise AudioFolderError(
+            f"{meta}, line {line}: not UTF-8 (byte {err.object[err.start:err.start + 1]!r}); save it as UTF-8"
+        ) from None
+
+
+def _read_metadata(root: Path, meta: Path, default_split: str) -> list[dict]:
     # utf-8-sig: spreadsheet exports start with a byte-order mark that would hide the first column name.
     with open(meta, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)

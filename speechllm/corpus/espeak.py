@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from speechllm.audio import SAMPLE_RATE, load_audio, write_audio
+from speechllm.config import ConfigError
 from speechllm.corpus.audiofolder import CORPUS_MARKER, corpus_is_current
 from speechllm.corpus.sentences import SENTENCES
 from speechllm.describe.features import Clip, active_mask, frame_rms, median_f0
@@ -214,14 +215,30 @@ def plan_corpus(
     Returns:
         One dict per clip: clip_id, split, text, gender, variant, accent, voice, pitch, speed, volume.
     """
+    if not isinstance(size, int) or size < 2:
+        raise ConfigError(f"data.size={size!r}: the corpus needs at least 2 clips (one per split)")
+    if not 0 < test_fraction < 1:
+        raise ConfigError(f"data.test_fraction={test_fraction!r} is outside (0, 1): both splits need sentences")
+    n_test = round(size * test_fraction) if test_size is None else test_size
+    if not 0 < n_test < size:
+        what = "data.test_size" if test_size is not None else "data.test_fraction"
+        raise ConfigError(
+            f"{what}: the test split would hold {n_test} of {size} clips (data.size); both splits need clips"
+        )
+    known = {v for names in variants.values() for v in names}
+    unknown = sorted(set(test_variants) - known)
+    if unknown:
+        raise ConfigError(f"data.test_variants: {unknown} are none of data.variants' voices ({sorted(known)})")
+    for gender, names in variants.items():
+        if not set(names) - set(test_variants):
+            raise ConfigError(
+                f"data.test_variants holds every {gender} variant ({names}): training would have no {gender} voice"
+            )
     rng = random.Random(seed)
     pool = list(sentences)
     rng.shuffle(pool)
     n_test_sentences = max(1, round(len(pool) * test_fraction))
     test_sentences, train_sentences = pool[:n_test_sentences], pool[n_test_sentences:]
-    n_test = round(size * test_fraction) if test_size is None else test_size
-    if not 0 < n_test < size:
-        raise ValueError(f"the test split would hold {n_test} of {size} clips: both splits need clips")
     plan = []
     for split, n in (("train", size - n_test), ("test", n_test)):
         # Every label is balanced within a split (each value drawn equally often, in shuffled order), so a

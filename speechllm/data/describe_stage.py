@@ -26,7 +26,8 @@ from speechllm.describe.transcript import WHISPER_MAX_SECONDS
 
 # Bumped when the stage's code changes what it writes for the same config.
 # 2: gold labels of described speaker attributes are written as the attribute's words (label_map applied).
-DESCRIBE_VERSION = 2
+# 3: a clip with no voiced speech says so in its description.
+DESCRIBE_VERSION = 3
 
 logger = logging.getLogger(__name__)
 

@@ -72,6 +72,8 @@ def preparing(data_dir: str | os.PathLike, settings_digest: str) -> Iterator[Non
         ConfigError: a live run with other settings holds the folder; names its process, host and command.
     """
     folder = Path(data_dir)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"paths.data_dir={folder} is a file, not a folder")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / HOLDERS
     me = {"pid": os.getpid(), "host": socket.gethostname(), "settings": settings_digest,

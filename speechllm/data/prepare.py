@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from speechllm.data import layout
 from speechllm.data.describe_stage import describe_config, run_describe
 from speechllm.data.lock import preparing
 from speechllm.data.replay import replay_config, run_replay
-from speechllm.data.stage import read_rejects
+from speechllm.data.stage import parse_shard, read_rejects
 from speechllm.data.targets import run_targets, target_config
 from speechllm.digests import key_digest
 
@@ -73,7 +74,13 @@ def corpus_stage(cfg: DictConfig, state: dict[str, Any]) -> None:
         )
     state["corpus_dir"] = path
     state["inputs"] = read_audiofolder(path)
-    logger.info("corpus: %d clips listed in %s", len(state["inputs"]), path / "metadata.csv")
+    # A split other than train/test is kept (train.py's train_split can name it) but said, since a typo there
+    # takes clips out of both the training and the test split.
+    splits = Counter(row["split"] for row in state["inputs"])
+    logger.info(
+        "corpus: %d clips listed in %s (split %s)", len(state["inputs"]), path / "metadata.csv",
+        ", ".join(f"{name} {count}" for name, count in sorted(splits.items())),
+    )  # fmt: skip
 
 
 def describe_stage(cfg: DictConfig, state: dict[str, Any]) -> None:
@@ -142,6 +149,10 @@ def prepare(cfg: DictConfig, stages: list[tuple[str, Stage]] | None = None) -> d
         target_config(cfg.target)
     if "replay" in cfg:
         replay_config(cfg.replay)
+    parse_shard(cfg.get("shard", "0/1"))
+    num_proc = cfg.get("num_proc", 1)
+    if not isinstance(num_proc, int) or num_proc < 1:
+        raise ConfigError(f"num_proc={num_proc!r}: the describe stage needs at least 1 process")
     state: dict[str, Any] = {}
     stages = stages or STAGES
     selected = list(cfg.get("stages") or [name for name, _ in stages])

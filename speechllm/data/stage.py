@@ -40,7 +40,7 @@ from typing import Any
 import datasets
 from tqdm.auto import tqdm
 
-from speechllm.config import differences
+from speechllm.config import ConfigError, differences
 from speechllm.digests import key_digest
 
 logger = logging.getLogger(__name__)
@@ -78,11 +78,11 @@ def parse_shard(shard: str | tuple[int, int]) -> tuple[int, int]:
         try:
             index, count = (int(x) for x in shard.split("/"))
         except ValueError:
-            raise ValueError(f"shard must look like 'i/n' (e.g. 0/4), got {shard!r}") from None
+            raise ConfigError(f"shard must look like 'i/n' (e.g. 0/4), got {shard!r}") from None
     else:
         index, count = shard
     if count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard {index}/{count} is out of range: need 0 <= i < n")
+        raise ConfigError(f"shard={index}/{count} is out of range: need 0 <= i < n")
     return index, count
 
 
@@ -358,4 +358,17 @@ def run_stage(
         time.perf_counter() - start,
         out_dir,
     )
+    _log_reject_reasons(desc, out_dir)
     return load_stage(out_dir)
+
+
+def _log_reject_reasons(desc: str, out_dir: Path) -> None:
+    """Say why inputs were rejected (counted by reason, a few names each) and where every one is listed."""
+    by_reason: dict[str, list[str]] = {}
+    for reject in read_rejects(out_dir):
+        by_reason.setdefault(reject.get("reason", "?"), []).append(str(reject.get("file") or reject.get("clip_id")))
+    for reason, names in sorted(by_reason.items(), key=lambda item: -len(item[1])):
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        logger.info("%s: %d rejected, %s: %s%s", desc, len(names), reason, ", ".join(names[:3]), more)
+    if by_reason:
+        logger.info("%s: every reject is listed in %s", desc, out_dir / _REJECTS)

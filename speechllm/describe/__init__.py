@@ -15,7 +15,7 @@ from speechllm.attributes import use_attributes_dir
 
 # The built-in attributes register themselves on import; new attribute modules are added here.
 from speechllm.describe import signal, speaker, transcript  # noqa: F401
-from speechllm.describe.features import Clip
+from speechllm.describe.features import Clip, has_voiced_speech
 from speechllm.describe.registry import (
     ATTRIBUTES,
     ATTRIBUTES_DIR,
@@ -25,7 +25,7 @@ from speechllm.describe.registry import (
     register_attribute,
     resolve_order,
 )
-from speechllm.describe.render import RENDERERS, register_renderer, render
+from speechllm.describe.render import NO_VOICE, RENDERERS, known, register_renderer, render
 
 __all__ = [
     "ATTRIBUTES",
@@ -96,7 +96,14 @@ def describe_clips(
         One description per clip.
     """
     extract_all(clips, order, configs)
+    descriptions = []
     for clip in clips:
         # Every row gets its length (DeSTA2's timestamps need it) even when `duration` is not mentioned.
         clip.values.setdefault("duration", round(clip.duration, 3))
-    return [render(renderer, clip.values, attributes, configs) for clip in clips]
+        values = clip.values
+        # Noise or a hum has no gender, pitch or speed (their extractors leave them out): the description says
+        # why they are missing, so the LLM reading it does not take it for a speaker it was told nothing about.
+        if any(not known(name, values) for name in attributes) and not has_voiced_speech(clip):
+            values = {**values, NO_VOICE: True}
+        descriptions.append(render(renderer, values, attributes, configs))
+    return descriptions

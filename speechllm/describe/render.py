@@ -13,7 +13,8 @@ How each attribute renders is in its YAML under `render:`:
   (before the noun: young), `with` ("with a British accent"), `manner` (how they speak: quickly,
   in a high voice), `speech` (the quoted words), `sentence` (an extra sentence about the recording);
   `natural.phrases`: word -> phrase; `natural.template`: a format string used for words without a phrase.
-Attributes whose word is "" (unknown for this clip) are left out.
+Attributes whose word is "" (unknown for this clip) are left out; a clip with no voiced speech (noise, a
+hum) says so: `(No voice, Volume: loud, ...)` and "No voice is heard in the recording.".
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 Renderer = Callable[[dict, list[str], dict[str, dict]], str]
+NO_VOICE = "_no_voice"  # set in a clip's values (not a column) when it holds no voiced speech
+NO_VOICE_SENTENCE = "No voice is heard in the recording."
 RENDERERS: dict[str, Renderer] = {}
 
 
@@ -51,7 +54,8 @@ def render(renderer: str, values: dict, attributes: list[str], configs: dict[str
     return RENDERERS[renderer](values, attributes, configs)
 
 
-def _known(name: str, values: dict) -> bool:
+def known(name: str, values: dict) -> bool:
+    """Whether the clip has a value for this attribute (not missing, empty or NaN)."""
     value = values.get(name)
     return value not in (None, "") and not (isinstance(value, float) and value != value)
 
@@ -65,7 +69,7 @@ def _tagged(values: dict, attributes: list[str], configs: dict[str, dict]) -> li
     """(tag, value text) per known attribute, in order; the spoken words come as (None, words)."""
     out: list[tuple[str | None, str]] = []
     for name in attributes:
-        if not _known(name, values):
+        if not known(name, values):
             continue
         spec = configs[name].get("render", {})
         if spec.get("natural", {}).get("slot") == "speech":
@@ -84,7 +88,7 @@ def render_desta2(values: dict, attributes: list[str], configs: dict[str, dict])
     parts = [f"[00:00-{_timestamp(values.get('duration') or 0.0)}]"]
     tagged = _tagged(values, attributes, configs)
     parts += [f'"{text}"' for tag, text in tagged if tag is None]
-    tags = [f"{tag}: {text}" for tag, text in tagged if tag is not None]
+    tags = ["No voice"] * bool(values.get(NO_VOICE)) + [f"{tag}: {text}" for tag, text in tagged if tag is not None]
     if tags:
         parts.append("(" + ", ".join(tags) + ")")
     return " ".join(parts)
@@ -109,7 +113,7 @@ def render_natural(values: dict, attributes: list[str], configs: dict[str, dict]
     """One English sentence about who speaks and how, the quoted words, then facts about the recording."""
     slots: dict[str, list[str]] = {}
     for name in attributes:
-        if not _known(name, values):
+        if not known(name, values):
             continue
         spec = configs[name].get("render", {})
         slot = spec.get("natural", {}).get("slot", "sentence")
@@ -126,6 +130,9 @@ def render_natural(values: dict, attributes: list[str], configs: dict[str, dict]
     if slots.get("manner"):
         text += ", " + _join(slots["manner"])
     text += f': "{speech[0]}"' if speech else "."
+    if values.get(NO_VOICE):  # no speaker to describe: say so, and keep how the sound is (its volume)
+        manner = f"; the sound plays {_join(slots['manner'])}." if slots.get("manner") else "."
+        text = NO_VOICE_SENTENCE[:-1] + manner if not speech else f"{text} {NO_VOICE_SENTENCE}"
     return " ".join([text, *slots.get("sentence", [])])
 
 
@@ -134,7 +141,8 @@ def render_sentences(values: dict, attributes: list[str], configs: dict[str, dic
     """One short sentence per attribute, `The <tag> is <value>.` ("The gender is Male. The accent is
     Scottish."), the spoken words in their own sentence. Read by SmolLM2-135M in place of the audio, on 40
     demo clips: accent 0.88 vs 0.65 from the natural sentence, but gender 0.62 vs 0.72 and pitch 0.40 vs 0.68."""
-    return " ".join(
+    sentences = [
         f'The speaker says: "{text}"' if tag is None else f"The {tag.lower()} is {text}."
         for tag, text in _tagged(values, attributes, configs)
-    )
+    ]
+    return " ".join([NO_VOICE_SENTENCE] * bool(values.get(NO_VOICE)) + sentences)

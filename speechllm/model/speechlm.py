@@ -12,6 +12,7 @@ or shape-mismatched weight raises CheckpointError listing every offending name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -94,6 +95,9 @@ def check_model_config(model_cfg: DictConfig | dict) -> tuple[EncoderConfig, LLM
     enc_cfg = check_section(EncoderConfig, model_cfg.get("encoder"), "model.encoder.")
     llm_cfg = check_section(LLMConfig, model_cfg.get("llm"), "model.llm.")
     prompt_cfg = check_section(PromptConfig, model_cfg.get("prompt"), "model.prompt.")
+    if enc_cfg.layers is None and (not isinstance(enc_cfg.num_taps, int) or enc_cfg.num_taps < 1):
+        raise ValueError(f"model.encoder.num_taps must be >= 1 (or name the taps in model.encoder.layers), "
+                         f"got {enc_cfg.num_taps!r}")  # fmt: skip
     if llm_cfg.finetune not in FINETUNE_POLICIES:
         raise ValueError(f"model.llm.finetune must be one of {FINETUNE_POLICIES}, got {llm_cfg.finetune!r}")
     for key, value in (("model.encoder.dtype", enc_cfg.dtype), ("model.llm.dtype", llm_cfg.dtype)):
@@ -705,7 +709,14 @@ class SpeechLM(nn.Module):
         config = {"format": "speechllm", "format_version": FORMAT_VERSION, **self.model_config}
         (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         state = {k: v.detach().contiguous().cpu() for k, v in self._saved_state(state_dict).items()}
-        save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+        weights = out_dir / "model.safetensors"
+        try:
+            save_file(state, str(weights), metadata={"format": "pt"})
+        except Exception as err:  # safetensors reports a full disk as its own error type, not an OSError
+            if "os error 28" in str(err):
+                weights.unlink(missing_ok=True)
+                raise OSError(errno.ENOSPC, "No space left on device", str(weights)) from None
+            raise
         llm_state = None
         if state_dict is not None:
             llm_state = {k[len("llm.") :]: v for k, v in state_dict.items() if k.startswith("llm.")}
@@ -742,9 +753,17 @@ class SpeechLM(nn.Module):
             raise CheckpointError(f"{cfg_path}: unreadable ({err})") from None
         if not isinstance(config, dict):
             raise CheckpointError(f"{cfg_path}: not a JSON object")
-        if config.pop("format", None) != "speechllm" or config.pop("format_version", None) != FORMAT_VERSION:
-            raise CheckpointError(f"{cfg_path}: not a SpeechLM checkpoint of format version {FORMAT_VERSION}")
+        found = (config.pop("format", None), config.pop("format_version", None))
+        if found != ("speechllm", FORMAT_VERSION):
+            raise CheckpointError(
+                f"{cfg_path}: format={found[0]!r}, format_version={found[1]!r}; this speechllm reads "
+                f"format='speechllm', format_version={FORMAT_VERSION}"
+            )
         merged = OmegaConf.merge(OmegaConf.create(config), OmegaConf.create(overrides))
+        try:  # a config that cannot be right (a tampered _target_, an unknown dtype) is named before anything loads
+            check_model_config(merged)
+        except ValueError as err:
+            raise CheckpointError(f"{cfg_path}: {err}") from None
         model = cls.from_config(merged, pretrained_dir=ckpt_dir)
         model.load_weights(ckpt_dir)  # a fully fine-tuned LLM was already built from ckpt_dir/llm
         return model.eval()

@@ -113,6 +113,8 @@ class TrainerConfig:
             raise ConfigError(f"trainer.save_steps must be >= 0, got {self.save_steps}")
         if self.learning_rate <= 0:
             raise ConfigError(f"trainer.learning_rate must be > 0, got {self.learning_rate}")
+        if self.max_grad_norm < 0:
+            raise ConfigError(f"trainer.max_grad_norm must be >= 0 (0 disables clipping), got {self.max_grad_norm}")
         if self.weight_decay < 0:
             raise ConfigError(f"trainer.weight_decay must be >= 0, got {self.weight_decay}")
         if self.save_total_limit is not None and self.save_total_limit < 1:

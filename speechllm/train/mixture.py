@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import datasets
 import numpy as np
 
+from speechllm.config import ConfigError
+
 logger = logging.getLogger(__name__)
 
 # One schema for both kinds of rows, so they fit in one `datasets.Dataset` (the length-grouped sampler
@@ -75,9 +77,12 @@ def speech_rows(targets: datasets.Dataset, *, split: str | None, use_keep_mask: 
     if use_keep_mask and "keep_mask" not in targets.column_names:
         raise ValueError("token filtering is on but the targets dataset has no 'keep_mask' column")
     if split is not None and "split" in targets.column_names:
+        present = sorted(set(targets["split"]))
         targets = targets.filter(lambda s: s == split, input_columns="split")
+        if len(targets) == 0:
+            raise ConfigError(f"train_split={split!r}: the targets have no rows of that split (they have {present})")
     if len(targets) == 0:
-        raise ValueError(f"the targets dataset has no rows with split={split!r}")
+        raise ConfigError("the targets dataset has no rows; prepare it again (data_prep/prepare.py)")
     indices = range(len(targets))
     if max_rows is not None and max_rows < len(targets):
         indices = sorted(np.random.default_rng(seed).permutation(len(targets))[:max_rows].tolist())

@@ -461,6 +461,16 @@ def _probe_callbacks(probe_rows: list[dict], top, run_dir: Path, features) -> li
     return [ProbeCallback(probe, top.probe.every, lambda r: {"encoder_features": features(r)}, write_curve)]
 
 
+def _pickled_file(checkpoint: str) -> Path:
+    """The first file of a checkpoint that `torch.load(weights_only=True)` refuses (the folder if none does)."""
+    for path in sorted(Path(checkpoint).glob("*.pt*")):
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            return path
+    return Path(checkpoint)
+
+
 def _run_trainer(trainer, model: SpeechLM, resume: str | None, run_dir: Path, write_outputs) -> dict:
     """Step 4 of :func:`train`: train (or resume), then the final checkpoint and metrics."""
     # HF Trainer resumed from a checkpoint that already holds every planned step would take one more.
@@ -472,13 +482,19 @@ def _run_trainer(trainer, model: SpeechLM, resume: str | None, run_dir: Path, wr
         model.load_weights(resume, full_llm=True)
         trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
     else:
+        if resume is not None and (Path(resume) / "scaler.pt").exists() and trainer.accelerator.scaler is None:
+            # Trainer would hand it to a gradient scaler this run does not have (fp16 only) and crash.
+            raise CheckpointError(
+                f"{Path(resume) / 'scaler.pt'}: a gradient scaler's state, but this run has no scaler "
+                "(trainer.precision is not fp16); remove the file or resume with the precision it was saved with"
+            )
         try:
             trainer.train(resume_from_checkpoint=resume)
         except pickle.UnpicklingError:
             # torch.load(weights_only=True) refused a file of the checkpoint (optimizer, scheduler, RNG state).
             raise CheckpointError(
-                f"{resume}: a file of this checkpoint is a pickle that could run code, refused; resume from "
-                "another checkpoint (trainer.resume=<checkpoints/step-N>) or remove this one"
+                f"{_pickled_file(resume)}: a pickle that could run code, refused; resume from another checkpoint "
+                "(trainer.resume=<checkpoints/step-N>) or remove this one"
             ) from None
     final = run_dir / "checkpoints" / "final"
     trainer.save_model(str(final))
