@@ -16,7 +16,7 @@ and every other outcome is a failure, counted by kind:
   wrong       ran, but the result is wrong (a label not normalised, a file lost, another loss on resume)
   refused!    a valid input refused
 
-Not part of `make test` (about 15 minutes on two CPU cores; the tests cover the same behaviours one by one):
+Not part of `make test` (14 minutes on two CPU cores; the tests cover the same behaviours one by one):
 
     python tests/misuse.py                 # every case; exit 1 if any fails
     python tests/misuse.py -k audiofolder  # the cases whose name or area contains a word
