@@ -277,13 +277,25 @@ def test_gold_labels_are_the_attribute_words_everywhere_and_unknown_ones_are_nam
         ("num_proc=0", "num_proc=0"),
     ],
 )
-def test_entry_point_reports_a_config_mistake_in_one_line(tmp_path, override, says):
-    cmd = [sys.executable, str(REPO / "data_prep/prepare.py"), f"paths.data_dir={tmp_path}", override,
+def test_a_config_mistake_is_named_before_any_stage(tmp_path, override, says):
+    from hydra import compose, initialize_config_dir
+
+    from speechllm.data.prepare import prepare
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("prepare", overrides=[f"paths.data_dir={tmp_path}", override])
+    with pytest.raises(ConfigError) as err:
+        prepare(cfg)
+    assert says in str(err.value)
+    assert not (tmp_path / "demo").exists()  # no stage started
+
+
+def test_entry_point_reports_a_config_mistake_in_one_line(tmp_path):
+    cmd = [sys.executable, str(REPO / "data_prep/prepare.py"), f"paths.data_dir={tmp_path}", "shard=3/2",
            f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert result.returncode == 2
-    assert "config error:" in result.stderr and says in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "config error: shard=3/2 is out of range: need 0 <= i < n"
 
 
 def test_a_bad_audiofolder_is_one_line_naming_the_file(tmp_path):
