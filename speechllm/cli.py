@@ -34,7 +34,9 @@ def _prepare(cfg: DictConfig) -> None:
 def _refuse_an_unwritable_run_dir(argv: list[str]) -> None:
     """Hydra makes the run folder (`hydra.run.dir`, else under ./outputs) before any of our code runs, and a
     folder it cannot write fails there with a traceback: check the nearest existing folder first."""
-    run_dir = next((a.split("=", 1)[1] for a in reversed(argv) if a.startswith("hydra.run.dir=")), "outputs")
+    from speechllm.train.launch import has_override
+
+    run_dir = next((a.split("=", 1)[1] for a in reversed(argv) if has_override([a], "hydra.run.dir")), "outputs")
     folder = os.path.abspath(run_dir)
     while not os.path.exists(folder):
         folder = os.path.dirname(folder)

@@ -221,8 +221,8 @@ def test_entry_point_on_an_audiofolder(bad_folder, tmp_path):
     assert {x["clip_id"] for x in lines} == set(rejected)
     assert all(x["stage"] == "described" and x["reason"] for x in lines)
     # The log says how many of each split were listed, and why each file was rejected, by reason.
-    assert "(split test 6, train 6)" in result.stderr + result.stdout
     log = result.stderr + result.stdout
+    assert "(split test 6, train 6)" in log
     assert f"describe: 1 rejected, missing file: {root / 'missing.wav'}" in log
     assert f"every reject is listed in {out / 'bad' / 'described' / 'rejects.jsonl'}" in log
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 Renderer = Callable[[dict, list[str], dict[str, dict]], str]
 NO_VOICE = "_no_voice"  # set in a clip's values (not a column) when it holds no voiced speech
-NO_VOICE_SENTENCE = "No voice is heard in the recording."
+NO_VOICE_CLAUSE = "No voice is heard in the recording"
 RENDERERS: dict[str, Renderer] = {}
 
 
@@ -131,8 +131,8 @@ def render_natural(values: dict, attributes: list[str], configs: dict[str, dict]
         text += ", " + _join(slots["manner"])
     text += f': "{speech[0]}"' if speech else "."
     if values.get(NO_VOICE):  # no speaker to describe: say so, and keep how the sound is (its volume)
-        manner = f"; the sound plays {_join(slots['manner'])}." if slots.get("manner") else "."
-        text = NO_VOICE_SENTENCE[:-1] + manner if not speech else f"{text} {NO_VOICE_SENTENCE}"
+        manner = f"; the sound plays {_join(slots['manner'])}" if slots.get("manner") else ""
+        text = f"{NO_VOICE_CLAUSE}{manner}." if not speech else f"{text} {NO_VOICE_CLAUSE}."
     return " ".join([text, *slots.get("sentence", [])])
 
 
@@ -145,4 +145,4 @@ def render_sentences(values: dict, attributes: list[str], configs: dict[str, dic
         f'The speaker says: "{text}"' if tag is None else f"The {tag.lower()} is {text}."
         for tag, text in _tagged(values, attributes, configs)
     ]
-    return " ".join([NO_VOICE_SENTENCE] * bool(values.get(NO_VOICE)) + sentences)
+    return " ".join([f"{NO_VOICE_CLAUSE}."] * bool(values.get(NO_VOICE)) + sentences)
