@@ -1,15 +1,18 @@
-"""The demo's targets stage with and without shared prompt prefixes, on the demo's own described clips.
+"""The demo's targets stage, decoded three ways, on the demo's own described clips.
 
 The targets stage asks the frozen LLM three questions about each clip's description; the three prompts
 share the system turn and the description, most of their tokens. Every run below is the stage's own
 writer (`speechllm.data.targets.TargetWriter`, greedy answers, verification and the paraphrase
-fallback, the demo's settings from `experiment=demo`) over the same clips with the same loaded
-model: every prompt run whole in batches of 16 (the way before prefix sharing), then whole in batches
-of the demo's size, then ours: each clip's common prefix run once and its KV cache copied to its
-questions (`speechllm.textllm.generate_texts`), in batches of the demo's size.
+fallback, the demo's settings from `experiment=demo`) over the same clips with the same loaded model:
+1. before: every prompt run whole through `transformers`' `generate`, in batches of 16;
+2. shared prefixes: each clip's common prefix run once and its KV cache copied to its questions, then
+   `generate`, in batches of 48;
+3. ours (`speechllm.textllm.generate_texts`): the stem every prompt shares run once per prefill pass,
+   each clip's prefix once, and greedy decoding that drops finished rows from the batch, in batches of
+   the demo's size.
 
 Usage (after `make demo` has described the corpus):
-    python bench/targets.py                     # 40 clips (120 answers), torch's threads
+    python bench/targets.py                     # 64 clips (192 answers, one of the stage's parts)
     python bench/targets.py --clips 160
 """
 
@@ -59,8 +62,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data-dir", default="data", help="paths.data_dir of the demo")
-    parser.add_argument("--clips", type=int, default=40)
-    parser.add_argument("--before-batch-size", type=int, default=16, help="the earlier default")
+    parser.add_argument("--clips", type=int, default=64)
+    parser.add_argument("--before-batch-size", type=int, default=16, help="the earliest default")
+    parser.add_argument("--shared-batch-size", type=int, default=48, help="the default of the shared way")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
@@ -80,25 +84,29 @@ def main() -> None:
         return targets.TargetWriter(settings, seed=seed, model=model, tokenizer=tokenizer, classes=classes)
 
     writer(4)(inputs[:3])  # warm-up: one-off allocation and kernel choice
-    shared_fn = targets.generate_texts
-    targets.generate_texts = functools.partial(shared_fn, share_prefix=False)
+    ours = targets.generate_texts
+    targets.generate_texts = functools.partial(ours, share_prefix=False, hf_generate=True)
     runs = {
-        f"whole, batch {args.before_batch_size}": run_writer(writer(args.before_batch_size), inputs, cfg.chunk_size),
-        f"whole, batch {cfg.generation.batch_size}": run_writer(writer(cfg.generation.batch_size), inputs, cfg.chunk_size),
-    }  # fmt: skip
-    targets.generate_texts = shared_fn
-    runs[f"shared, batch {cfg.generation.batch_size}"] = run_writer(
+        f"whole, generate, {args.before_batch_size}": run_writer(
+            writer(args.before_batch_size), inputs, cfg.chunk_size
+        )
+    }
+    targets.generate_texts = functools.partial(ours, hf_generate=True)
+    runs[f"shared, generate, {args.shared_batch_size}"] = run_writer(
+        writer(args.shared_batch_size), inputs, cfg.chunk_size
+    )
+    targets.generate_texts = ours
+    runs[f"ours, {cfg.generation.batch_size}"] = run_writer(
         writer(cfg.generation.batch_size), inputs, cfg.chunk_size
     )
-
     (t_before, before), *_ = runs.values()
     by_id = {r["target_id"]: r["target"] for r in before}
     print(f"{cfg.llm}, threads {torch.get_num_threads()}, {args.clips} clips x {cfg.instructions_per_clip} "
           f"questions = {len(inputs)} inputs, chunks of {cfg.chunk_size}")  # fmt: skip
-    print(f"{'prompts':<22}{'seconds':>10}{'speed-up':>10}{'kept':>7}{'identical':>11}")
+    print(f"{'decoding, batch':<26}{'seconds':>10}{'speed-up':>10}{'kept':>7}{'identical':>11}")
     for name, (seconds, rows) in runs.items():
         same = sum(by_id.get(r["target_id"]) == r["target"] for r in rows)
-        print(f"{name:<22}{seconds:>10.1f}{t_before / seconds:>9.2f}x{len(rows):>7d}{same:>7d}/{len(before)}")
+        print(f"{name:<26}{seconds:>10.1f}{t_before / seconds:>9.2f}x{len(rows):>7d}{same:>7d}/{len(before)}")
 
 
 if __name__ == "__main__":

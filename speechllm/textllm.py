@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 logger = logging.getLogger(__name__)
 
@@ -293,16 +294,201 @@ def prefill_shared(model, prefix_mask: torch.Tensor, group_of_row: torch.Tensor,
     return out.cache
 
 
+# Prompt tokens per prefill forward pass in `_greedy_batch`: prefill runs at about 450-520 tokens/s on two
+# CPU cores up to ~12k tokens a pass and falls to ~370 at 23k (SmolLM2-135M, 120-token prompts), so a large
+# decoding batch is prefilled in parts of about this size.
+PREFILL_TOKENS = 8192
+
+
+class RoomyLayer(DynamicLayer):
+    """A key/value cache layer with room for the tokens still to come.
+
+    `DynamicLayer` concatenates every new token onto its cache, copying the whole cache at each decoding
+    step (about a tenth of a SmolLM2 decoding step on CPU); this layer writes the token into spare room.
+    `keys` and `values` are views of the filled part, so the model's masks read their length as usual.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, filled: int):
+        super().__init__()
+        self.key_room, self.value_room = keys, values
+        self.filled = filled
+        self.device = keys.device
+        self.is_initialized = True
+        self._views()
+
+    def _views(self) -> None:
+        self.keys = self.key_room[:, :, : self.filled]
+        self.values = self.value_room[:, :, : self.filled]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        new = key_states.shape[-2]
+        if self.filled + new > self.key_room.shape[-2]:
+            raise RuntimeError(f"RoomyLayer: no room for {new} more tokens after {self.filled}")
+        self.key_room[:, :, self.filled : self.filled + new] = key_states
+        self.value_room[:, :, self.filled : self.filled + new] = value_states
+        self.filled += new
+        self._views()
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.key_room, self.value_room = self.key_room[indices], self.value_room[indices]
+        self._views()
+
+
+def _merged_cache(parts: list[tuple[Cache, torch.Tensor]], room: int) -> tuple[Cache, torch.Tensor]:
+    """One cache of `RoomyLayer`s for the rows of several prefilled parts (each a cache and its attention
+    mask), left-padded to the longest part, with `room` free positions after it; and the rows' attention
+    mask over every position, the free ones set (each decoding step uses one more)."""
+    width = max(mask.shape[1] for _, mask in parts)
+    rows = sum(mask.shape[0] for _, mask in parts)
+    layers = []
+    for layer_index, layer in enumerate(parts[0][0].layers):
+        b, heads, _, dim = layer.keys.shape
+        keys = layer.keys.new_zeros(rows, heads, width + room, dim)
+        values = torch.zeros_like(keys)
+        start = 0
+        for cache, mask in parts:
+            part = cache.layers[layer_index]
+            n, length = mask.shape
+            keys[start : start + n, :, width - length : width] = part.keys
+            values[start : start + n, :, width - length : width] = part.values
+            start += n
+        layers.append(RoomyLayer(keys, values, width))
+    mask = torch.ones(rows, width + room, dtype=parts[0][1].dtype, device=parts[0][1].device)
+    start = 0
+    for _, part_mask in parts:
+        n, length = part_mask.shape
+        mask[start : start + n, : width - length] = 0
+        mask[start : start + n, width - length : width] = part_mask
+        start += n
+    return Cache(layers=layers), mask
+
+
+def _prefill(model, groups: list[PrefixGroup], encoded: list[list[int]], pad_id: int, device):
+    """Run the prompts of `groups`: the stem all of them share (the system turn and the request's opening
+    words) once, each group's shared prefix once, then each row's own tokens. Returns the greedy first
+    token, the cache, the attention mask and the position of each row's last prompt token."""
+    if groups[0].shared == 0:
+        input_ids, attention = left_pad([encoded[g.rows[0]] for g in groups], pad_id)
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                    logits_to_keep=1)  # fmt: skip
+        return out.logits[:, -1].argmax(-1), out.cache, attention, positions[:, -1]
+    prefixes = [encoded[g.rows[0]][: g.shared] for g in groups]
+    # Every group keeps a token of its own after the stem, so no row of the next pass is all padding.
+    stem = (
+        min(min(common_prefix_length(prefixes[0], p), len(p) - 1) for p in prefixes) if len(groups) > 1 else 0
+    )
+    cache = None
+    if stem:
+        cache = model(input_ids=torch.tensor([prefixes[0][:stem]], device=device), use_cache=True,
+                      logits_to_keep=1).cache  # fmt: skip
+        cache.batch_select_indices(torch.zeros(len(groups), dtype=torch.long, device=device))
+    rest_ids, rest_mask = left_pad([p[stem:] for p in prefixes], pad_id)
+    prefix_mask = torch.cat([torch.ones(len(groups), stem, dtype=torch.long), rest_mask], dim=1).to(device)
+    positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
+    cache = model(input_ids=rest_ids.to(device), attention_mask=prefix_mask, position_ids=positions[:, stem:],
+                  cache=cache, use_cache=True, logits_to_keep=1).cache  # fmt: skip
+    group_of_row = torch.tensor([k for k, g in enumerate(groups) for _ in g.rows], device=device)
+    cache.batch_select_indices(group_of_row)
+    own_ids, own_mask = left_pad([encoded[i][g.shared :] for g in groups for i in g.rows], pad_id)
+    attention = torch.cat([prefix_mask[group_of_row], own_mask.to(device)], dim=1)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    own = own_ids.shape[1]
+    out = model(input_ids=own_ids.to(device), attention_mask=attention, position_ids=positions[:, -own:],
+                cache=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
+    return out.logits[:, -1].argmax(-1), out.cache, attention, positions[:, -1]
+
+
+def _prefill_parts(groups: list[PrefixGroup], encoded: list[list[int]]) -> list[list[PrefixGroup]]:
+    """Consecutive runs of groups whose padded prompts hold about `PREFILL_TOKENS` tokens each."""
+    parts: list[list[PrefixGroup]] = [[]]
+    rows = width = 0
+    for g in groups:
+        longest = max(len(encoded[i]) for i in g.rows)
+        if parts[-1] and (rows + len(g.rows)) * max(width, longest) > PREFILL_TOKENS:
+            parts.append([])
+            rows = width = 0
+        parts[-1].append(g)
+        rows, width = rows + len(g.rows), max(width, longest)
+    return parts
+
+
+def _greedy_batch(
+    model, groups, encoded, pad_id: int, max_new_tokens: int, stops: list[int]
+) -> list[list[int]]:
+    """Greedy continuations of one batch of prompt groups, rows in group order, each ending with its stop
+    token (or at `max_new_tokens`).
+
+    `transformers`' `generate` keeps a finished row in the batch until the longest answer ends; here
+    finished rows leave the batch (once they are a quarter of it), so the rows still talking carry most
+    of a step's cost (on the demo's targets a third of the rows run to 32 new tokens, the rest stop
+    after 9-20). The batch is
+    prefilled in parts of about `PREFILL_TOKENS` tokens, merged into one cache with room for the answers.
+    """
+    device = next(model.parameters()).device
+    firsts, parts, last_positions = [], [], []
+    for part in _prefill_parts(groups, encoded):
+        first, cache, attention, last = _prefill(model, part, encoded, pad_id, device)
+        firsts.append(first)
+        parts.append((cache, attention))
+        last_positions.append(last)
+    cache, mask = _merged_cache(parts, max_new_tokens)
+    filled = mask.shape[1] - max_new_tokens
+    token, position = torch.cat(firsts), torch.cat(last_positions)
+    held = torch.arange(len(token), device=device)  # the batch's rows still in the cache
+    done = torch.zeros(len(token), dtype=torch.bool, device=device)
+    stop = torch.tensor(stops, device=device)
+    tokens: list[list[int]] = [[] for _ in range(len(token))]
+    for step in range(max_new_tokens):
+        for row, t, finished in zip(held.tolist(), token.tolist(), done.tolist(), strict=True):
+            if not finished:
+                tokens[row].append(t)
+        done |= torch.isin(token, stop)
+        if step == max_new_tokens - 1 or done.all():
+            break
+        # Dropping rows copies the cache, so finished rows leave in bulk: once they are a quarter of it.
+        if done.sum() * 4 >= len(done):
+            keep = (~done).nonzero()[:, 0]
+            held, token, position, mask, done = (t[keep] for t in (held, token, position, mask, done))
+            cache.batch_select_indices(keep)
+        position = position + 1
+        out = model(input_ids=token[:, None], attention_mask=mask[:, : filled + step + 1],
+                    position_ids=position[:, None], cache=cache, use_cache=True)  # fmt: skip
+        token = out.logits[:, -1].argmax(-1)
+    return tokens
+
+
+def _own_greedy_fits(model, gen: GenerationConfig) -> bool:
+    """Whether `_greedy_batch` decodes for this model and these settings: greedy, no repetition penalty,
+    and a cache of plain full-attention layers (sliding-window and other layer kinds go to `generate`)."""
+    if gen.do_sample or gen.repetition_penalty != 1.0:
+        return False
+    config = getattr(model, "config", None)
+    if config is None:
+        return False
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
+
+
 @torch.inference_mode()
 def generate_texts(
-    model, tokenizer, prompts: list[str], gen: GenerationConfig, salt: str = "", share_prefix: bool = True
+    model,
+    tokenizer,
+    prompts: list[str],
+    gen: GenerationConfig,
+    salt: str = "",
+    share_prefix: bool = True,
+    hf_generate: bool = False,
 ) -> list[Generation]:
     """Generate a continuation for each prompt, in left-padded, length-sorted batches.
 
     Prompts are sorted by token length so each batch pads little; results come back in input order.
     Prompts that begin alike (several questions about one clip's description; one prompt sampled
     several times) are grouped, and their common prefix is run once per group and its KV cache copied
-    to each row (:func:`shared_prefix_groups`): prefill is most of the cost of short answers.
+    to each row (:func:`shared_prefix_groups`): prefill is most of the cost of short answers. Greedy
+    decoding drops each row from the batch when it stops (:func:`_greedy_batch`); sampling and
+    repetition penalties go through `transformers`' `generate`.
 
     Args:
         model: a causal LM (eval mode).
@@ -313,6 +499,8 @@ def generate_texts(
             salts (e.g. the chunk's first key) so they do not sample identical text.
         share_prefix: run common prefixes once (greedy answers equal the unshared ones up to float
             noise; sampled ones differ, as the batches do).
+        hf_generate: decode greedy answers with `transformers`' `generate` too (the benchmark's
+            reference).
 
     Returns:
         One :class:`Generation` per prompt, in input order.
@@ -327,6 +515,7 @@ def generate_texts(
         raise ValueError("generate_texts: a prompt tokenizes to nothing")
     stops = stop_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    own_greedy = not hf_generate and _own_greedy_fits(model, gen)
     kwargs: dict[str, Any] = dict(
         max_new_tokens=gen.max_new_tokens,
         do_sample=gen.do_sample,
@@ -350,11 +539,14 @@ def generate_texts(
         if gen.do_sample:
             torch.manual_seed(_batch_seed(gen.seed, salt, start, batch))
         start += len(idx)
-        if groups[0].shared == 0:
+        if own_greedy:
+            new = _greedy_batch(model, groups, encoded, pad_id, gen.max_new_tokens, stops)
+        elif groups[0].shared == 0:
             input_ids, attention = left_pad(batch, pad_id)
             out = model.generate(
                 input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs
             )
+            new = out[:, input_ids.shape[1] :].tolist()
         else:
             # [left-padded shared prefix | left-padded own tokens]: padding in the middle is masked out
             # and positions count real tokens only, so each row reads what it would read alone.
@@ -367,7 +559,7 @@ def generate_texts(
                 model, prefix_mask.to(device), group_of_row.to(device), input_ids=prefix_ids.to(device)
             )
             out = model.generate(input_ids=input_ids, attention_mask=attention, cache=cache, **kwargs)
-        new = out[:, input_ids.shape[1] :].tolist()
+            new = out[:, input_ids.shape[1] :].tolist()
         for i, tokens in zip(idx, new, strict=True):
             end = next((k for k, t in enumerate(tokens) if t in stop_set), None)
             kept = tokens if end is None else tokens[:end]
@@ -534,7 +726,8 @@ def answer_logprobs(
     """
     model.eval()
     p_ids = [
-        tokenizer(chat_prompt(tokenizer, list(c)), add_special_tokens=False)["input_ids"] for c in conversations
+        tokenizer(chat_prompt(tokenizer, list(c)), add_special_tokens=False)["input_ids"]
+        for c in conversations
     ]
     a_ids = [
         list(a) if not isinstance(a, str) else tokenizer(a, add_special_tokens=False)["input_ids"]

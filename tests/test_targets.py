@@ -238,6 +238,32 @@ def test_shared_prefix_generation_matches_unshared(talky):
     assert len({g.text for g in a}) > 1
 
 
+def test_own_greedy_decoding_matches_transformers_generate(talky, monkeypatch):
+    # Greedy answers leave the batch when they stop and big batches are prefilled in parts merged into
+    # one cache; the tokens must be those of `transformers`' `generate`, row for row.
+    import speechllm.textllm as textllm
+
+    _, model, tok = talky
+    questions = ["Describe it.", "Who is speaking here?", "Is the voice high or low?"]
+    prompts = [
+        chat_prompt(tok, description_messages(r["description"], q))
+        for r in described_rows(8)
+        for q in questions
+    ]
+    monkeypatch.setattr(textllm, "PREFILL_TOKENS", 200)  # several prefill parts per batch
+    gen = GenerationConfig(max_new_tokens=12, batch_size=24)
+    for share_prefix in (True, False):
+        ours = generate_texts(model, tok, prompts, gen, share_prefix=share_prefix)
+        reference = generate_texts(model, tok, prompts, gen, share_prefix=share_prefix, hf_generate=True)
+        assert [g.token_ids for g in ours] == [g.token_ids for g in reference]
+    lengths = {g.num_tokens for g in ours}
+    assert any(g.truncated for g in ours) and any(not g.truncated for g in ours) and len(lengths) > 2
+    # Sampling and repetition penalties stay with `generate`.
+    assert textllm._own_greedy_fits(model, gen)
+    assert not textllm._own_greedy_fits(model, GenerationConfig(do_sample=True))
+    assert not textllm._own_greedy_fits(model, GenerationConfig(repetition_penalty=1.2))
+
+
 def test_greedy_ids_are_the_argmax_of_their_own_scores(talky):
     # The drift check scores the base model's greedy answer under both models; generation and scoring
     # must agree on which positions hold the answer.
