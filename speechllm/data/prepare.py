@@ -48,7 +48,7 @@ def check_data_config(data: DictConfig | dict) -> None:
         ConfigError: a key the chosen corpus does not read, or an unknown generator.
     """
     generator = data.get("generate")
-    generators = {None: (), "espeak": espeak.CONFIG_KEYS, "hf": hf.CONFIG_KEYS}
+    generators = {None: (), "espeak": espeak.DATA_KEYS, "hf": hf.CONFIG_KEYS}
     if generator not in generators:
         raise ConfigError(
             f"data.generate={generator!r}: use espeak (the demo corpus), hf (a datasets dataset) or null"
