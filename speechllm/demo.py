@@ -62,6 +62,19 @@ def results_table(report: dict) -> str:
     return "\n".join(rows)
 
 
+def real_voices_command(checkpoint: Path, data_dir: str) -> str:
+    """The command that scores a checkpoint's gender answers on real recordings it never trained on (Debian's
+    prompts and test utterances, `speechllm.corpus.real_voices`): about 90 s more than the demo's budget
+    allows, so the demo prints it and docs/demo_results.md gives its numbers."""
+    folder = f"{data_dir}/real_voices"
+    return (
+        f"python -m speechllm.corpus.real_voices --out {folder} && python evaluate.py checkpoint={checkpoint} "
+        f"eval.audiofolder={folder} eval.max_clips=null eval.questions_per_task=5 'eval.tasks=[gender]' "
+        "eval.reference_questions_per_task=1 eval.baseline=false eval.retention.format=false "
+        "eval.retention.drift=false"
+    )
+
+
 def seed_dir(out: Path, seed: int) -> Path:
     """A seed's run folder: the default seed 0 in `out` itself, seed s in `out/seed-s`."""
     return out if seed == 0 else out / f"seed-{seed}"
@@ -148,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"report:      {first / 'evaluate' / 'report.md'}  (plots beside it)")
     print(f"curves:      {first / 'train' / 'learning_curve.png'}, {first / 'train' / 'loss_curve.png'}")
     print(f'try it:      python -m speechllm.ask {final} AUDIO.wav "What can you hear?"')
+    print(f"real voices: {real_voices_command(final, data_dir)}")
     print(f"\nUnseen speech instructions on the held-out test split (seed {args.seeds[0]}):\n")
     print(results_table(report))
     if len(args.seeds) > 1:

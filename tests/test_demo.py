@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 from speechllm import steps
 
@@ -43,3 +44,21 @@ def test_demo_prepares_the_targets_the_default_experiment_trains_on():
     assert command[1] == "data_prep/prepare.py" and "paths.data_dir=/tmp/d" in command
     assert f"target.instructions={preset.target.instructions}" in command
     assert "target.generation.seed=3" in command and not any(c.startswith("trainer.") for c in command)
+
+
+def test_the_printed_real_voices_command_is_valid():
+    # The demo prints it instead of running it; a renamed eval key must fail here, not in a user's shell.
+    import shlex
+
+    from hydra import compose, initialize_config_dir
+
+    from speechllm.config import CONF_DIR
+    from speechllm.demo import real_voices_command
+
+    build, evaluate = real_voices_command(Path("/runs/demo/final"), "/data").split(" && ")
+    assert shlex.split(build)[:3] == ["python", "-m", "speechllm.corpus.real_voices"]
+    words = shlex.split(evaluate)
+    assert words[:2] == ["python", "evaluate.py"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("evaluate", overrides=words[2:])
+    assert cfg.eval.audiofolder == "/data/real_voices" and list(cfg.eval.tasks) == ["gender"]
