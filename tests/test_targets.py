@@ -218,14 +218,19 @@ def test_shared_prefixes_are_grouped_only_where_they_save_work():
     assert shared_prefix_groups([[1, 2], [1, 2], [1, 2]], max_rows=8)[0].shared == 1
 
 
-def test_shared_prefix_generation_matches_unshared(talky):
-    _, model, tok = talky
+def three_questions_each(tok, clips: int) -> list[str]:
+    """Prompts asking three questions about each of `clips` described rows: each clip's three share a prefix."""
     questions = ["Describe it.", "Who is speaking here?", "Is the voice high or low?"]
-    prompts = [
+    return [
         chat_prompt(tok, description_messages(r["description"], q))
-        for r in described_rows(5)
+        for r in described_rows(clips)
         for q in questions
     ]
+
+
+def test_shared_prefix_generation_matches_unshared(talky):
+    _, model, tok = talky
+    prompts = three_questions_each(tok, 5)
     gen = GenerationConfig(max_new_tokens=10, batch_size=7)  # groups of three, two groups a batch
     shared = generate_texts(model, tok, prompts, gen)
     plain = generate_texts(model, tok, prompts, gen, share_prefix=False)
@@ -244,12 +249,7 @@ def test_own_greedy_decoding_matches_transformers_generate(talky, monkeypatch):
     import speechllm.textllm as textllm
 
     _, model, tok = talky
-    questions = ["Describe it.", "Who is speaking here?", "Is the voice high or low?"]
-    prompts = [
-        chat_prompt(tok, description_messages(r["description"], q))
-        for r in described_rows(8)
-        for q in questions
-    ]
+    prompts = three_questions_each(tok, 8)
     monkeypatch.setattr(textllm, "PREFILL_TOKENS", 200)  # several prefill parts per batch
     gen = GenerationConfig(max_new_tokens=12, batch_size=24)
     for share_prefix in (True, False):
