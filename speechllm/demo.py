@@ -64,11 +64,11 @@ def results_table(report: dict) -> str:
 
 def real_voices_command(checkpoint: Path, data_dir: str) -> str:
     """The command that scores a checkpoint's gender answers on real recordings it never trained on (Debian's
-    prompts and test utterances, `speechllm.corpus.real_voices`): about 90 s more than the demo's budget
+    prompts and test utterances, `speechllm.eval.real_voices`): about 90 s more than the demo's budget
     allows, so the demo prints it and docs/demo_results.md gives its numbers."""
     folder = f"{data_dir}/real_voices"
     return (
-        f"python -m speechllm.corpus.real_voices --out {folder} && python evaluate.py checkpoint={checkpoint} "
+        f"python -m speechllm.eval.real_voices --out {folder} && python evaluate.py checkpoint={checkpoint} "
         f"eval.audiofolder={folder} eval.max_clips=null eval.questions_per_task=5 'eval.tasks=[gender]' "
         "eval.reference_questions_per_task=1 eval.baseline=false eval.retention.format=false "
         "eval.retention.drift=false"

@@ -12,7 +12,7 @@ import yaml
 from speechllm.audio import load_audio
 from speechllm.config import ConfigError
 from speechllm.corpus import generate_corpus
-from speechllm.corpus.augment import _active_level, apply, check_augment, plan_augmentation
+from speechllm.corpus.augment import _active_level, augmented, check_augment, plan_augmentation
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = yaml.safe_load((REPO / "conf/data/demo.yaml").read_text())
@@ -60,11 +60,11 @@ def test_only_training_clips_are_drawn_and_the_draw_is_seeded():
 )
 def test_each_kind_changes_the_sound_and_keeps_the_level(step):
     audio = voiced()
-    out = apply(audio, SR, {**step, "seed": 3}, peak_max=0.97)
+    out = augmented(audio, SR, {**step, "seed": 3}, peak_max=0.97)
     assert out.shape == audio.shape and out.dtype == np.float32 and np.abs(out).max() <= 0.97 + 1e-6
     assert not np.allclose(out, audio, atol=1e-3)
     assert abs(10 * np.log10(_active_level(out, SR) / _active_level(audio, SR))) < 0.5
-    assert np.array_equal(out, apply(audio, SR, {**step, "seed": 3}, peak_max=0.97))  # seeded
+    assert np.array_equal(out, augmented(audio, SR, {**step, "seed": 3}, peak_max=0.97))  # seeded
     if step["kind"] == "telephone":
         spectrum = np.abs(np.fft.rfft(out)) ** 2
         freqs = np.fft.rfftfreq(len(out), 1 / SR)

@@ -56,7 +56,7 @@ def test_the_printed_real_voices_command_is_valid():
     from speechllm.demo import real_voices_command
 
     build, evaluate = real_voices_command(Path("/runs/demo/final"), "/data").split(" && ")
-    assert shlex.split(build)[:3] == ["python", "-m", "speechllm.corpus.real_voices"]
+    assert shlex.split(build)[:3] == ["python", "-m", "speechllm.eval.real_voices"]
     words = shlex.split(evaluate)
     assert words[:2] == ["python", "evaluate.py"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -7,7 +7,7 @@ import gzip
 import pytest
 
 from speechllm.corpus.audiofolder import read_audiofolder
-from speechllm.corpus.real_voices import RealVoicesError, build
+from speechllm.eval.real_voices import RealVoicesError, build
 
 
 @pytest.fixture(scope="module")

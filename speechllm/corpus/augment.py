@@ -104,7 +104,7 @@ def reverberate(audio: np.ndarray, sr: int, rt60: float, rng: np.random.Generato
     return room.mic_array.signals[0][: len(audio)]
 
 
-def apply(audio: np.ndarray, sr: int, step: dict, peak_max: float) -> np.ndarray:
+def augmented(audio: np.ndarray, sr: int, step: dict, peak_max: float) -> np.ndarray:
     """`audio` augmented as `step` (a row's `augment`) says, at its former active speech level, peaks
     kept under `peak_max`."""
     rng = np.random.default_rng(step["seed"])

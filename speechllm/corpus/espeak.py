@@ -36,8 +36,8 @@ import numpy as np
 
 from speechllm.audio import SAMPLE_RATE, load_audio, write_audio
 from speechllm.config import ConfigError
-from speechllm.corpus import augment
 from speechllm.corpus.audiofolder import CORPUS_MARKER, corpus_is_current
+from speechllm.corpus.augment import augmented, check_augment, plan_augmentation
 from speechllm.corpus.sentences import SENTENCES
 from speechllm.describe.features import Clip, active_mask, frame_rms, median_f0
 
@@ -305,7 +305,7 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, workers: int | None =
         `out_dir` (with `wavs/` and `metadata.csv`).
     """
     out_dir = Path(out_dir)
-    augmentation = augment.check_augment(cfg.get("augment"))
+    augmentation = check_augment(cfg.get("augment"))
     fingerprint = {"plan_version": PLAN_VERSION, **{k: cfg.get(k) for k in CONFIG_KEYS}}
     if augmentation["share"]:  # a corpus made without augmentation keeps its fingerprint
         fingerprint["augment"] = augmentation
@@ -328,7 +328,7 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, workers: int | None =
         levels,
         test_size=cfg.get("test_size"),
     )
-    augment.plan_augmentation(plan, augmentation, cfg["seed"])
+    plan_augmentation(plan, augmentation, cfg["seed"])
     # Only now that the new config has a plan (a bad value raises above, the old corpus untouched):
     # a different config's wavs would not match their new labels.
     (out_dir / "metadata.csv").unlink(missing_ok=True)
@@ -369,7 +369,7 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, workers: int | None =
         row["gain_db"] = round(20 * float(np.log10(gain)), 2)
         audio = (audio * gain).astype(np.float32)
         if row["augment"]:
-            audio = augment.apply(audio, SAMPLE_RATE, json.loads(row["augment"]), cfg["peak_max"])
+            audio = augmented(audio, SAMPLE_RATE, json.loads(row["augment"]), cfg["peak_max"])
         tmp = final.with_suffix(".tmp.wav")
         write_audio(tmp, audio, SAMPLE_RATE, subtype="PCM_16")
         os.replace(tmp, final)

@@ -113,7 +113,7 @@ class TargetConfig:
     system: str | None = None
     on_truncated: str = "trim"
     chunk_size: int = 192
-    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(batch_size=48))
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(batch_size=192))
     token_filter: TokenFilterConfig = field(default_factory=TokenFilterConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     folder: str | None = None

@@ -16,7 +16,7 @@ few); the female prompts are a seeded draw of spoken prompts (not tones) between
 `max_seconds`.
 
 Usage:
-    python -m speechllm.corpus.real_voices --out data/real_voices
+    python -m speechllm.eval.real_voices --out data/real_voices
     python evaluate.py checkpoint=runs/demo/train/checkpoints/final eval.audiofolder=data/real_voices \
         eval.max_clips=null eval.questions_per_task=5
 """
