@@ -424,8 +424,8 @@ def _greedy_batch(
     `transformers`' `generate` keeps a finished row in the batch until the longest answer ends; here
     finished rows leave the batch (once they are a quarter of it), so the rows still talking carry most
     of a step's cost (on the demo's targets 69 of 192 greedy answers run to the 32-token cap while the
-    others average 13 tokens). The batch is
-    prefilled in parts of about `PREFILL_TOKENS` tokens, merged into one cache with room for the answers.
+    others average 13 tokens). The batch is prefilled in parts of about `PREFILL_TOKENS` tokens, merged
+    into one cache with room for the answers.
     """
     device = next(model.parameters()).device
     firsts, parts, last_positions = [], [], []

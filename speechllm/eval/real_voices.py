@@ -170,15 +170,14 @@ def build(
                 "file_name": name,
                 "label_gender": rec.gender,
                 "label_text": rec.text,
-                "rec": rec,
             }
         )
-    measured = {r["clip_id"]: r for r in measure([{k: v for k, v in r.items() if k != "rec"} for r in rows])}
+    measured = {r["clip_id"]: r for r in measure(rows)}
     with open(out / "metadata.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, ["file_name", "gender", "accent", "text", *MEASURED.values(), "source"])
         writer.writeheader()
-        for row in rows:
-            rec, got = row["rec"], measured[row["clip_id"]]
+        for row, rec in zip(rows, chosen, strict=True):
+            got = measured[row["clip_id"]]
             writer.writerow(
                 {
                     "file_name": row["file_name"],
