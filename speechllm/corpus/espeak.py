@@ -1,5 +1,8 @@
 """The espeak-ng demo corpus: sentences spoken with known gender, accent, pitch, speed and volume.
 
+A share of each gender's training clips can be spoken by flite's voices instead (`data.other_voices`,
+speechllm/corpus/flite.py), so that no label means "espeak"; held-out clips are always espeak's.
+
 Labels are known by construction: gender from the voice variant (m1-m7 male, f1-f5 female), accent from
 the espeak-ng voice (en-us, British `en`, en-gb-scotland, en-029), pitch/speed/volume from the `-p`,
 `-s` and `-a` levels. The corpus is written as an audiofolder: `wavs/*.wav` (16 kHz, 16-bit mono) and
@@ -38,8 +41,9 @@ from speechllm.audio import SAMPLE_RATE, load_audio, write_audio
 from speechllm.config import ConfigError
 from speechllm.corpus.audiofolder import CORPUS_MARKER, corpus_is_current
 from speechllm.corpus.augment import augmented, check_augment, plan_augmentation
+from speechllm.corpus.flite import calibrate_flite, flite_voices, speak_flite
 from speechllm.corpus.sentences import SENTENCES
-from speechllm.describe.features import Clip, active_mask, frame_rms, median_f0
+from speechllm.describe.features import Clip, active_mask, active_seconds, frame_rms, median_f0
 
 logger = logging.getLogger(__name__)
 
@@ -270,6 +274,27 @@ def plan_corpus(
     return plan
 
 
+def _calibrate_flite_voices(names: list[str], voices: dict, cfg: dict, pool: ThreadPoolExecutor) -> dict:
+    """Each flite voice's settings per pitch and speed level (speechllm.corpus.flite.calibrate_flite), the speed
+    levels measured against espeak-ng's en-us voice at each level's words per minute."""
+    if not names:
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def espeak_seconds(level: str) -> float:
+            wav = speak(CALIBRATION_TEXT, Path(tmp) / f"{level}.wav", speed=cfg["speed_wpm"][level])
+            clip = load_audio(wav)
+            return active_seconds(Clip("calibration", clip.array, clip.sr))
+
+        levels = sorted(cfg["speed_wpm"])
+        reference = dict(zip(levels, pool.map(espeak_seconds, levels), strict=True))
+
+    def settings(name: str) -> dict:
+        return calibrate_flite(name, cfg["pitch_hz"][voices[name]["gender"]], reference, CALIBRATION_TEXT)
+
+    return dict(zip(names, pool.map(settings, names), strict=True))
+
+
 def _balanced(values: list[str], n: int, rng: random.Random) -> list[str]:
     """`n` draws from `values` with every value used equally often (to within one), in shuffled order."""
     values = list(values)
@@ -284,9 +309,63 @@ CONFIG_KEYS = (
     "size", "test_size", "seed", "accents", "variants", "test_variants", "test_fraction", "pitch_hz",
     "speed_wpm", "amplitude", "volume_dbfs", "peak_max",
 )  # fmt: skip
-# Every `data` key the generator reads: augmentation joins the fingerprint only when it is on, so a corpus
-# made before it existed stays current.
-DATA_KEYS = (*CONFIG_KEYS, "augment")
+# Every `data` key the generator reads: augmentation and other voices join the fingerprint only when they
+# are on, so a corpus made before they existed stays current.
+DATA_KEYS = (*CONFIG_KEYS, "augment", "other_voices")
+
+
+def check_other_voices(cfg: dict | None, variants: dict[str, list[str]], accents: dict[str, str]) -> dict:
+    """The `data.other_voices` settings, checked: `share` in [0, 1], each voice a flite voice with a known
+    gender and accent. Raises ConfigError naming the key."""
+    cfg = dict(cfg or {})
+    share = cfg.get("share", 0.0)
+    if not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise ConfigError(f"data.other_voices.share={share!r} must be in [0, 1]")
+    voices = {name: dict(labels or {}) for name, labels in (cfg.get("voices") or {}).items()}
+    if share and not voices:
+        raise ConfigError("data.other_voices.share > 0 needs at least one of data.other_voices.voices")
+    for name, labels in voices.items():
+        if labels.get("gender") not in variants or labels.get("accent") not in accents:
+            raise ConfigError(
+                f"data.other_voices.voices.{name}: needs a gender of {sorted(variants)} and an accent of "
+                f"{sorted(accents)}, got {labels}"
+            )
+    return {"share": float(share), "voices": voices}
+
+
+def plan_other_voices(plan: list[dict], cfg: dict, seed: int) -> None:
+    """Give `share` of each gender's training clips to the other voices; sets each row's `synthesizer`
+    (espeak-ng or flite), and `voice` and `variant` for the clips that change hands.
+
+    The share is the same for every gender, so neither class is more "espeak" than the other. A clip goes to
+    a voice of its gender and accent (drawn among them when several fit), so the plan's balance of every
+    label stays as it was. Its own RNG: the corpus plan's other draws do not change with it.
+
+    Raises:
+        ConfigError: a gender's voices cover too few of its clips' accents for the share.
+    """
+    rng = random.Random(f"other_voices/{seed}")
+    for row in plan:
+        row["synthesizer"] = "espeak-ng"
+    if not cfg["share"]:
+        return
+    for gender in sorted({row["gender"] for row in plan}):
+        rows = [r for r in plan if r["split"] == "train" and r["gender"] == gender]
+        fits = {
+            accent: sorted(v for v, labels in cfg["voices"].items() if labels == {"gender": gender, "accent": accent})
+            for accent in {r["accent"] for r in rows}
+        }
+        candidates = [r for r in rows if fits[r["accent"]]]
+        wanted = round(cfg["share"] * len(rows))
+        if wanted > len(candidates):
+            accents = sorted(a for a, names in fits.items() if names)
+            raise ConfigError(
+                f"data.other_voices.share={cfg['share']}: {wanted} of {len(rows)} {gender} training clips, but the "
+                f"other {gender} voices speak only {accents or 'no'} accents ({len(candidates)} clips); lower the "
+                f"share or add voices"
+            )
+        for row in rng.sample(candidates, wanted):
+            row.update(synthesizer="flite", voice=rng.choice(fits[row["accent"]]), variant="")
 
 
 def generate_corpus(out_dir: str | os.PathLike, cfg: dict, workers: int | None = None) -> Path:
@@ -306,9 +385,12 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, workers: int | None =
     """
     out_dir = Path(out_dir)
     augmentation = check_augment(cfg.get("augment"))
+    others = check_other_voices(cfg.get("other_voices"), cfg["variants"], cfg["accents"])
     fingerprint = {"plan_version": PLAN_VERSION, **{k: cfg.get(k) for k in CONFIG_KEYS}}
     if augmentation["share"]:  # a corpus made without augmentation keeps its fingerprint
         fingerprint["augment"] = augmentation
+    if others["share"]:
+        fingerprint["other_voices"] = others
     marker = out_dir / CORPUS_MARKER
     if corpus_is_current(out_dir, fingerprint):
         logger.info("demo corpus: up to date in %s", out_dir)
@@ -328,7 +410,12 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, workers: int | None =
         levels,
         test_size=cfg.get("test_size"),
     )
+    plan_other_voices(plan, others, cfg["seed"])
     plan_augmentation(plan, augmentation, cfg["seed"])
+    flite_used = sorted({row["voice"] for row in plan if row["synthesizer"] == "flite"})
+    missing = sorted(set(flite_used) - flite_voices()) if flite_used else []
+    if missing:
+        raise ConfigError(f"data.other_voices.voices: flite has no voice {missing}; installed: {sorted(flite_voices())}")
     # Only now that the new config has a plan (a bad value raises above, the old corpus untouched):
     # a different config's wavs would not match their new labels.
     (out_dir / "metadata.csv").unlink(missing_ok=True)
@@ -338,7 +425,7 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, workers: int | None =
     marker.write_text(json.dumps(fingerprint))
 
     gender_of = {v: g for g, vs in cfg["variants"].items() for v in vs}
-    used = sorted({row["variant"] for row in plan})
+    used = sorted({row["variant"] for row in plan if row["synthesizer"] == "espeak-ng"})
     workers = max(1, workers or os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
         calibrated = dict(
@@ -346,24 +433,32 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, workers: int | None =
                 used, pool.map(lambda v: calibrate_pitch(v, cfg["pitch_hz"][gender_of[v]]), used), strict=True
             )
         )
+        flite_settings = _calibrate_flite_voices(flite_used, others["voices"], cfg, pool)
     for row in plan:
         row["file_name"] = f"wavs/{row['clip_id']}.wav"
+        if row["synthesizer"] == "flite":
+            row["flite_f0_mean"] = flite_settings[row["voice"]]["f0_mean"][row["pitch"]]
+            row["flite_duration_stretch"] = flite_settings[row["voice"]]["duration_stretch"][row["speed"]]
+            continue
         row["espeak_pitch"] = calibrated[row["variant"]][row["pitch"]]
         row["espeak_speed"] = cfg["speed_wpm"][row["speed"]]
         row["espeak_amplitude"] = cfg["amplitude"]
 
     def synth(row: dict) -> None:
         final = out_dir / row["file_name"]  # rewritten even when there: its gain_db is needed
-        raw = final.with_suffix(".espeak.wav")
-        speak(
-            row["text"],
-            raw,
-            row["voice"],
-            row["variant"],
-            row["espeak_pitch"],
-            row["espeak_speed"],
-            row["espeak_amplitude"],
-        )
+        raw = final.with_suffix(".raw.wav")
+        if row["synthesizer"] == "flite":
+            speak_flite(row["text"], raw, row["voice"], row["flite_f0_mean"], row["flite_duration_stretch"])
+        else:
+            speak(
+                row["text"],
+                raw,
+                row["voice"],
+                row["variant"],
+                row["espeak_pitch"],
+                row["espeak_speed"],
+                row["espeak_amplitude"],
+            )
         audio = load_audio(raw).array  # -> 16 kHz mono, so the corpus needs no conversion downstream
         gain = level_gain(audio, cfg["volume_dbfs"][row["volume"]], cfg["peak_max"])
         row["gain_db"] = round(20 * float(np.log10(gain)), 2)
@@ -388,11 +483,14 @@ def generate_corpus(out_dir: str | os.PathLike, cfg: dict, workers: int | None =
         "pitch",
         "speed",
         "volume",
+        "synthesizer",
         "voice",
         "variant",
         "espeak_pitch",
         "espeak_speed",
         "espeak_amplitude",
+        "flite_f0_mean",
+        "flite_duration_stretch",
         "gain_db",
         "augment",
     ]
