@@ -24,6 +24,7 @@ from speechllm.train.config import (
     TopLevelConfig,
     TrainerConfig,
 )
+from speechllm.train.onpolicy import GRPOConfig, OPDConfig
 
 CONF = Path(__file__).resolve().parent.parent / "speechllm" / "conf"
 
@@ -48,7 +49,7 @@ SAMPLING_KEYS = ("temperature", "top_p", "top_k", "seed")  # of speechllm.textll
 
 # The top level of train.yaml beside its groups and the sections with schemas of their own; `target` and
 # `replay` there only point the writers at the trained LLM (interpolations).
-TRAIN_TOP_SECTIONS = ("kd", "align", "probe")
+TRAIN_TOP_SECTIONS = ("kd", "opd", "grpo", "align", "probe")
 
 
 @pytest.mark.parametrize(
@@ -58,6 +59,8 @@ TRAIN_TOP_SECTIONS = ("kd", "align", "probe")
         (TargetConfig, "target/self_output.yaml", None),
         (ReplayConfig, "replay/default.yaml", None),
         (KDConfig, "train.yaml", "kd"),
+        (OPDConfig, "train.yaml", "opd"),
+        (GRPOConfig, "train.yaml", "grpo"),
         (AlignConfig, "train.yaml", "align"),
         (ProbeConfig, "train.yaml", "probe"),
         (PromptConfig, "model/default.yaml", "prompt"),

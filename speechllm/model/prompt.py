@@ -19,6 +19,8 @@ Row format (a dict):
     instruction (str) and target (str | None) for speech rows, or messages (list of {"role", "content"})
         for text-only rows (assistant turns are trained on);
     keep_mask (list[int], optional): 0 masks a target token out of the loss;
+    target_ids (list[int], optional): an answer sampled from a model, as token ids; it replaces `target`
+        (or the assistant turn) and follows the generation prompt exactly as sampled, every id labelled;
     clip_id (str, optional): names the clip in errors.
 """
 
@@ -241,9 +243,16 @@ class SpeechCollator:
                 raise ValueError(
                     f"{name}: a row needs `instruction` (speech row) or `messages` (text-only row)"
                 )
-            if self.generation and messages[-1]["role"] == "assistant":
+            # An answer sampled from a model comes as its token ids, labelled as they were sampled after the
+            # generation prompt: the text's own tokenization could differ from the sampled tokens.
+            sampled = None if self.generation else row.get("target_ids")
+            if (self.generation or sampled is not None) and messages[-1]["role"] == "assistant":
                 messages = messages[:-1]
-            ids, labels, audio_at = self.prompt_tokenizer.encode(messages, keep, generation=self.generation)
+            ids, labels, audio_at = self.prompt_tokenizer.encode(
+                messages, keep, generation=self.generation or sampled is not None
+            )
+            if sampled is not None:
+                ids, labels = ids + list(sampled), labels + list(sampled)
             n_audio = 0
             if feats is not None:
                 feats = torch.as_tensor(np.asarray(feats) if not torch.is_tensor(feats) else feats)

@@ -432,8 +432,13 @@ class SpeechLM(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self, rows: list[dict] | dict, max_new_tokens: int = 128, share_prefix: bool = True, **gen_kwargs: Any
-    ) -> list[str]:
+        self,
+        rows: list[dict] | dict,
+        max_new_tokens: int = 128,
+        share_prefix: bool = True,
+        return_ids: bool = False,
+        **gen_kwargs: Any,
+    ) -> list[str] | list[list[int]]:
         """Answer a batch of rows (greedy unless sampling settings are given).
 
         Args:
@@ -454,11 +459,11 @@ class SpeechLM(nn.Module):
             groups = self._clip_groups(rows) if share_prefix else []
             if groups:
                 answers: list[str | None] = [None] * len(rows)
-                for i, text in self._generate_shared(rows, groups, max_new_tokens, gen_kwargs):
+                for i, text in self._generate_shared(rows, groups, max_new_tokens, gen_kwargs, return_ids):
                     answers[i] = text
                 rest = [i for i, a in enumerate(answers) if a is None]
                 if rest:
-                    texts = self.generate([rows[i] for i in rest], max_new_tokens, False, **gen_kwargs)
+                    texts = self.generate([rows[i] for i in rest], max_new_tokens, False, return_ids, **gen_kwargs)
                     for i, text in zip(rest, texts, strict=True):
                         answers[i] = text
                 return answers  # type: ignore[return-value]
@@ -479,7 +484,19 @@ class SpeechLM(nn.Module):
                 **self._generation_kwargs(gen_kwargs),
             )
         # With inputs_embeds only, decoder-only generate returns just the new tokens.
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        return self._answers(out, return_ids)
+
+    def _answers(self, out: torch.Tensor, return_ids: bool) -> list[str] | list[list[int]]:
+        """Generated tokens -> answer texts, or token ids cut after the token that ended each answer (the
+        padding after it dropped)."""
+        if not return_ids:
+            return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        stop = set(self._generation_kwargs({})["eos_token_id"])
+        answers = []
+        for seq in out.tolist():
+            end = next((j + 1 for j, tok in enumerate(seq) if tok in stop), len(seq))
+            answers.append(seq[:end])
+        return answers
 
     def _generation_kwargs(self, gen_kwargs: dict) -> dict:
         """Greedy by default; stop at the LLM's EOS and at the chat template's end of turn."""
@@ -514,8 +531,9 @@ class SpeechLM(nn.Module):
         return [g for g in groups.values() if len(g) > 1]
 
     def _generate_shared(
-        self, rows: list[dict], members: list[list[int]], max_new_tokens: int, gen_kwargs: dict
-    ) -> list[tuple[int, str]]:
+        self, rows: list[dict], members: list[list[int]], max_new_tokens: int, gen_kwargs: dict,
+        return_ids: bool = False,
+    ) -> list[tuple[int, str | list[int]]]:
         """`generate` for groups of rows about one clip: each clip's audio is encoded once and its prompt
         up to the question (system turn, audio slots, transcript) run through the LLM once; that KV
         cache is copied to each of its questions, which then run as one left-padded batch.
@@ -568,8 +586,7 @@ class SpeechLM(nn.Module):
                 max_new_tokens=max_new_tokens,
                 **self._generation_kwargs(gen_kwargs),
             )
-        texts = [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
-        return list(zip(order, texts, strict=True))
+        return list(zip(order, self._answers(out, return_ids), strict=True))
 
     def with_transcripts(self, rows: list[dict]) -> list[dict]:
         """The rows, those without a `transcript` (None) copied with this model's Whisper transcript filled

@@ -25,10 +25,11 @@ from speechllm.data.prepare import check_data_config
 from speechllm.data.replay import replay_config
 from speechllm.data.targets import target_config
 from speechllm.model.speechlm import check_model_config
+from speechllm.train.onpolicy import GRPOConfig, OPDConfig
 
 logger = logging.getLogger(__name__)
 
-LOSSES = ("ce", "kd")
+LOSSES = ("ce", "kd", "opd", "grpo")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
@@ -256,8 +257,11 @@ class TopLevelConfig:
 
     Attributes:
         seed: seeds model init, the mixture and the data order.
-        loss: ce (cross-entropy on target tokens, DeSTA2) or kd (KL to the LLM reading the description).
+        loss: ce (cross-entropy on target tokens, DeSTA2), kd (KL to the LLM reading the description), opd
+            (on-policy distillation) or grpo (RL with label-checked rewards); speechllm.train.onpolicy.
         kd: distillation settings.
+        opd: on-policy distillation settings.
+        grpo: GRPO settings.
         prepare_missing: run `data_prep/prepare.py` when the prepared data is missing, instead of failing.
         prepare_args: extra `data_prep/prepare.py` overrides that make this run's data (presets use it
             for settings only data preparation reads, e.g. the corpus size).
@@ -272,6 +276,8 @@ class TopLevelConfig:
     seed: int = 0
     loss: str = "ce"
     kd: KDConfig = field(default_factory=KDConfig)
+    opd: OPDConfig = field(default_factory=OPDConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
     prepare_missing: bool = False
     prepare_args: list[str] = field(default_factory=list)
     train_split: str = "train"
@@ -288,6 +294,8 @@ class TopLevelConfig:
         if self.max_train_rows is not None and self.max_train_rows < 1:
             raise ConfigError(f"max_train_rows must be >= 1 or null, got {self.max_train_rows}")
         self.kd.check()
+        self.opd.check()
+        self.grpo.check()
         self.align.check()
         self.probe.check()
 
@@ -323,8 +331,12 @@ def validate_schema(cfg: DictConfig) -> tuple[TopLevelConfig, TrainerConfig, Mix
 
     for settings in (top, trainer, mixture):
         settings.check()
-    if top.loss == "kd" and OmegaConf.select(cfg, "model.llm.finetune", default=None) == "full":
-        raise ConfigError("loss=kd needs the original LLM as teacher: use model.llm.finetune=frozen or lora")
+    finetune = OmegaConf.select(cfg, "model.llm.finetune", default=None)
+    if top.loss in ("kd", "opd") and finetune == "full":
+        raise ConfigError(f"loss={top.loss} needs the original LLM as teacher: use model.llm.finetune=frozen or lora")
+    if top.loss == "grpo" and top.grpo.kl_weight and finetune != "lora":
+        raise ConfigError("grpo.kl_weight > 0 needs the reference policy, the model without its LoRA: use "
+                          "model.llm.finetune=lora (or grpo.kl_weight=0)")  # fmt: skip
     # Every `_target_` a run could instantiate (Hydra's own node configures Hydra, not the run).
     for key in cfg.keys():
         if key != "hydra":

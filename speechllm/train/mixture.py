@@ -8,6 +8,7 @@ split those rows across replay datasets. The mixture depends only on the inputs 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import Counter
@@ -33,6 +34,7 @@ MIXTURE_FEATURES = datasets.Features(
         "instruction": datasets.Value("string"),
         "target": datasets.Value("string"),
         "align_text": datasets.Value("string"),  # what the clip's audio embeddings are aligned to (or None)
+        "clip_labels": datasets.Value("string"),  # JSON of the clip's label_* values (grpo's rewards), or None
         "keep_mask": datasets.Sequence(datasets.Value("int8")),
         "messages": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
     }
@@ -101,6 +103,9 @@ def speech_rows(targets: datasets.Dataset, *, split: str | None, use_keep_mask: 
                 "instruction": r["instruction"],
                 "target": r["target"],
                 "align_text": align_text(r) if align_text is not None else None,
+                "clip_labels": json.dumps(
+                    {k[len("label_") :]: str(v).strip().lower() for k, v in r.items() if k.startswith("label_") and v}
+                ),
                 "keep_mask": list(r["keep_mask"]) if use_keep_mask else None,
                 "messages": [],
             }
@@ -164,6 +169,7 @@ def replay_rows(source: datasets.Dataset, name: str, count: int, seed: int) -> t
         rows.append(
             {
                 "kind": "replay", "source": name, "clip_id": None, "audio_path": None, "transcript": None,
+                "clip_labels": None,
                 "description": None, "instruction": None, "target": None, "align_text": None, "keep_mask": None,
                 "messages": messages,
             }

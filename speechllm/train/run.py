@@ -21,6 +21,7 @@ from speechllm.config import ConfigError, differences
 from speechllm.data.described import DescribedDataError, described_rows
 from speechllm.data.layout import features_dir
 from speechllm.data.prepared import check_prepared
+from speechllm.data.verify import label_classes
 from speechllm.eval.probe import ClassProbe
 from speechllm.model import CheckpointError, SpeechLM
 from speechllm.model.alignment import AlignmentTargets
@@ -383,8 +384,9 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
     args = training_arguments(tr, run_dir, top.seed, has_replay=mixture.composition["replay"] > 0)
     align_targets = AlignmentTargets(model.tokenizer, top.align.filler) if top.align.weight > 0 else None
     collate = TrainCollator(
-        model.collator(), feature_cache=feature_cache, teacher=top.loss == "kd",
+        model.collator(), feature_cache=feature_cache, teacher=top.loss in ("kd", "opd"),
         system=OmegaConf.select(cfg, "target.system", default=None), align=align_targets,
+        on_policy=top.loss in ("opd", "grpo"),
     )  # fmt: skip
 
     params = model.log_parameter_counts()
@@ -410,6 +412,7 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
         callbacks=[MetricsCallback(write_outputs), *tensorboard, *probe_callback, *(callbacks or [])],
         loss_type=top.loss, kd_temperature=top.kd.temperature, kd_ce_weight=top.kd.ce_weight,
         align_weight=top.align.weight, adapter_learning_rate=tr.adapter_learning_rate or None,
+        opd=top.opd, grpo=top.grpo, label_classes=_label_classes(dataset) if top.loss == "grpo" else None,
     )  # fmt: skip
     for cb in probe_callback:
         cb.trainer = trainer
@@ -420,6 +423,17 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
         logger.info("parallelism: %s", trainer.parallelism())
 
     return _run_trainer(trainer, model, resume, run_dir, write_outputs)
+
+
+def _label_classes(dataset: datasets.Dataset) -> dict[str, tuple[str, ...]]:
+    """Each labelled attribute's classes over the training rows (what grpo's rewards judge against)."""
+    speech = dataset.filter(lambda k: k == "speech", input_columns="kind")
+    rows = [{f"label_{k}": v for k, v in json.loads(labels).items()} for labels in speech["clip_labels"] if labels]
+    classes = label_classes(rows)
+    if not classes:
+        raise ConfigError("loss=grpo needs labelled clips (label_* columns in the targets) to reward answers")
+    logger.info("grpo rewards judge %s", {k: list(v) for k, v in classes.items()})
+    return classes
 
 
 def _build_model(cfg: DictConfig, tr: TrainerConfig, resume: str | None) -> SpeechLM:

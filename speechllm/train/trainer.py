@@ -1,4 +1,5 @@
-"""`transformers.Trainer` adapted to SpeechLM: its checkpoint format, its collator, and the kd loss.
+"""`transformers.Trainer` adapted to SpeechLM: its checkpoint format, its collator, and the kd, opd and grpo
+losses (the last two sample from the model at every step: speechllm.train.onpolicy).
 
 SpeechLM is a plain `nn.Module` with its own `save_pretrained`, so Trainer's model saving and loading
 are replaced: every checkpoint is a SpeechLM folder (`checkpoints/step-N/`, reloadable by
@@ -14,6 +15,7 @@ import json
 import logging
 import os
 import re
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -24,7 +26,16 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import rotate_checkpoints
 
 from speechllm.textllm import description_messages
-from speechllm.train.losses import kd_loss
+from speechllm.train.losses import IGNORE_INDEX, kd_loss
+from speechllm.train.onpolicy import (
+    GRPOConfig,
+    OPDConfig,
+    answer_outcome,
+    checkable_task,
+    group_advantages,
+    grpo_loss,
+    reverse_kl,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,21 +66,30 @@ class TrainCollator:
         teacher: build `teacher` (the description prompts of the speech rows) for the kd loss.
         system: system prompt of the description chat (as in target generation; None: its default).
         align: an `AlignmentTargets`: add `align_ids` for the speech rows' `align_text` (None: off).
+        on_policy: hand the rows themselves to the loss (`{"rows": [...]}`, cached features looked up), which
+            samples their targets and then builds the batch with :meth:`batch` (`opd`, `grpo`).
     """
 
     def __init__(self, collate, feature_cache=None, teacher: bool = False, system: str | None = None,
-                 align=None):  # fmt: skip
+                 align=None, on_policy: bool = False):  # fmt: skip
         self.collate = collate
         self.feature_cache = feature_cache
         self.teacher = teacher
         self.system = system
         self.align = align
+        self.on_policy = on_policy
 
     def __call__(self, rows: list[dict]) -> dict:
         rows = [dict(r) for r in rows]
         for r in rows:
             if r.get("kind") == "speech" and self.feature_cache is not None:
                 r["encoder_features"] = self.feature_cache.get(r["clip_id"], r["audio_path"])
+        return {"rows": rows} if self.on_policy else self.batch(rows)
+
+    def batch(self, rows: list[dict]) -> dict:
+        """The training batch of rows whose targets are set (and features looked up)."""
+        rows = [dict(r) for r in rows]
+        for r in rows:
             if self.teacher:
                 r["keep_mask"] = None  # kd pairs every target token with the teacher's (see losses.py)
         batch = self.collate(rows)
@@ -86,7 +106,8 @@ class TrainCollator:
                         "messages": description_messages(
                             rows[i]["description"], rows[i]["instruction"], self.system
                         )
-                        + [{"role": "assistant", "content": rows[i]["target"]}]
+                        + ([] if rows[i].get("target_ids") else [{"role": "assistant", "content": rows[i]["target"]}]),
+                        "target_ids": rows[i].get("target_ids"),  # a sampled answer: the same tokens (opd)
                     }
                     for i in index
                 ]
@@ -214,23 +235,32 @@ class SpeechTrainer(Trainer):
 
     Args:
         *args, **kwargs: as for `transformers.Trainer`.
-        loss_type: "ce" (the model's own cross-entropy) or "kd".
+        loss_type: "ce" (the model's own cross-entropy), "kd", "opd" or "grpo".
         kd_temperature: softmax temperature for kd.
         kd_ce_weight: weight of cross-entropy added to the kd loss on distilled tokens.
         align_weight: weight of the alignment loss added to the training loss.
         adapter_learning_rate: the adapter's peak learning rate (None: the run's `learning_rate`); the
             schedule scales it as it scales the rest.
+        opd: settings of `opd` (its data collator has `on_policy` and `teacher` on).
+        grpo: settings of `grpo` (its data collator has `on_policy` on).
+        label_classes: attribute -> its classes (`speechllm.data.verify.label_classes`), for grpo's rewards.
     """
 
     def __init__(self, *args, loss_type: str = "ce", kd_temperature: float = 1.0, kd_ce_weight: float = 0.0,
-                 align_weight: float = 0.0, adapter_learning_rate: float | None = None, **kwargs):  # fmt: skip
+                 align_weight: float = 0.0, adapter_learning_rate: float | None = None,
+                 opd: OPDConfig | None = None, grpo: GRPOConfig | None = None,
+                 label_classes: dict[str, tuple[str, ...]] | None = None, **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.adapter_learning_rate = adapter_learning_rate
         self.loss_type = loss_type
         self.kd_temperature = kd_temperature
         self.kd_ce_weight = kd_ce_weight
         self.align_weight = align_weight
-        self._align_losses: list[float] = []
+        self.opd = opd or OPDConfig()
+        self.grpo = grpo or GRPOConfig()
+        self.label_classes = label_classes or {}
+        # Logged beside the loss, averaged over the steps since the last log (align_loss, reward, kl, ...).
+        self._step_logs: dict[str, list[float]] = defaultdict(list)
         # SpeechLM's loss is a mean over labelled tokens; Trainer then averages over accumulation steps.
         self.model_accepts_loss_kwargs = False
 
@@ -275,6 +305,10 @@ class SpeechTrainer(Trainer):
     # ---- loss ----
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.loss_type == "opd":
+            return self._opd_loss(model, inputs["rows"], return_outputs)
+        if self.loss_type == "grpo":
+            return self._grpo_loss(model, inputs["rows"], return_outputs)
         teacher = inputs.pop("teacher", None)
         teacher_rows = inputs.pop("teacher_rows", None)
         if self.loss_type == "ce":
@@ -303,15 +337,104 @@ class SpeechTrainer(Trainer):
         align = outputs.get("align_loss")  # present when the collator added align_ids (align.weight > 0)
         if align is None:
             return loss
-        self._align_losses.append(float(align.detach()))
+        self._step_logs["align_loss"].append(float(align.detach()))
         return loss + self.align_weight * align
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        # The alignment term is logged beside the total loss, averaged over the steps since the last log.
-        if self._align_losses and "loss" in logs:
-            logs["align_loss"] = round(sum(self._align_losses) / len(self._align_losses), 5)
-            self._align_losses = []
+        if "loss" in logs:
+            for key, values in self._step_logs.items():
+                if values:
+                    logs[key] = round(sum(values) / len(values), 5)
+            self._step_logs.clear()
         super().log(logs, *args, **kwargs)
+
+    # ---- on-policy losses (speechllm.train.onpolicy) ----
+
+    def _sample(self, speechlm, rows: list[dict], max_new_tokens: int, temperature: float) -> list[dict]:
+        """The rows with one answer each sampled from the model's own distribution (no top-k or top-p cut, so
+        the answers are the policy's), as `target_ids`."""
+        if not rows:
+            return []
+        prompts = [{k: v for k, v in r.items() if k not in ("target", "keep_mask")} for r in rows]
+        sampled = speechlm.generate(prompts, max_new_tokens=max_new_tokens, return_ids=True, do_sample=True,
+                                    temperature=temperature, top_k=0, top_p=1.0)  # fmt: skip
+        return [{**r, "target_ids": ids, "keep_mask": None} for r, ids in zip(rows, sampled, strict=True)]
+
+    def _labelled_logprobs(self, model, batch: dict):
+        """Per labelled position, row-major: (logits, log-probability of the label, the position's row)."""
+        inputs = {k: v for k, v in batch.items() if k not in ("teacher", "teacher_rows")}
+        out = model(**inputs, labelled_logits_only=True)
+        labels = batch["labels"][:, 1:].to(out.labelled_logits.device)
+        where = labels != IGNORE_INDEX
+        logp = torch.log_softmax(out.labelled_logits, -1).gather(-1, labels[where][:, None]).squeeze(1)
+        return out, logp, where.nonzero()[:, 0]
+
+    def _opd_loss(self, model, rows: list[dict], return_outputs: bool):
+        speechlm = self.accelerator.unwrap_model(model)
+        speech = [i for i, r in enumerate(rows) if r.get("kind") == "speech"]
+        sampled = self._sample(speechlm, [rows[i] for i in speech], self.opd.max_new_tokens, self.opd.temperature)
+        rows = list(rows)
+        for i, row in zip(speech, sampled, strict=True):
+            rows[i] = row
+        batch = self.data_collator.batch(rows)
+        out, logp, row_of = self._labelled_logprobs(model, batch)
+        distilled = torch.isin(row_of, torch.tensor(speech, device=row_of.device, dtype=row_of.dtype))
+        kl_sum = logp.new_zeros(())
+        if speech:
+            teacher_logits = self._teacher_logits(batch["teacher"])
+            t_labels = batch["teacher"]["labels"][:, 1:].to(teacher_logits.device)
+            t_sel = teacher_logits[:, :-1][t_labels != IGNORE_INDEX]
+            if t_sel.shape[0] != int(distilled.sum()):
+                raise ValueError(f"opd: the sampled answers label {int(distilled.sum())} tokens for the student "
+                                 f"but {t_sel.shape[0]} for the teacher; turn token filtering off")  # fmt: skip
+            kl_sum = reverse_kl(out.labelled_logits[distilled], t_sel).sum()
+            self._step_logs["kl"].append(float(kl_sum.detach()) / max(int(distilled.sum()), 1))
+        loss = (kl_sum - logp[~distilled].sum()) / max(logp.numel(), 1)
+        out.loss = loss = self._with_alignment(loss, out)
+        return (loss, out) if return_outputs else loss
+
+    def _grpo_loss(self, model, rows: list[dict], return_outputs: bool):
+        speechlm = self.accelerator.unwrap_model(model)
+        cfg = self.grpo
+        asked = [(i, t) for i, r in enumerate(rows) if (t := checkable_task(r, self.label_classes))]
+        sampled = self._sample(speechlm, [rows[i] for i, _ in asked for _ in range(cfg.group_size)],
+                               cfg.max_new_tokens, cfg.temperature)  # fmt: skip
+        tasks = [t for _, t in asked for _ in range(cfg.group_size)]
+        answers = speechlm.tokenizer.batch_decode([r["target_ids"] for r in sampled], skip_special_tokens=True)
+        outcomes = [
+            answer_outcome(a.strip(), json.loads(r["clip_labels"]), t, self.label_classes[t])
+            for a, r, t in zip(answers, sampled, tasks, strict=True)
+        ]
+        rewards = torch.tensor([cfg.rewards[o] for o in outcomes], dtype=torch.float32)
+        others = [r for i, r in enumerate(rows) if i not in {j for j, _ in asked}]
+        batch = self.data_collator.batch(sampled + others)
+        out, logp, row_of = self._labelled_logprobs(model, batch)
+        on_policy = row_of < len(sampled)
+        pg_sum = logp.new_zeros(())
+        if sampled:
+            advantages = group_advantages(rewards.view(-1, cfg.group_size)).flatten().to(logp.device)
+            ref_logp = None
+            if cfg.kl_weight:
+                with torch.no_grad(), self._reference(speechlm):
+                    _, ref_logp, _ = self._labelled_logprobs(model, batch)
+                ref_logp = ref_logp[on_policy]
+            pg_sum, parts = grpo_loss(logp[on_policy], ref_logp, advantages[row_of[on_policy]], cfg.kl_weight)
+            self._step_logs["reward"].append(float(rewards.mean()))
+            self._step_logs["kl"].append(parts["kl"] / max(int(on_policy.sum()), 1))
+            for outcome in ("right", "silent", "hedging"):
+                self._step_logs[f"answers_{outcome}"].append(outcomes.count(outcome) / len(outcomes))
+        loss = (pg_sum - logp[~on_policy].sum()) / max(logp.numel(), 1)
+        out.loss = loss = self._with_alignment(loss, out)
+        return (loss, out) if return_outputs else loss
+
+    @contextlib.contextmanager
+    def _reference(self, speechlm):
+        """The reference policy: the model with its LoRA switched off (the base LLM reading the adapter)."""
+        llm = speechlm.llm
+        if not hasattr(llm, "disable_adapter"):
+            raise ValueError("grpo.kl_weight > 0 needs a reference policy: use model.llm.finetune=lora")
+        with llm.disable_adapter():
+            yield
 
     @torch.no_grad()
     def _teacher_logits(self, teacher: dict) -> torch.Tensor:
