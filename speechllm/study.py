@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -59,6 +60,9 @@ VARIANTS: dict[str, str] = {
     "frozen": "LLM frozen (adapter only)",
     "no_replay": "no text replay",
     "long": "3 epochs instead of 1",
+    "opd": "on-policy distillation: own samples, reverse KL to the LLM reading the description",
+    "grpo": "GRPO: own samples rewarded against the labels, KL to the model without LoRA",
+    "grpo_no_kl": "GRPO without its KL penalty",
 }
 
 # Evaluation settings of every variant: all held-out clips; the format measure on 8 clips (120 requests
@@ -93,37 +97,88 @@ CLAIMS = [
     Claim("Tuning the LLM (LoRA) learns more than a frozen LLM", "learned", "verified", "frozen"),
     Claim("Training longer learns more", "learned", "long", "verified"),
     Claim("Training longer forgets more", "kept", "verified", "long"),
+    Claim("On-policy distillation forgets less than off-policy verified self-output", "kept", "opd", "verified"),
+    Claim("GRPO forgets less than verified self-output (SFT)", "kept", "grpo", "verified"),
+    Claim("On-policy distillation moves less from the base on its own task (KL)", "task_kl", "verified", "opd"),
+    Claim("GRPO moves less from the base on its own task (KL)", "task_kl", "verified", "grpo"),
+    Claim("GRPO's KL penalty forgets less", "kept", "grpo", "grpo_no_kl"),
 ]  # fmt: skip
+
+# A verdict is "settled" only beyond two standard errors with at least this many seeds behind each side.
+SETTLED_SEEDS = 3
 
 
 def verdict(claim: Claim, results: dict[str, dict]) -> dict:
-    """Whether the study's numbers support a claim, given how many answers and tokens are behind them.
+    """Whether the study's numbers support a claim, given the seeds and the counts behind them.
 
     Returns:
-        {"claim", "measure", "higher", "lower", "difference", "se", "verdict"}: difference = higher - lower
-        on the measure, se its standard error from the counts behind both numbers (sampling noise of the
-        measurement only: another seed moves a run further); verdict "supported" beyond 2 se, "leans
-        for" beyond 1, "not separated" within 1, "leans against" / "contradicted" the other way, and "not
-        run" when a variant is missing.
+        {"claim", "measure", "higher", "lower", "difference", "se", "seeds", "verdict"}: difference = higher -
+        lower on the measure (means over seeds); se its standard error (:func:`mean_and_se` per side).
+        Beyond 2 se the verdict is "settled for" / "settled against" when both sides have at least
+        SETTLED_SEEDS seeds, else "for, unsettled" / "against, unsettled"; "leans for" / "leans against"
+        beyond 1 se; "not separated" within 1; "not run" when a variant or its measure is missing.
     """
     out = {"claim": claim.text, "measure": claim.measure, "higher": claim.higher, "lower": claim.lower}
     a, b = results.get(claim.higher), results.get(claim.lower)
     if a is None or b is None or a.get(claim.measure) is None or b.get(claim.measure) is None:
-        return {**out, "difference": None, "se": None, "verdict": "not run"}
+        return {**out, "difference": None, "se": None, "seeds": None, "verdict": "not run"}
     diff = a[claim.measure] - b[claim.measure]
     se = math.hypot(a.get(f"{claim.measure}_se") or 0.0, b.get(f"{claim.measure}_se") or 0.0)
     z = diff / se if se > 0 else (math.copysign(math.inf, diff) if diff else 0.0)
-    if z > 2:
-        word = "supported"
-    elif z > 1:
-        word = "leans for"
-    elif z >= -1:
-        word = "not separated"
-    elif z >= -2:
-        word = "leans against"
+    seeds = min(len(a.get("seeds") or [0]), len(b.get("seeds") or [0]))
+    enough = seeds >= SETTLED_SEEDS
+    if abs(z) > 2:
+        word = ("settled " if enough else "") + ("for" if z > 0 else "against") + ("" if enough else ", unsettled")
+    elif abs(z) > 1:
+        word = "leans for" if z > 0 else "leans against"
     else:
-        word = "contradicted"
-    return {**out, "difference": diff, "se": se, "verdict": word}
+        word = "not separated"
+    return {**out, "difference": diff, "se": se, "seeds": seeds, "verdict": word}
+
+
+def mean_and_se(values: list[float], run_ses: list[float | None]) -> dict:
+    """A measure over seeds: its mean, the spread across seeds, and the standard error of the mean.
+
+    The standard error takes the larger of the two noises it could be: the spread across seeds (which
+    holds run-to-run and measurement noise, but is itself uncertain with few seeds) and the runs' own
+    measurement noise (the counts behind each number); with one seed only the latter is known.
+
+    Returns:
+        {"mean", "sd" (None for one seed), "se"}.
+    """
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    measured = [x for x in run_ses if x is not None]
+    within = math.sqrt(sum(x * x for x in measured) / len(measured)) if measured else 0.0
+    return {"mean": mean, "sd": sd, "se": max(sd or 0.0, within) / math.sqrt(n)}
+
+
+def _mean_tree(values: list):
+    """The element-wise mean of equally shaped dicts of numbers (None where any run lacks a number)."""
+    first = values[0]
+    if isinstance(first, dict):
+        return {k: _mean_tree([v.get(k) if isinstance(v, dict) else None for v in values]) for k in first}
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return sum(values) / len(values)
+    return first if all(v == first for v in values) else None
+
+
+def combine_seeds(runs: dict[int, dict]) -> dict:
+    """One variant's row over its seeds: every number the mean over seeds, and `learned`, `kept` and
+    `task_kl` with their spread and standard error (:func:`mean_and_se`); `per_seed` keeps each run's."""
+    seeds = sorted(runs)
+    row = _mean_tree([runs[s] for s in seeds])
+    row["seeds"] = seeds
+    row["per_seed"] = {str(s): {m: runs[s].get(m) for m in ("learned", "kept", "task_kl")} for s in seeds}
+    for measure in ("learned", "kept", "task_kl"):
+        values = [runs[s].get(measure) for s in seeds]
+        if any(v is None for v in values):
+            row[measure], row[f"{measure}_sd"], row[f"{measure}_se"] = None, None, None
+            continue
+        stats = mean_and_se(values, [runs[s].get(f"{measure}_se") for s in seeds])
+        row[measure], row[f"{measure}_sd"], row[f"{measure}_se"] = stats["mean"], stats["sd"], stats["se"]
+    return row
 
 
 def _binomial_var(p: float, n: int) -> float:
@@ -170,10 +225,13 @@ def variant_result(report: dict, train_dir: Path) -> dict:
     def by_model(key: str) -> dict | None:
         return {w: drift.get(w, {}).get(key) for w in ("base", "tuned")} if measured else None
 
+    task_kl = metrics.get("task_kl") or {}
     return {
         "learned": summ.get("learned"),
         "kept": summ.get("retention"),
         **standard_errors(tasks, fmt_numbers, drift_numbers if measured else None, parts),
+        "task_kl": task_kl.get("mean"),
+        "task_kl_se": task_kl.get("se"),
         "kept_parts": parts,
         "tasks": tasks,
         "chance": sum(u["chance_uniform"] for u in attributes.values()) / max(1, len(attributes)),
@@ -199,15 +257,24 @@ def _f(value, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _with_spread(r: dict, measure: str, digits: int) -> str:
+    cell = f"**{_f(r.get(measure), digits)}** ± {_f(r.get(f'{measure}_se'), digits)}"
+    sd = r.get(f"{measure}_sd")
+    return cell + (f" (sd {_f(sd, digits)})" if sd is not None else "")
+
+
 def render_report(results: dict[str, dict], claims: list[dict], meta: dict) -> str:
     """study/report.md: the variants' table, the anchors, and each claim's verdict with its numbers."""
     first = next(iter(results.values()))
     tasks = list(first["tasks"])
     n_task = first["tasks"][tasks[0]]["n"] if tasks else "?"
+    seeds = sorted({s for r in results.values() for s in r.get("seeds") or [0]})
     lines = [
         "# Learning vs forgetting",
         "",
-        f"{len(results)} variants of the demo's speech model, one seed, the same prepared data; "
+        f"{len(results)} variants of the demo's speech model, seeds {', '.join(map(str, seeds))} (a variant's "
+        "numbers are means over its seeds; ± is the standard error of that mean, sd the spread across seeds), "
+        "the same prepared data; "
         f"training and evaluation took {_minutes(results)} min (the seconds of each are in the table; the data preparation is not counted). **Learned**: mean balanced accuracy over the "
         f"attribute tasks on unseen questions (n = {n_task} per task, chance {_f(first['chance'])}). **Kept**: "
         "the retention score, the mean of the trained model's score over the base LLM's (each capped at 1) "
@@ -215,21 +282,23 @@ def render_report(results: dict[str, dict], claims: list[dict], meta: dict) -> s
         "trained LLM's agreement with the base's own greedy answers on general prompts (`agreement`, "
         "text only); refusals count only when the base refuses some.",
         "",
-        f"| variant | what changes | steps | train s | eval s | learned (n = {len(tasks)} x {n_task}, chance {_f(first['chance'])}) | "
+        f"| variant | what changes | seeds | steps | train s | eval s | learned (n = {len(tasks)} x {n_task}, chance {_f(first['chance'])}) | "
         + " | ".join(f"{t} (chance {_f(first['tasks'][t]['chance'])})" for t in tasks)
         + f" | kept | format speech (text), n = {first['format']['n']} | agreement | KL | ppl of base answers "
-        "| harmful refused |",
-        "|---|---|---|---|---|---|" + "---|" * len(tasks) + "---|---|---|---|---|---|",
+        "| harmful refused | task KL |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(tasks) + "---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         d = r["drift"] or {}
         refused = r["refusal_harmful"] or {}
+        seconds = r.get("seconds") or {}
         lines.append(
-            f"| {name} | {VARIANTS.get(name, '')} | {r['steps'] or '–'} | {_f(r.get('seconds', {}).get('train'), 0)} | {_f(r.get('seconds', {}).get('evaluate'), 0)} | **{_f(r['learned'])}** ± {_f(r['learned_se'])} | "
+            f"| {name} | {VARIANTS.get(name, '')} | {len(r.get('seeds') or [0])} | {_f(r['steps'], 0)} | {_f(seconds.get('train'), 0)} | {_f(seconds.get('evaluate'), 0)} | {_with_spread(r, 'learned', 2)} | "
             + " | ".join(_f(r["tasks"].get(t, {}).get("balanced")) for t in tasks)
-            + f" | **{_f(r['kept'], 3)}** ± {_f(r['kept_se'], 3)} | {_f(r['format']['speech'])} ({_f(r['format']['text'])}) | "
+            + f" | {_with_spread(r, 'kept', 3)} | {_f(r['format']['speech'])} ({_f(r['format']['text'])}) | "
             f"{_f(d.get('agreement'), 3)} | {_f(d.get('kl'), 3)} | {_f(d.get('ppl_tuned'))} (base "
-            f"{_f(d.get('ppl_base'))}) | {_f(refused.get('tuned'))} (base {_f(refused.get('base'))}) |"
+            f"{_f(d.get('ppl_base'))}) | {_f(refused.get('tuned'))} (base {_f(refused.get('base'))}) | "
+            f"{_f(r.get('task_kl'), 3)} ± {_f(r.get('task_kl_se'), 3)} |"
         )
     anchors = first["anchors"]
     fmt_n = first["format"]["n"]
@@ -239,22 +308,24 @@ def render_report(results: dict[str, dict], claims: list[dict], meta: dict) -> s
         f"Anchors: the untrained adapter learned {_f(anchors['untrained']['learned'])}, kept "
         f"{_f(anchors['untrained']['kept'], 3)}; the base LLM reading the gold description (the ceiling) "
         f"{_f(anchors['base_llm']['learned'])}, kept 1 by definition. n: format {fmt_n} requests per side, "
-        f"agreement and KL over {agree_n} tokens of the base's answers to 12 prompts, 15 harmful requests.",
+        f"agreement and KL over {agree_n} tokens of the base's answers to 12 prompts, 15 harmful requests. "
+        "Task KL: KL(base LLM reading the description || trained model hearing the audio) per answer token on "
+        "128 training rows (RL's Razor's measure of forgetting, on the task's own prompts).",
         "",
         "## The claims",
         "",
-        "Each claim compares two variants on one axis. se is the standard error of the difference from the "
-        "counts behind both numbers (answers per task, format requests, answer tokens): the measurement's "
-        "own noise; with one seed per variant, run-to-run noise comes on top. Supported: beyond 2 se; "
-        "leans for: beyond 1 se; not separated: within 1 se.",
+        "Each claim compares two variants on one axis. se is the standard error of the difference: per side, "
+        "the larger of the spread across its seeds and its runs' own measurement noise (the counts behind "
+        f"each number), over the square root of its seeds. Settled: beyond 2 se with {SETTLED_SEEDS} seeds or "
+        "more on each side (unsettled with fewer); leans: beyond 1 se; not separated: within 1 se.",
         "",
-        "| claim | measure | higher | lower | difference | se | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| claim | measure | higher | lower | difference | se | seeds | verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for c in claims:
         lines.append(
             f"| {c['claim']} | {c['measure']} | {c['higher']} | {c['lower']} | "
-            f"{_f(c['difference'], 3)} | {_f(c.get('se'), 3)} | **{c['verdict']}** |"
+            f"{_f(c['difference'], 3)} | {_f(c.get('se'), 3)} | {c.get('seeds') or '–'} | **{c['verdict']}** |"
         )
     lines += ["", "![plane](plane.png)", ""]
     return "\n".join(lines)
@@ -266,7 +337,8 @@ def plot_plane(results: dict[str, dict], path: Path) -> Path:
     for i, (name, r) in enumerate(results.items()):
         if r["learned"] is None or r["kept"] is None:
             continue
-        ax.scatter([r["learned"]], [r["kept"]], color=f"C{i % 10}", s=50, label=name, zorder=3)
+        ax.errorbar([r["learned"]], [r["kept"]], xerr=r.get("learned_sd"), yerr=r.get("kept_sd"), fmt="o",
+                    color=f"C{i % 10}", ms=7, capsize=3, label=name, zorder=3)  # fmt: skip
     anchors = next(iter(results.values()))["anchors"]
     u, b = anchors["untrained"], anchors["base_llm"]
     if u["learned"] is not None and u["kept"] is not None:
@@ -275,7 +347,7 @@ def plot_plane(results: dict[str, dict], path: Path) -> Path:
         ax.scatter([b["learned"]], [1.0], marker="*", color="grey", s=140, label="base LLM (gold text)")
     chance = next(iter(results.values()))["chance"]
     ax.axvline(chance, color="grey", lw=0.8, ls=":", label=f"chance ({chance:.2f})")
-    save_plane(fig, ax, path, "Learning vs forgetting (one point per variant)")
+    save_plane(fig, ax, path, "Learning vs forgetting (mean over seeds, bars: sd across seeds)")
     return path
 
 
@@ -290,6 +362,47 @@ def write_study(results: dict[str, dict], out: Path, meta: dict) -> dict:
     return doc
 
 
+def seed_dir(variant_dir: Path, seed: int) -> Path:
+    """A variant's run folder for a seed: seed 0 in the variant's folder itself, seed s in `seed-s`."""
+    return variant_dir if seed == 0 else variant_dir / f"seed-{seed}"
+
+
+def _train_and_evaluate(v: str, seed: int, out: Path, data_dir: str, data_mtime: float, train_sources: str,
+                        overrides: list[str]) -> tuple[dict, dict]:  # fmt: skip
+    """Train and evaluate one variant under one seed, reusing each step when it is current.
+
+    Returns:
+        (the run's :func:`variant_result`, the seconds each step took when it ran).
+    """
+    python = sys.executable
+    run = seed_dir(out / v, seed)
+    tag = v if seed == 0 else f"{v}-seed-{seed}"
+    train_dir, eval_dir = run / "train", run / "evaluate"
+    final = train_dir / "checkpoints" / "final"
+    train = [python, "train.py", "experiment=demo", f"study={v}", f"paths.data_dir={data_dir}",
+             f"hydra.run.dir={train_dir}", *([f"seed={seed}"] if seed else []), *overrides]  # fmt: skip
+    # Seconds each step took when it ran (kept across reruns that reuse it).
+    times_file = run / "times.json"
+    times = read_json(times_file) or {}
+    record = {"command": train, "sources": train_sources}
+    if is_fresh(final / "config.json", data_mtime, record):
+        print(f"\n=== train-{tag}: reusing {final}")
+    else:
+        times["train"] = run_recorded(f"train-{tag}", train, out / "logs", final / "demo_command.json", record)
+    evaluate = [python, "evaluate.py", f"checkpoint={final}", f"paths.data_dir={data_dir}",
+                f"hydra.run.dir={eval_dir}", *EVAL_ARGS]  # fmt: skip
+    record = {"command": evaluate, "sources": sources_digest(skip=("speechllm/study.py", "speechllm/demo.py"))}
+    if is_fresh(eval_dir / "report.json", (final / "config.json").stat().st_mtime, record):
+        print(f"\n=== evaluate-{tag}: reusing {eval_dir / 'report.json'}")
+    else:
+        times["evaluate"] = run_recorded(
+            f"evaluate-{tag}", evaluate, out / "logs", eval_dir / "demo_command.json", record
+        )
+    times_file.parent.mkdir(parents=True, exist_ok=True)
+    times_file.write_text(json.dumps(times))
+    return variant_result(json.loads((eval_dir / "report.json").read_text()), train_dir), times
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -299,8 +412,15 @@ def main(argv: list[str] | None = None) -> None:
         "--data-dir", default="data", help="prepared datasets (paths.data_dir), shared with the demo"
     )
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated conf/study/ names")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0],
+        help="training seeds per variant (seed 0 in OUT/<variant>, seed s in OUT/<variant>/seed-s); each "
+        "variant's numbers are the mean over its finished seeds",
+    )  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every variant")
     args = parser.parse_args(argv)
+    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        parser.error(f"--seeds {args.seeds}: give distinct seeds >= 0")
 
     variants = [v for v in args.variants.split(",") if v]
     if not variants:
@@ -324,39 +444,20 @@ def main(argv: list[str] | None = None) -> None:
 
     results: dict[str, dict] = {}
     for v in variants:
-        train_dir, eval_dir = out / v / "train", out / v / "evaluate"
-        final = train_dir / "checkpoints" / "final"
-        train = [python, "train.py", "experiment=demo", f"study={v}", f"paths.data_dir={data_dir}",
-                 f"hydra.run.dir={train_dir}", *args.overrides]  # fmt: skip
-        # Seconds each step took when it ran (kept across reruns that reuse it).
-        times_file = out / v / "times.json"
-        times = read_json(times_file) or {}
-        record = {"command": train, "sources": train_sources}
-        if is_fresh(final / "config.json", data_mtime, record):
-            print(f"\n=== train-{v}: reusing {final}")
-        else:
-            times["train"] = run_recorded(
-                f"train-{v}", train, out / "logs", final / "demo_command.json", record
-            )
-        evaluate = [python, "evaluate.py", f"checkpoint={final}", f"paths.data_dir={data_dir}",
-                    f"hydra.run.dir={eval_dir}", *EVAL_ARGS]  # fmt: skip
-        record = {
-            "command": evaluate,
-            "sources": sources_digest(skip=("speechllm/study.py", "speechllm/demo.py")),
-        }
-        if is_fresh(eval_dir / "report.json", (final / "config.json").stat().st_mtime, record):
-            print(f"\n=== evaluate-{v}: reusing {eval_dir / 'report.json'}")
-        else:
-            times["evaluate"] = run_recorded(
-                f"evaluate-{v}", evaluate, out / "logs", eval_dir / "demo_command.json", record
-            )
-        times_file.write_text(json.dumps(times))
-        results[v] = variant_result(json.loads((eval_dir / "report.json").read_text()), train_dir)
-        results[v]["seconds"] = times
-        # The report grows with each finished variant, so a long study can be read while it runs.
-        doc = write_study(
-            results, out, {"minutes": (time.perf_counter() - start) / 60, "overrides": args.overrides}
-        )
+        runs, seconds = {}, {}
+        for seed in args.seeds:
+            runs[seed], seconds[seed] = _train_and_evaluate(v, seed, out, data_dir, data_mtime, train_sources,
+                                                            args.overrides)  # fmt: skip
+            results[v] = combine_seeds(runs)
+            results[v]["seconds"] = {  # mean over the seeds whose step ran (a reused step keeps its time)
+                k: statistics.mean(t[k] for t in seconds.values() if k in t)
+                for k in ("train", "evaluate") if any(k in t for t in seconds.values())
+            }  # fmt: skip
+            # The report grows with each finished run, so a long study can be read while it runs.
+            doc = write_study(
+                results, out,
+                {"minutes": (time.perf_counter() - start) / 60, "seeds": args.seeds, "overrides": args.overrides},
+            )  # fmt: skip
 
     print("\n" + "=" * 72)
     print(f"study: {out / 'report.md'}, {out / 'plane.png'}, {out / 'results.json'}")

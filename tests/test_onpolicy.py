@@ -85,6 +85,9 @@ def test_opd_trains_the_smoke_model(attribute_data, tmp_path):
     assert metrics["loss_type"] == "opd"
     assert all(math.isfinite(v) and v >= 0 for v in step_losses(metrics).values())
     assert all(s["train/kl"] >= 0 for s in metrics["steps"])
+    # Forgetting on the task's own prompts (RL's Razor): the base reading descriptions vs the model hearing.
+    task_kl = metrics["task_kl"]
+    assert task_kl["rows"] == 10 and task_kl["tokens"] > 10 and 0 < task_kl["mean"] < 50 and task_kl["se"] > 0
 
 
 def starts_with_a_vowel(text: str) -> bool:

@@ -56,24 +56,44 @@ def test_variants_with_their_own_targets_prepare_them_in_their_own_folder():
     assert "target.folder=self_output_raw" in raw and "target.verify.enabled=true" not in raw
 
 
-def _result(learned: float, kept: float, se: float = 0.01) -> dict:
-    return {"learned": learned, "kept": kept, "learned_se": se, "kept_se": se}
+def _result(learned: float, kept: float, se: float = 0.01, seeds=(0, 1, 2)) -> dict:
+    return {"learned": learned, "kept": kept, "learned_se": se, "kept_se": se, "seeds": list(seeds)}
 
 
 def test_verdicts_weigh_the_difference_against_its_standard_error():
     claim = study.Claim("x", "kept", "a", "b")
     # Two numbers each with se 0.01: the difference's se is 0.0141.
     cases = {
-        0.05: "supported",
+        0.05: "settled for",
         0.02: "leans for",
         0.01: "not separated",
         -0.02: "leans against",
-        -0.05: "contradicted",
+        -0.05: "settled against",
     }
     for diff, word in cases.items():
         v = study.verdict(claim, {"a": _result(0.5, 0.9 + diff), "b": _result(0.5, 0.9)})
         assert v["verdict"] == word and v["se"] == pytest.approx(0.01 * 2**0.5), diff
+    # Beyond 2 se is not settled while one side has fewer than three seeds.
+    one_seed = study.verdict(claim, {"a": _result(0.5, 0.95, seeds=[0]), "b": _result(0.5, 0.9)})
+    assert one_seed["verdict"] == "for, unsettled" and one_seed["seeds"] == 1
     assert study.verdict(claim, {"a": _result(0.5, 0.9)})["verdict"] == "not run"
+
+
+def test_seeds_are_combined_with_the_larger_of_their_spread_and_their_own_noise():
+    # Three seeds that disagree more than each run's counts say: the spread decides the standard error.
+    runs = {s: {"learned": v, "learned_se": 0.01, "kept": 0.8, "kept_se": 0.02, "tasks": {"gender": {"balanced": v}},
+                "task_kl": None} for s, v in zip((0, 1, 2), (0.5, 0.6, 0.7), strict=True)}  # fmt: skip
+    row = study.combine_seeds(runs)
+    assert row["learned"] == pytest.approx(0.6) and row["learned_sd"] == pytest.approx(0.1)
+    assert row["learned_se"] == pytest.approx(0.1 / 3**0.5)
+    # Seeds that agree exactly: the runs' own measurement noise remains.
+    assert (
+        row["kept"] == pytest.approx(0.8)
+        and row["kept_sd"] == pytest.approx(0, abs=1e-12)
+        and row["kept_se"] == pytest.approx(0.02 / 3**0.5)
+    )
+    assert row["tasks"]["gender"]["balanced"] == pytest.approx(0.6) and row["seeds"] == [0, 1, 2]
+    assert row["task_kl"] is None and row["per_seed"]["1"]["learned"] == 0.6
 
 
 def test_standard_errors_come_from_the_counts():
@@ -177,3 +197,54 @@ def test_a_rerun_skips_the_variants_already_done(tmp_path, monkeypatch):
         "verified",
         "frozen",
     }
+
+
+def test_seeds_run_per_variant_and_combine_in_the_results(tmp_path, monkeypatch):
+    commands: dict[str, list[str]] = {}
+
+    def fake_recorded(name, argv, log_dir, record_path, record):
+        commands[name] = argv
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        if name.startswith("train-"):
+            (record_path.parent / "config.json").write_text("{}")
+        else:
+            learned = 0.6 if "seed-1" not in name else 0.8
+            (record_path.parent / "report.json").write_text(json.dumps(_report(learned, 0.9)))
+        record_path.write_text(json.dumps(record))
+        return 1.0
+
+    monkeypatch.setattr(study, "run_step", lambda *a, **k: 0.0)
+    monkeypatch.setattr(study, "run_recorded", fake_recorded)
+    out = tmp_path / "study"
+    study.main(
+        [
+            "--out",
+            str(out),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--variants",
+            "verified",
+            "--seeds",
+            "0",
+            "1",
+        ]
+    )
+    assert list(commands) == [
+        "train-verified",
+        "evaluate-verified",
+        "train-verified-seed-1",
+        "evaluate-verified-seed-1",
+    ]
+    assert "seed=1" in commands["train-verified-seed-1"] and not any(
+        a.startswith("seed=") for a in commands["train-verified"]
+    )
+    assert (out / "verified" / "seed-1" / "evaluate" / "report.json").is_file()
+    row = json.loads((out / "results.json").read_text())["variants"]["verified"]
+    assert (
+        row["seeds"] == [0, 1]
+        and row["learned"] == pytest.approx(0.7)
+        and row["learned_sd"] == pytest.approx(0.1414, abs=1e-3)
+    )
+    assert "(sd 0.14)" in (out / "report.md").read_text()
+    with pytest.raises(SystemExit):
+        study.main(["--variants", "verified", "--seeds", "1", "1"])

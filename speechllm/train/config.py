@@ -269,6 +269,8 @@ class TopLevelConfig:
         max_train_rows: cap on speech rows (None: all), for quick runs.
         torch_threads: CPU threads for torch (None: torch's default). Tiny models run fastest on one
             thread; several threads on a busy machine mostly wait for each other.
+        task_kl_rows: after training, KL(base reading the description || trained model hearing the audio) per
+            answer token on this many training rows (0: off), into train_metrics.json's `task_kl`.
         align: the alignment loss and warm-up.
         probe: the listening probe (learning curve).
     """
@@ -283,6 +285,7 @@ class TopLevelConfig:
     train_split: str = "train"
     max_train_rows: int | None = None
     torch_threads: int | None = None
+    task_kl_rows: int = 128
     align: AlignConfig = field(default_factory=AlignConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
@@ -291,6 +294,8 @@ class TopLevelConfig:
             raise ConfigError(f"loss={self.loss!r} is not one of {list(LOSSES)}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ConfigError(f"torch_threads must be >= 1 or null, got {self.torch_threads}")
+        if self.task_kl_rows < 0:
+            raise ConfigError(f"task_kl_rows must be >= 0, got {self.task_kl_rows}")
         if self.max_train_rows is not None and self.max_train_rows < 1:
             raise ConfigError(f"max_train_rows must be >= 1 or null, got {self.max_train_rows}")
         self.kd.check()

@@ -398,10 +398,11 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
         "align_warmup": align_history,
     }
 
-    def write_outputs(state, plot: bool = True) -> None:
+    def write_outputs(state, plot: bool = True) -> dict:
         data = write_metrics(run_dir / "train_metrics.json", state.log_history, extra)
         if plot and data["steps"]:
             plot_loss(run_dir / "loss_curve.png", data["steps"], title=f"train/loss ({run_dir.name})")
+        return data
 
     tensorboard = (
         [SpeechTensorBoardCallback(str(run_dir / "tensorboard"))] if "tensorboard" in tr.report_to else []
@@ -422,7 +423,27 @@ def _train_model(cfg, callbacks, top, tr, mixture, run_dir: Path, resume: str | 
         logger.info("run dir %s; %s", run_dir, f"resuming from {resume}" if resume else "starting fresh")
         logger.info("parallelism: %s", trainer.parallelism())
 
-    return _run_trainer(trainer, model, resume, run_dir, write_outputs)
+    metrics = _run_trainer(trainer, model, resume, run_dir, write_outputs)
+    if top.task_kl_rows and trainer.is_world_process_zero():
+        extra["task_kl"] = _task_kl(trainer, model, dataset, top, collate)
+        metrics = write_outputs(trainer.state, plot=False)
+    return metrics
+
+
+def _task_kl(trainer, model: SpeechLM, dataset: datasets.Dataset, top, collate: TrainCollator) -> dict:
+    """KL(base reading the description || trained model hearing the audio) on `task_kl_rows` training rows."""
+    if model.finetune == "full":
+        return {"skipped": "model.llm.finetune=full: the base LLM is gone (no LoRA to switch off)"}
+    if trainer.args.world_size > 1:
+        return {"skipped": "measured in one process only; rerun the checkpoint's evaluation for it"}
+    speech = dataset.filter(lambda k: k == "speech", input_columns="kind")
+    speech = speech.shuffle(seed=top.seed).select(range(min(top.task_kl_rows, len(speech))))
+    kl_collate = TrainCollator(collate.collate, feature_cache=collate.feature_cache, teacher=True, system=collate.system)
+    t0 = time.perf_counter()
+    out = trainer.task_kl([dict(r) for r in speech], kl_collate)
+    logger.info("task KL(base || trained) %.4f +- %.4f per answer token over %d training rows (%.0f s)",
+                out["mean"], out["se"] or 0.0, out["rows"], time.perf_counter() - t0)  # fmt: skip
+    return out
 
 
 def _label_classes(dataset: datasets.Dataset) -> dict[str, tuple[str, ...]]:

@@ -427,6 +427,42 @@ class SpeechTrainer(Trainer):
         out.loss = loss = self._with_alignment(loss, out)
         return (loss, out) if return_outputs else loss
 
+    @torch.no_grad()
+    def task_kl(self, rows: list[dict], collate: TrainCollator, batch_size: int = 8) -> dict:
+        """Forgetting where RL's Razor (arXiv 2509.04259) says it shows: KL(base || trained) per answer token
+        on the task's own prompts. The base is the LLM without its LoRA reading the clip's description, the
+        trained model hears the audio; both score the row's target tokens.
+
+        Args:
+            rows: speech rows with their targets.
+            collate: a collator with `teacher` on (it builds the description prompts).
+            batch_size: rows per forward pass.
+
+        Returns:
+            {"mean": mean over rows of each row's mean per-token KL, "se": its standard error across rows,
+            "rows", "tokens"}.
+        """
+        speechlm = self.accelerator.unwrap_model(self.model)
+        was_training = speechlm.training
+        speechlm.eval()
+        per_row, tokens = [], 0
+        try:
+            for start in range(0, len(rows), batch_size):
+                batch = collate(rows[start : start + batch_size])
+                out, _, row_of = self._labelled_logprobs(speechlm, batch)
+                teacher_logits = self._teacher_logits(batch["teacher"])
+                t_labels = batch["teacher"]["labels"][:, 1:].to(teacher_logits.device)
+                t_logp = torch.log_softmax(teacher_logits[:, :-1][t_labels != IGNORE_INDEX].float(), -1)
+                s_logp = torch.log_softmax(out.labelled_logits.float(), -1)
+                kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1)
+                per_row += [float(kl[row_of == j].mean()) for j in range(len(batch["input_ids"]))]
+                tokens += kl.numel()
+        finally:
+            speechlm.train(was_training)
+        values = torch.tensor(per_row, dtype=torch.float64)
+        se = float(values.std() / len(values) ** 0.5) if len(values) > 1 else None
+        return {"mean": float(values.mean()), "se": se, "rows": len(per_row), "tokens": tokens}
+
     @contextlib.contextmanager
     def _reference(self, speechlm):
         """The reference policy: the model with its LoRA switched off (the base LLM reading the adapter)."""
