@@ -65,6 +65,7 @@ def test_each_gender_gives_the_same_share_to_voices_of_its_gender_and_accent():
             {"share": 0.2, "voices": {"kal16": {"gender": "male", "accent": "texan"}}},
             "data.other_voices.voices.kal16",
         ),
+        ({"share": 0.2, "voices": {"kal16": {"gender": "male", "age": "old"}}}, "give exactly gender and accent"),
     ],
 )
 def test_bad_other_voices_are_refused_by_key(cfg, message):

@@ -1,4 +1,4 @@
-"""Audio corpora: the espeak-ng demo corpus generator and the audiofolder reader."""
+"""Audio corpora: the demo corpus generator (espeak-ng, with flite voices), and the audiofolder reader."""
 
 from speechllm.corpus.audiofolder import AudioFolderError, read_audiofolder
 from speechllm.corpus.espeak import EspeakError, generate_corpus, speak

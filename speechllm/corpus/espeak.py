@@ -325,6 +325,8 @@ def check_other_voices(cfg: dict | None, variants: dict[str, list[str]], accents
     if share and not voices:
         raise ConfigError("data.other_voices.share > 0 needs at least one of data.other_voices.voices")
     for name, labels in voices.items():
+        if set(labels) != {"gender", "accent"}:
+            raise ConfigError(f"data.other_voices.voices.{name}: give exactly gender and accent, got {sorted(labels)}")
         if labels.get("gender") not in variants or labels.get("accent") not in accents:
             raise ConfigError(
                 f"data.other_voices.voices.{name}: needs a gender of {sorted(variants)} and an accent of "

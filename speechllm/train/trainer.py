@@ -388,7 +388,7 @@ class SpeechTrainer(Trainer):
                 raise ValueError(f"opd: the sampled answers label {int(distilled.sum())} tokens for the student "
                                  f"but {t_sel.shape[0]} for the teacher; turn token filtering off")  # fmt: skip
             kl_sum = reverse_kl(out.labelled_logits[distilled], t_sel).sum()
-            self._step_logs["kl"].append(float(kl_sum.detach()) / max(int(distilled.sum()), 1))
+            self._step_logs["kl_to_teacher"].append(float(kl_sum.detach()) / max(int(distilled.sum()), 1))
         loss = (kl_sum - logp[~distilled].sum()) / max(logp.numel(), 1)
         out.loss = loss = self._with_alignment(loss, out)
         return (loss, out) if return_outputs else loss
@@ -420,7 +420,7 @@ class SpeechTrainer(Trainer):
                 ref_logp = ref_logp[on_policy]
             pg_sum, parts = grpo_loss(logp[on_policy], ref_logp, advantages[row_of[on_policy]], cfg.kl_weight)
             self._step_logs["reward"].append(float(rewards.mean()))
-            self._step_logs["kl"].append(parts["kl"] / max(int(on_policy.sum()), 1))
+            self._step_logs["kl_to_reference"].append(parts["kl"] / max(int(on_policy.sum()), 1))
             for outcome in ("right", "silent", "hedging"):
                 self._step_logs[f"answers_{outcome}"].append(outcomes.count(outcome) / len(outcomes))
         loss = (pg_sum - logp[~on_policy].sum()) / max(logp.numel(), 1)
