@@ -91,7 +91,8 @@ def prepare_command_for(data_dir: str, overrides: list[str]) -> list[str]:
         )
     _, _, mixture = validate_schema(cfg)
     command = prepare_command(cfg, list(mixture.sources()))
-    # Outside a Hydra app the user's overrides of the shared groups are not seen by prepare_command.
+    # Outside a Hydra app the user's overrides of the shared groups are not seen by prepare_command; a key
+    # added (+, ++) or deleted (~) belongs to its group too.
     return command + [
-        o for o in overrides if o.split(".")[0] in ("data", "target", "replay") and o not in command
+        o for o in overrides if o.lstrip("~+").split(".")[0] in ("data", "target", "replay") and o not in command
     ]

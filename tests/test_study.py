@@ -56,6 +56,11 @@ def test_variants_with_their_own_targets_prepare_them_in_their_own_folder():
     assert "target.folder=self_output_raw" in raw and "target.verify.enabled=true" not in raw
 
 
+def test_a_deleted_data_key_reaches_the_data_preparation():
+    command = prepare_command_for("/tmp/d", ["data.augment.share=0.25", "~data.augment.kinds.noise"])
+    assert "data.augment.share=0.25" in command and "~data.augment.kinds.noise" in command
+
+
 def _result(learned: float, kept: float, se: float = 0.01, seeds=(0, 1, 2)) -> dict:
     return {"learned": learned, "kept": kept, "learned_se": se, "kept_se": se, "seeds": list(seeds)}
 
