@@ -22,9 +22,9 @@ TRL's GRPOTrainer is not used: it builds its prompts from text and calls `model.
 SpeechLM needs the clip's encoder features beside the prompt; its loss lives inside the trainer. The few
 lines of the loss are written here, in our Trainer subclass, against TRL's definitions.
 
-Sampled answers are decoded to text and put back through the training collator as the row's target, so
-student and teacher see the same tokens the same way as in `kd` (an answer cut at `max_new_tokens` gets the
-end-of-turn token it did not sample).
+Sampled answers are trained on as their token ids (`target_ids`, appended to the generation prompt as
+sampled, the ending token included when one was sampled), for the student and the teacher alike: decoded
+text put back through the tokenizer can give other tokens than those sampled.
 """
 
 from __future__ import annotations
