@@ -102,7 +102,7 @@ def calibrate_flite(
         native = load_audio(speak_flite(text, Path(tmp) / "native.wav", voice))
     log_f0 = np.log(np.maximum.accumulate(np.asarray(measured)))  # guard monotonicity for np.interp
     if log_f0[-1] - log_f0[0] < np.log(1.5):
-        raise FliteError(f"flite voice {voice!r} does not follow int_f0_target_mean (F0 {measured} Hz): its pitch "
+        raise FliteError(f"flite voice {voice!r} does not follow int_f0_target_mean (F0 {[round(m, 1) for m in measured]} Hz): its pitch "
                          f"cannot be set; use kal16, awb or slt")  # fmt: skip
     log_targets = np.log(_CALIBRATION_HZ)
     native_s = active_seconds(Clip("calibration", native.array, native.sr))
