@@ -108,3 +108,14 @@ def test_the_corpus_speaks_flite_clips_at_the_planned_pitch_and_pace(tmp_path):
     # The same sentence-independent pace per level: the slow clips' stretch is the largest.
     stretch = {r["speed"]: float(r["flite_duration_stretch"]) for r in flite if r["voice"] == "kal16"}
     assert sorted(stretch, key=stretch.get) == [s for s in ("fast", "normal", "slow") if s in stretch]
+
+
+def test_a_voice_whose_pitch_cannot_be_set_is_refused():
+    from speechllm.corpus.espeak import CALIBRATION_TEXT
+    from speechllm.corpus.flite import FliteError, calibrate_flite
+
+    # flite's rms speaks at about 101 Hz whatever int_f0_target_mean asks: its pitch labels would be false.
+    with pytest.raises(FliteError, match="'rms' does not follow int_f0_target_mean"):
+        calibrate_flite("rms", {"low": 80}, {"slow": 3.0}, CALIBRATION_TEXT)
+    with pytest.raises(FliteError, match="no voice 'nobody'"):
+        calibrate_flite("nobody", {"low": 80}, {"slow": 3.0}, CALIBRATION_TEXT)
