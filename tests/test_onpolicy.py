@@ -81,7 +81,7 @@ def attribute_data(smoke_dirs, tmp_path_factory):  # noqa: F811
 
 def test_opd_trains_the_smoke_model(attribute_data, tmp_path):
     metrics = train(smoke_cfg(attribute_data, tmp_path / "opd", "loss=opd", "opd.max_new_tokens=4",
-                              "trainer.max_steps=2", "trainer.save_steps=0", "target.instructions=attributes"))  # fmt: skip
+                              "trainer.max_steps=2", "trainer.save_steps=0", "target.instructions=attributes", "task_kl_rows=128"))  # fmt: skip
     assert metrics["loss_type"] == "opd"
     assert all(math.isfinite(v) and v >= 0 for v in step_losses(metrics).values())
     assert all(s["train/kl_to_teacher"] >= 0 for s in metrics["steps"])

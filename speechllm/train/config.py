@@ -285,7 +285,7 @@ class TopLevelConfig:
     train_split: str = "train"
     max_train_rows: int | None = None
     torch_threads: int | None = None
-    task_kl_rows: int = 128
+    task_kl_rows: int = 0
     align: AlignConfig = field(default_factory=AlignConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
