@@ -36,6 +36,15 @@ def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return ce * (lb != IGNORE_INDEX)
 
 
+def token_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(P || Q) per position over the full next-token distribution (in float32).
+
+    Shapes: (n, vocab), (n, vocab) -> (n,).
+    """
+    p_logp = F.log_softmax(p_logits.float(), dim=-1)
+    return (p_logp.exp() * (p_logp - F.log_softmax(q_logits.float(), dim=-1))).sum(-1)
+
+
 def kd_loss(student_logits: torch.Tensor, student_labels: torch.Tensor, student_rows: torch.Tensor,
             teacher_logits: torch.Tensor, teacher_labels: torch.Tensor, *, temperature: float = 1.0,
             ce_weight: float = 0.0) -> tuple[torch.Tensor, dict]:  # fmt: skip
@@ -81,8 +90,7 @@ def kd_loss(student_logits: torch.Tensor, student_labels: torch.Tensor, student_
     if n_kd:
         s = torch.cat(s_sel).float() / temperature
         t = torch.cat(t_sel).float() / temperature
-        t_logp = F.log_softmax(t, dim=-1)
-        kl = (t_logp.exp() * (t_logp - F.log_softmax(s, dim=-1))).sum(-1) * temperature**2
+        kl = token_kl(t, s) * temperature**2
         kl_sum = kl.sum()
     kd_ce_sum = ce_all[distilled].sum()
     other_ce_sum = ce_all[~distilled].sum()

@@ -33,12 +33,12 @@ import json
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from speechllm.config import ConfigError
 from speechllm.data.instructions import asked_attributes
 from speechllm.data.verify import _asserts_several
 from speechllm.parsing import parse_label
+from speechllm.train.losses import token_kl
 
 OUTCOMES = ("right", "wrong", "silent", "hedging")
 
@@ -100,9 +100,7 @@ def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> to
 
     Shapes: (n, vocab), (n, vocab) -> (n,).
     """
-    s_logp = F.log_softmax(student_logits.float(), dim=-1)
-    t_logp = F.log_softmax(teacher_logits.float(), dim=-1)
-    return (s_logp.exp() * (s_logp - t_logp)).sum(-1)
+    return token_kl(student_logits, teacher_logits)
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:

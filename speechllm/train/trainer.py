@@ -26,7 +26,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import rotate_checkpoints
 
 from speechllm.textllm import description_messages
-from speechllm.train.losses import IGNORE_INDEX, kd_loss
+from speechllm.train.losses import IGNORE_INDEX, kd_loss, token_kl
 from speechllm.train.onpolicy import (
     GRPOConfig,
     OPDConfig,
@@ -381,9 +381,7 @@ class SpeechTrainer(Trainer):
         distilled = torch.isin(row_of, torch.tensor(speech, device=row_of.device, dtype=row_of.dtype))
         kl_sum = logp.new_zeros(())
         if speech:
-            teacher_logits = self._teacher_logits(batch["teacher"])
-            t_labels = batch["teacher"]["labels"][:, 1:].to(teacher_logits.device)
-            t_sel = teacher_logits[:, :-1][t_labels != IGNORE_INDEX]
+            t_sel = self._teacher_labelled_logits(batch["teacher"])
             if t_sel.shape[0] != int(distilled.sum()):
                 raise ValueError(f"opd: the sampled answers label {int(distilled.sum())} tokens for the student "
                                  f"but {t_sel.shape[0]} for the teacher; turn token filtering off")  # fmt: skip
@@ -450,11 +448,7 @@ class SpeechTrainer(Trainer):
             for start in range(0, len(rows), batch_size):
                 batch = collate(rows[start : start + batch_size])
                 out, _, row_of = self._labelled_logprobs(speechlm, batch)
-                teacher_logits = self._teacher_logits(batch["teacher"])
-                t_labels = batch["teacher"]["labels"][:, 1:].to(teacher_logits.device)
-                t_logp = torch.log_softmax(teacher_logits[:, :-1][t_labels != IGNORE_INDEX].float(), -1)
-                s_logp = torch.log_softmax(out.labelled_logits.float(), -1)
-                kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1)
+                kl = token_kl(self._teacher_labelled_logits(batch["teacher"]), out.labelled_logits)
                 per_row += [float(kl[row_of == j].mean()) for j in range(len(batch["input_ids"]))]
                 tokens += kl.numel()
         finally:
@@ -471,6 +465,13 @@ class SpeechTrainer(Trainer):
             raise ValueError("grpo.kl_weight > 0 needs a reference policy: use model.llm.finetune=lora")
         with llm.disable_adapter():
             yield
+
+    def _teacher_labelled_logits(self, teacher: dict) -> torch.Tensor:
+        """The teacher's logits where a next token is labelled, row-major (paired one to one with the student's
+        `labelled_logits` of the same rows). Shapes: -> (labelled positions, vocab)."""
+        logits = self._teacher_logits(teacher)
+        labels = teacher["labels"][:, 1:].to(logits.device)
+        return logits[:, :-1][labels != IGNORE_INDEX]
 
     @torch.no_grad()
     def _teacher_logits(self, teacher: dict) -> torch.Tensor:
